@@ -1,0 +1,1 @@
+"""Agents: LLM backends, the item-perception (IP) agent, the user-simulation (US) agent."""

@@ -1,0 +1,189 @@
+"""In-process transformers backend: batched generation and one-pass option scoring on CPU or GPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
+
+
+class HFBackend(LLMBackend):
+    """A causal LM from transformers, run in this process.
+
+    Args:
+        model_path: a transformers model folder (e.g. the converted SmolLM2).
+        model: an already built model (tests pass tiny randomly initialised ones).
+        tokenizer: its tokenizer; required with ``model``.
+        model_name: the id stored with decisions; defaults to the folder name.
+        batch_size: prompts per forward pass.
+        max_prompt_tokens: longer prompts keep their last tokens and are flagged truncated.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        threads: torch intra-op threads (``None`` leaves torch's default).
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        model_name: str | None = None,
+        batch_size: int = 8,
+        max_prompt_tokens: int = 1024,
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if model is None:
+            if model_path is None:
+                raise ValueError("HFBackend needs model_path or model")
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+        elif tokenizer is None:
+            raise ValueError("HFBackend(model=...) needs tokenizer=")
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Left padding keeps every prompt's last token at the end, where we read the logits.
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self._model_id = model_name or (Path(model_path).name if model_path else "in-memory")
+        self._option_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
+
+    @property
+    def model_id(self) -> str:
+        """The model's stored name."""
+        return self._model_id
+
+    # ------------------------------------------------------------------ helpers
+
+    def render(self, prompt: ChatPrompt) -> str:
+        """The exact text the model sees: chat template plus the assistant prefix."""
+        text = self.tokenizer.apply_chat_template(
+            prompt.as_dicts(), tokenize=False, add_generation_prompt=True
+        )
+        return text + prompt.assistant_prefix
+
+    def _encode(self, prompts: Sequence[ChatPrompt]) -> tuple[dict[str, torch.Tensor], list[bool]]:
+        ids = [
+            self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts
+        ]
+        truncated = [len(x) > self.max_prompt_tokens for x in ids]
+        ids = [x[-self.max_prompt_tokens :] for x in ids]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[row, width - len(x) :] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}, (
+            truncated
+        )
+
+    def _option_token_ids(self, options: Sequence[str]) -> dict[str, list[int]]:
+        key = tuple(options)
+        if key not in self._option_ids:
+            table: dict[str, list[int]] = {}
+            for opt in options:
+                # The answer may follow ":" with or without a space; take both first tokens.
+                cands = {
+                    self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
+                    for v in (opt, " " + opt)
+                }
+                table[opt] = sorted(cands)
+            self._option_ids[key] = table
+        return self._option_ids[key]
+
+    # ------------------------------------------------------------------ API
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[ChatPrompt],
+        *,
+        max_new_tokens: int = 96,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """Sample completions in batches of ``batch_size`` (see :class:`LLMBackend`)."""
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            enc, truncated = self._encode(chunk)
+            # One seed per chunk: reruns (and resumed runs) see identical samples.
+            torch.manual_seed(seed + start)
+            t0 = time.perf_counter()
+            gen_kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "do_sample": temperature > 0,
+            }
+            if temperature > 0:
+                gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            seqs = self.model.generate(**enc, **gen_kwargs)
+            latency = (time.perf_counter() - t0) / len(chunk)
+            new = seqs[:, enc["input_ids"].shape[1] :]
+            eos = self.tokenizer.eos_token_id
+            for row in range(len(chunk)):
+                toks = new[row].tolist()
+                if eos in toks:
+                    toks = toks[: toks.index(eos) + 1]
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                out.append(
+                    Generation(
+                        text=text,
+                        tokens_in=int(enc["attention_mask"][row].sum()),
+                        tokens_out=len(toks),
+                        latency_s=latency,
+                        truncated_prompt=truncated[row],
+                    )
+                )
+        return out
+
+    @torch.inference_mode()
+    def score(
+        self, prompts: Sequence[ChatPrompt], options: Sequence[str] = ("Yes", "No")
+    ) -> list[Score]:
+        """Option probabilities from the last-position logits (see :class:`LLMBackend`)."""
+        table = self._option_token_ids(options)
+        out: list[Score] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            enc, truncated = self._encode(chunk)
+            t0 = time.perf_counter()
+            # Explicit positions: with left padding the model would otherwise shift them.
+            pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            latency = (time.perf_counter() - t0) / len(chunk)
+            for row in range(len(chunk)):
+                opt_logits = {
+                    opt: float(torch.logsumexp(logp[row, ids], dim=0)) for opt, ids in table.items()
+                }
+                out.append(
+                    Score(
+                        probs=renormalise(opt_logits),
+                        logits=opt_logits,
+                        tokens_in=int(enc["attention_mask"][row].sum()),
+                        latency_s=latency,
+                        truncated_prompt=truncated[row],
+                    )
+                )
+        return out

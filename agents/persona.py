@@ -1,0 +1,68 @@
+"""Personas grounded in a real user's train-split history and profile fields."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from agents.ip_agent import ItemText
+from agents.prompts import PersonaView
+from agents.text_safety import clean_item_text
+
+PROFILE_FIELDS = ("age", "gender", "occupation", "activity")
+_GENDER = {"M": "male", "F": "female"}
+
+
+def item_line(item: ItemText, profile_text: str | None = None) -> str:
+    """How an item appears in prompts: sanitised title, then its category."""
+    title = clean_item_text(item.title).text or f"item {item.item_id}"
+    cat = clean_item_text(item.category.replace("|", ", "), max_chars=60).text
+    line = f"{title} [{cat}]" if cat else title
+    if profile_text:
+        line += f" — {clean_item_text(profile_text, max_chars=240).text}"
+    return line
+
+
+def describe_profile(profile: Mapping[str, object], history: Sequence[ItemText]) -> str:
+    """One sentence from the profile fields plus the user's favourite categories."""
+    parts = []
+    age, gender, job = profile.get("age"), profile.get("gender"), profile.get("occupation")
+    who = " ".join(
+        str(x) for x in (
+            f"{int(age)}-year-old" if isinstance(age, int | float) and age == age else None,
+            _GENDER.get(str(gender)),
+            clean_item_text(job, 40).text if isinstance(job, str) and job != "none" else None,
+        ) if x
+    )
+    parts.append(who or "A platform user")
+    cats = Counter(
+        c for it in history for c in (it.category or "").split("|") if c and c != "unknown"
+    )
+    if cats:
+        parts.append("who mostly watches " + ", ".join(c for c, _ in cats.most_common(3)))
+    activity = profile.get("activity")
+    if isinstance(activity, str) and activity:
+        parts.append(f"({activity} user)")
+    return " ".join(parts) + "."
+
+
+def build_persona(
+    profile: Mapping[str, object],
+    history: Sequence[ItemText],
+    history_len: int = 10,
+) -> PersonaView:
+    """A persona: the profile sentence and the last ``history_len`` watched titles.
+
+    Args:
+        profile: the user's profile fields (any of age, gender, occupation, activity).
+        history: the user's watched items in time order (real train split, then simulated).
+        history_len: how many of the most recent items the prompt shows.
+
+    Returns:
+        The persona view used in prompts.
+    """
+    recent = list(history)[-history_len:] if history_len > 0 else []
+    return PersonaView(
+        description=describe_profile(profile, history),
+        history_titles=tuple(item_line(it) for it in recent),
+    )

@@ -1,0 +1,266 @@
+"""The user-simulation (US) agent: one persona reacts to one slate.
+
+Per impression the user **skips**, **watches** or **likes** (a like implies a watch); after the
+slate the user may **leave** the session. See ``docs/user-actions.md`` for the semantics.
+
+Two decision modes:
+
+* ``score``: one forward pass gives p(Yes) for "would this user like the video?"; the action is
+  drawn from it with the run's seeded RNG. A ``trace_rate`` fraction of decisions also gets a
+  full chain of thought, stored for inspection (the action still comes from p(Yes)).
+* ``generate``: the model writes ``<think>…</think><answer>…</answer>``; the parsed Yes/No is
+  the decision. Unreadable answers fall back to ``skip`` and are stored with
+  ``format_ok=false``.
+
+Randomness is keyed by (seed, step, user, position), never by arm, so every arm of an A/B test
+sees the same random stream for the same user: common random numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.backends.base import ChatPrompt, LLMBackend
+from agents.parsing import parse_judgement
+from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt
+
+ACTIONS = ("skip", "watch", "like")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One impression of a slate."""
+
+    item_id: int
+    text: str  # sanitised title (and category) shown to the agent
+    position: int
+    rec_score: float
+
+
+@dataclass
+class SlateRequest:
+    """A user facing a slate in one arm."""
+
+    arm: str
+    user_id: int
+    persona: PersonaView
+    candidates: list[Candidate]
+    friends_liked: tuple[str, ...] = ()
+
+
+@dataclass
+class DecisionRecord:
+    """Everything stored about one decision."""
+
+    arm: str
+    user_id: int
+    position: int
+    item_id: int
+    rec_score: float
+    action: str
+    p_like: float | None
+    prompt: str
+    completion: str | None
+    think: str | None
+    answer: str | None
+    format_ok: bool
+    fallback: str | None
+    model_id: str
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    traced: bool
+    prompt_truncated: bool = False
+
+
+@dataclass
+class SlateOutcome:
+    """A user's decisions on a slate and whether they left afterwards."""
+
+    arm: str
+    user_id: int
+    decisions: list[DecisionRecord]
+    left: bool
+    leave_prob: float
+
+
+@dataclass(frozen=True)
+class SessionRules:
+    """How decisions turn into likes and exits (documented in docs/user-actions.md).
+
+    Attributes:
+        like_share: share of positive decisions that are likes rather than plain watches.
+        base_leave_prob: chance of leaving after any slate.
+        bored_leave_prob: extra chance of leaving after a slate with nothing watched.
+    """
+
+    like_share: float = 0.5
+    base_leave_prob: float = 0.05
+    bored_leave_prob: float = 0.3
+
+
+def stable_int(*parts: object) -> int:
+    """A 63-bit integer from the parts, identical across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def user_uniforms(seed: int, step: int, user_id: int, slate_size: int) -> dict[str, np.ndarray]:
+    """The user's random draws for one step; the same in every arm (paired design)."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, step, user_id & 0xFFFFFFFF])
+    draws = rng.random(3 * slate_size + 1)
+    return {
+        "action": draws[:slate_size],
+        "trace": draws[slate_size : 2 * slate_size],
+        "like": draws[2 * slate_size : 3 * slate_size],
+        "leave": draws[-1:],
+    }
+
+
+@dataclass
+class USAgent:
+    """Turns slates into decisions with an LLM backend.
+
+    Attributes:
+        backend: the LLM.
+        mode: ``"score"`` or ``"generate"``.
+        seed: the run's seed.
+        trace_rate: fraction of scored decisions that also get a stored chain of thought.
+        max_new_tokens: budget of a chain of thought.
+        temperature: sampling temperature of generation.
+        rules: how positive decisions become likes and when users leave.
+    """
+
+    backend: LLMBackend
+    mode: str = "score"
+    seed: int = 0
+    trace_rate: float = 0.0
+    max_new_tokens: int = 96
+    temperature: float = 0.7
+    rules: SessionRules = field(default_factory=SessionRules)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("score", "generate"):
+            raise ValueError(f"decision mode must be 'score' or 'generate', not {self.mode!r}")
+
+    def decide(self, requests: Sequence[SlateRequest], step: int, batch_key: int = 0) -> list[
+        SlateOutcome
+    ]:
+        """Decide every impression of every request.
+
+        Args:
+            requests: the slates, each for one user in one arm.
+            step: the simulation step (keys the random draws).
+            batch_key: distinguishes batches of the same step for the LLM sampler's seed.
+
+        Returns:
+            One outcome per request, in order.
+        """
+        flat = [(r, c) for r in requests for c in r.candidates]
+        draws = {
+            (r.arm, r.user_id): user_uniforms(self.seed, step, r.user_id, len(r.candidates))
+            for r in requests
+        }
+        gen_seed = stable_int(self.seed, step, batch_key) % (2**31)
+        think_prompts = [
+            judgement_prompt(r.persona, c.text, think=True, friends_liked=r.friends_liked)
+            for r, c in flat
+        ]
+        records: list[DecisionRecord]
+        if self.mode == "score":
+            records = self._score(flat, draws, think_prompts, gen_seed)
+        else:
+            records = self._generate(flat, draws, think_prompts, gen_seed)
+        outcomes, cursor = [], 0
+        for r in requests:
+            decs = records[cursor : cursor + len(r.candidates)]
+            cursor += len(r.candidates)
+            watched = sum(d.action != "skip" for d in decs)
+            leave_prob = self.rules.base_leave_prob + (
+                self.rules.bored_leave_prob if watched == 0 else 0.0
+            )
+            left = bool(draws[(r.arm, r.user_id)]["leave"][0] < leave_prob)
+            outcomes.append(SlateOutcome(r.arm, r.user_id, decs, left, leave_prob))
+        return outcomes
+
+    def _action_from_p(self, p: float, u: float) -> str:
+        if u < p * self.rules.like_share:
+            return "like"
+        return "watch" if u < p else "skip"
+
+    def _score(self, flat, draws, think_prompts: list[ChatPrompt], gen_seed: int):
+        prompts = [
+            judgement_prompt(r.persona, c.text, think=False, friends_liked=r.friends_liked)
+            for r, c in flat
+        ]
+        scores = self.backend.score(prompts, ("Yes", "No"))
+        traced_idx = [
+            i for i, (r, c) in enumerate(flat)
+            if draws[(r.arm, r.user_id)]["trace"][c.position] < self.trace_rate
+        ]
+        traces = {}
+        if traced_idx:
+            gens = self.backend.generate(
+                [think_prompts[i] for i in traced_idx], max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, seed=gen_seed,
+            )
+            traces = dict(zip(traced_idx, gens, strict=True))
+        out = []
+        for i, ((r, c), s) in enumerate(zip(flat, scores, strict=True)):
+            p = float(s.probs["Yes"])
+            action = self._action_from_p(p, float(draws[(r.arm, r.user_id)]["action"][c.position]))
+            gen = traces.get(i)
+            parsed = parse_judgement(gen.text, THINK_PREFIX) if gen else None
+            out.append(
+                DecisionRecord(
+                    arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
+                    rec_score=c.rec_score, action=action, p_like=p,
+                    prompt=(think_prompts[i] if gen else prompts[i]).flat_text(),
+                    completion=gen.text if gen else None,
+                    think=parsed.think if parsed else None,
+                    answer=parsed.answer if parsed else None,
+                    # Score mode reads a probability, which is always well formed; a stored
+                    # trace reports its own format.
+                    format_ok=parsed.format_ok if parsed else s.found,
+                    fallback=None if s.found else "options_not_in_top_logprobs",
+                    model_id=self.backend.model_id,
+                    tokens_in=s.tokens_in + (gen.tokens_in if gen else 0),
+                    tokens_out=gen.tokens_out if gen else 0,
+                    latency_ms=1000 * (s.latency_s + (gen.latency_s if gen else 0.0)),
+                    traced=gen is not None,
+                    prompt_truncated=s.truncated_prompt,
+                )
+            )
+        return out
+
+    def _generate(self, flat, draws, think_prompts: list[ChatPrompt], gen_seed: int):
+        gens = self.backend.generate(
+            think_prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+            seed=gen_seed,
+        )
+        out = []
+        for (r, c), prompt, gen in zip(flat, think_prompts, gens, strict=True):
+            parsed = parse_judgement(gen.text, THINK_PREFIX)
+            if parsed.prediction == "Yes":
+                liked = draws[(r.arm, r.user_id)]["like"][c.position] < self.rules.like_share
+                action, fallback = ("like" if liked else "watch"), None
+            elif parsed.prediction == "No":
+                action, fallback = "skip", None
+            else:
+                action, fallback = "skip", "no_prediction"
+            out.append(
+                DecisionRecord(
+                    arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
+                    rec_score=c.rec_score, action=action, p_like=None, prompt=prompt.flat_text(),
+                    completion=gen.text, think=parsed.think, answer=parsed.answer,
+                    format_ok=parsed.format_ok, fallback=fallback,
+                    model_id=self.backend.model_id, tokens_in=gen.tokens_in,
+                    tokens_out=gen.tokens_out, latency_ms=1000 * gen.latency_s, traced=True,
+                    prompt_truncated=gen.truncated_prompt,
+                )
+            )
+        return out

@@ -1,0 +1,1 @@
+"""Environments: datasets, splits, recommenders and the platform (no agents here)."""

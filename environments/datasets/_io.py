@@ -1,0 +1,575 @@
+"""Shared file helpers for the dataset loaders.
+
+Every loader reads its files through :func:`read_delimited` (or :func:`read_numeric_table`,
+which tries a vectorised pandas read first and falls back to it), so bad rows are handled the
+same way everywhere: a row that cannot be parsed is skipped and counted in the
+:class:`~environments.schema.LoadReport` with its line number, and a file where more than
+:data:`MAX_BAD_FRACTION` of the rows are bad raises :class:`~environments.schema.DataFormatError`
+naming the file and the first bad line (a wrong separator or encoding is a format problem,
+not a few stray rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from environments.schema import DataFormatError, LoadReport
+
+MAX_BAD_FRACTION = 0.05
+"""A file with more than this share of bad rows is rejected instead of partially loaded."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+_SEP_NAMES = {"\t": "tab", ",": "comma", " ": "space", "|": "'|'", "::": "'::'"}
+
+# Characters trimmed from both ends of a hashtag; inner punctuation is kept because
+# tags only need to be whitespace-free tokens.
+_TAG_TRIM = (
+    " \t\r\n.,;:!?'\"()[]{}<>~*&^%$@+=/\\|`-_"
+    "\u3002\uff0c\uff01\uff1f\u3001\u3010\u3011\u300a\u300b\u2026"  # CJK punctuation, ellipsis
+)
+_WS = re.compile(r"\s+")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def display_name(path: str | Path) -> str:
+    """The short file name used in reports and error messages."""
+    return Path(path).name
+
+
+def is_gzip(path: str | Path) -> bool:
+    """Whether ``path`` holds gzip data (judged by the magic bytes, not the name)."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a plain or gzip-compressed file for binary reading."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def open_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:
+    """Open a plain or gzip-compressed file as text.
+
+    Args:
+        path: The file; gzip is detected from its first bytes, so ``X`` and ``X.gz`` both work
+            whatever their names say.
+        encoding: Text encoding.
+        errors: How undecodable bytes are handled (see :func:`open`).
+
+    Returns:
+        A text file object; the caller closes it.
+    """
+    if is_gzip(path):
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
+    return open(path, encoding=encoding, errors=errors, newline="")
+
+
+def _with_gz(name: str) -> tuple[str, str]:
+    return (name, name + ".gz") if not name.endswith(".gz") else (name, name[:-3])
+
+
+def find_file(folder: str | Path, names: Iterable[str], depth: int = 1) -> Path | None:
+    """Find the first of ``names`` (each also tried with/without ``.gz``) under ``folder``.
+
+    Args:
+        folder: Where to look.
+        names: Candidate file names, best first.
+        depth: How many subfolder levels to search below ``folder`` (the folder itself is
+            always searched first).
+
+    Returns:
+        The path found, or ``None``.
+    """
+    names = list(names)
+    for directory in _dirs(Path(folder), depth):
+        for name in names:
+            for candidate in _with_gz(name):
+                path = directory / candidate
+                if path.is_file():
+                    return path
+    return None
+
+
+def find_files(folder: str | Path, pattern: str, depth: int = 1) -> list[Path]:
+    """All files matching the regular expression ``pattern`` (full name) under ``folder``.
+
+    Args:
+        folder: Where to look.
+        pattern: A regular expression matched against the whole file name.
+        depth: How many subfolder levels to search below ``folder``.
+
+    Returns:
+        Matching paths, folder itself first, then subfolders in name order.
+    """
+    regex = re.compile(pattern)
+    found = []
+    for directory in _dirs(Path(folder), depth):
+        found.extend(
+            p for p in sorted(directory.iterdir()) if p.is_file() and regex.fullmatch(p.name)
+        )
+    return found
+
+
+def _dirs(folder: Path, depth: int) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    out, level = [folder], [folder]
+    for _ in range(depth):
+        level = [d for parent in level for d in sorted(parent.iterdir()) if d.is_dir()]
+        out.extend(level)
+    return out
+
+
+# ------------------------------------------------------------------------- reading
+
+
+def _decoded_lines(
+    path: Path, encoding: str, report: LoadReport, name: str
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_no, text)`` without the line ending.
+
+    Lines are decoded one by one so an undecodable byte is pinned to its line: the row is
+    kept with U+FFFD in place of the bad bytes and counted as 'bad encoding'.
+    """
+    line_no = 0
+    try:
+        with open_binary(path) as fh:
+            for raw in fh:
+                line_no += 1
+                raw = raw.rstrip(b"\r\n")
+                try:
+                    text = raw.decode(encoding)
+                except UnicodeDecodeError:
+                    text = raw.decode(encoding, errors="replace")
+                    report.skip(name, "bad encoding", line_no)
+                yield line_no, text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        if line_no == 0:
+            raise DataFormatError(f"{name}: not a readable gzip file ({exc})") from exc
+        # Keep what was read: a cut-off download should not lose the whole file.
+        report.skip(name, "truncated gzip stream", line_no + 1)
+
+
+def _describe_sep(sep: str) -> str:
+    return _SEP_NAMES.get(sep, repr(sep))
+
+
+def _check_row(
+    fields: list[str],
+    ncols: int,
+    sep: str,
+    int_cols: Sequence[int],
+    float_cols: Sequence[int],
+) -> tuple[str, str] | None:
+    """Validate and convert ``fields`` in place; return ``(reason, detail)`` when bad."""
+    if len(fields) != ncols:
+        hint = " (wrong separator?)" if len(fields) == 1 and ncols > 1 else ""
+        return (
+            "wrong number of fields",
+            f"expected {ncols} {_describe_sep(sep)}-separated fields, got {len(fields)}{hint}",
+        )
+    for j in int_cols:
+        try:
+            fields[j] = int(fields[j])
+        except ValueError:
+            return "non-integer id or value", f"field {j + 1} is not an integer: {fields[j]!r}"
+    for j in float_cols:
+        try:
+            value = float(fields[j])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):  # float() accepts "nan"/"inf", which no column means
+            return "non-numeric value", f"field {j + 1} is not a number: {fields[j]!r}"
+        fields[j] = value
+    return None
+
+
+def _looks_like_header(fields: list[str], int_cols: Sequence[int]) -> bool:
+    """A first row whose id columns hold words (not numbers) is a header."""
+    cols = [j for j in int_cols if j < len(fields)] or [0]
+    return all(re.search(r"[A-Za-z]", fields[j] or "") for j in cols)
+
+
+def read_delimited(
+    path: str | Path,
+    sep: str,
+    ncols: int,
+    report: LoadReport,
+    *,
+    encoding: str = "utf-8",
+    int_cols: Sequence[int] = (0,),
+    float_cols: Sequence[int] = (),
+    rest_in_last: bool = False,
+    quoted: bool = False,
+    header: bool | None = False,
+    check: Callable[[list], tuple[str, str] | None] | None = None,
+    max_bad_fraction: float = MAX_BAD_FRACTION,
+) -> Iterator[tuple[int, list]]:
+    """Yield the good rows of a delimited text file, counting the bad ones.
+
+    Bad rows (wrong number of fields, e.g. a truncated line; a non-integer id; a
+    non-numeric value) are skipped and counted in ``report`` with their line number.
+    Blank lines are ignored. After the last row, if more than ``max_bad_fraction`` of the rows
+    (or every row) were bad, :class:`DataFormatError` is raised naming the file and the first
+    bad line, e.g. ``"u.data line 3: expected 4 tab-separated fields, got 1 (wrong separator?)"``.
+
+    Args:
+        path: Plain or gzip file.
+        sep: Field separator (may be several characters, e.g. ``"::"``).
+        ncols: Expected number of fields.
+        report: Where skipped rows are counted (keyed by the file name).
+        encoding: Text encoding; undecodable bytes are replaced and the row is counted as
+            'bad encoding' (it is still yielded).
+        int_cols: Fields converted to ``int`` (a failure makes the row bad).
+        float_cols: Fields converted to ``float`` (a failure makes the row bad).
+        rest_in_last: Split at most ``ncols - 1`` times, so the last field keeps any
+            separators (free text such as comments).
+        quoted: Parse with CSV quoting rules (``sep`` must be one character).
+        header: ``True``: the first row is a header and is skipped; ``False``: no header;
+            ``None``: skip the first row only when its id fields are not numbers.
+        check: Extra per-row validation run after the conversions; it may convert fields in
+            place and returns ``None`` for a good row or ``(reason, detail)`` for a bad one
+            (counted like any other bad row).
+        max_bad_fraction: Share of bad rows above which the file is rejected.
+
+    Yields:
+        ``(line_no, fields)`` with 1-based physical line numbers; fields listed in
+        ``int_cols``/``float_cols`` are already converted, the rest are ``str``.
+
+    Raises:
+        DataFormatError: Too many bad rows, or an unreadable gzip file.
+    """
+    path = Path(path)
+    name = display_name(path)
+    lines = _decoded_lines(path, encoding, report, name)
+    rows = _split_rows(lines, sep, ncols, rest_in_last, quoted)
+    n_rows = n_bad = 0
+    first_bad: str | None = None
+    first_row = True
+    for line_no, fields in rows:
+        if first_row:
+            first_row = False
+            auto = header is None and fields is not None and _looks_like_header(fields, int_cols)
+            if header is True or auto:
+                continue
+        n_rows += 1
+        if fields is None:
+            problem: tuple[str, str] | None = ("unparseable row", "not valid CSV")
+        else:
+            problem = _check_row(fields, ncols, sep, int_cols, float_cols)
+            if problem is None and check is not None:
+                problem = check(fields)
+        if problem is None:
+            yield line_no, fields
+            continue
+        n_bad += 1
+        report.skip(name, problem[0], line_no)
+        if first_bad is None:
+            first_bad = f"{name} line {line_no}: {problem[1]}"
+    if n_bad and (n_bad == n_rows or n_bad > max_bad_fraction * n_rows):
+        raise DataFormatError(f"{first_bad} ({n_bad} of {n_rows} rows bad)")
+
+
+def _split_rows(
+    lines: Iterator[tuple[int, str]], sep: str, ncols: int, rest_in_last: bool, quoted: bool
+) -> Iterator[tuple[int, list[str] | None]]:
+    """Split decoded lines into fields; ``None`` marks a row the CSV parser rejected."""
+    if quoted:
+        # csv tracks quoted fields across physical lines; remember where each record began.
+        starts: list[int] = []
+
+        def feed() -> Iterator[str]:
+            for line_no, text in lines:
+                starts.append(line_no)
+                yield text + "\n"  # keeps newlines inside quoted fields
+
+        reader = csv.reader(feed(), delimiter=sep)
+        consumed = 0
+        while True:
+            try:
+                fields: list[str] | None = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                fields = None  # e.g. a NUL byte; the reader resets and goes on
+            start = starts[consumed] if consumed < len(starts) else 0
+            consumed = len(starts)
+            if fields is None:
+                yield start, None
+            elif fields:
+                yield start, fields
+    maxsplit = ncols - 1 if rest_in_last else -1
+    for line_no, text in lines:
+        if text.strip():
+            yield line_no, text.split(sep, maxsplit)
+
+
+def read_numeric_table(
+    path: str | Path,
+    sep: str,
+    ncols: int,
+    report: LoadReport,
+    *,
+    float_cols: Sequence[int] = (),
+    encoding: str = "utf-8",
+    header: bool | None = False,
+) -> pd.DataFrame:
+    """Read an all-numeric delimited file into columns, fast when the file is clean.
+
+    A vectorised pandas read is tried first; at the first sign of trouble (a bad row, a
+    blank line, an undecodable byte) the file is re-read with :func:`read_delimited`, so bad
+    rows are still skipped, counted and judged exactly as there.
+
+    Args:
+        path: Plain or gzip file.
+        sep: Field separator (``"::"`` is supported).
+        ncols: Expected number of fields.
+        report: Where skipped rows are counted.
+        float_cols: Fields parsed as float; the others must be integers.
+        encoding: Text encoding.
+        header: As in :func:`read_delimited`.
+
+    Returns:
+        Columns ``0..ncols-1`` (int64, or float64 for ``float_cols``) and ``line`` (1-based
+        line numbers).
+
+    Raises:
+        DataFormatError: As in :func:`read_delimited`.
+    """
+    int_cols = tuple(j for j in range(ncols) if j not in float_cols)
+    frame = _fast_numeric(Path(path), sep, ncols, int_cols, float_cols, encoding, header)
+    if frame is not None:
+        return frame
+    rows = list(
+        read_delimited(
+            path,
+            sep,
+            ncols,
+            report,
+            encoding=encoding,
+            int_cols=int_cols,
+            float_cols=float_cols,
+            header=header,
+        )
+    )
+    cols = list(zip(*(r[1] for r in rows), strict=True)) or [()] * ncols
+    out = pd.DataFrame(
+        {
+            j: np.asarray(cols[j], dtype="float64" if j in float_cols else "int64")
+            for j in range(ncols)
+        }
+    )
+    out["line"] = np.asarray([r[0] for r in rows], dtype="int64")
+    return out
+
+
+def _fast_numeric(
+    path: Path,
+    sep: str,
+    ncols: int,
+    int_cols: Sequence[int],
+    float_cols: Sequence[int],
+    encoding: str,
+    header: bool | None,
+) -> pd.DataFrame | None:
+    """The pandas read behind :func:`read_numeric_table`; ``None`` means "use the slow path"."""
+    # The C parser takes one-character separators only; "a::b" read with ":" gives empty
+    # fields in between, which are checked below.
+    stride = 2 if sep == "::" else 1
+    if len(sep) != 1 and sep != "::":
+        return None
+    skip = 0
+    if header is not False:
+        first = read_header(path, sep, encoding=encoding)
+        if header is True or _looks_like_header(first, int_cols):
+            skip = 1
+    try:
+        # Let the C parser infer types: any non-numeric field, short row or blank line shows
+        # up as a non-int64 column or a NaN, and sends the file to the careful path.
+        raw = pd.read_csv(
+            path,
+            sep=sep[0],
+            header=None,
+            skip_blank_lines=False,
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+            encoding=encoding,
+            encoding_errors="strict",
+            compression="gzip" if is_gzip(path) else None,
+            skiprows=skip,
+        )
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        EOFError,
+        OSError,
+        zlib.error,
+        ValueError,
+    ):
+        return None
+    if raw.shape[1] != (ncols - 1) * stride + 1 or raw.empty:
+        return None
+    if stride == 2 and not raw.iloc[:, 1::2].isna().all().all():
+        return None
+    out = {}
+    for j in range(ncols):
+        col = raw.iloc[:, j * stride]
+        if j in float_cols:
+            if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+                return None
+            values = col.to_numpy(dtype="float64")
+            if not np.isfinite(values).all():
+                return None
+        elif col.dtype != np.int64:
+            return None
+        else:
+            values = col.to_numpy()
+        out[j] = values
+    frame = pd.DataFrame(out)
+    # No row was dropped or merged (blank lines would have failed the checks above), so the
+    # physical line number is the row number plus any header.
+    frame["line"] = np.arange(1 + skip, len(frame) + 1 + skip, dtype="int64")
+    return frame
+
+
+def read_header(path: str | Path, sep: str, encoding: str = "utf-8") -> list[str]:
+    """The fields of the first line of ``path`` (for files with named columns)."""
+    with open_text(path, encoding=encoding, errors="replace") as fh:
+        return fh.readline().rstrip("\r\n").split(sep)
+
+
+# ------------------------------------------------------------------ normalisation
+
+
+def normalise_tag(raw: str) -> str:
+    """Turn one hashtag body into ``#lower_case_words`` (``""`` when nothing is left)."""
+    text = raw.strip(_TAG_TRIM)
+    if not text:
+        return ""
+    return "#" + _WS.sub("_", text).lower()
+
+
+def extract_tags(title: str) -> str:
+    """Space-separated ``#tags`` from a title, in order of first use.
+
+    MicroLens titles put hashtags after the text with spaces after ``#``
+    (``"text # funny # unexpected ending"``); a tag runs to the next ``#``, so inner spaces
+    become underscores: ``"#funny #unexpected_ending"``.
+    """
+    if not isinstance(title, str) or "#" not in title:
+        return ""
+    tags = (normalise_tag(part) for part in title.split("#")[1:])
+    return " ".join(dict.fromkeys(t for t in tags if t))
+
+
+def tags_column(titles: pd.Series) -> pd.Series:
+    """:func:`extract_tags` over a column of titles."""
+    return titles.map(extract_tags).astype(object)
+
+
+def fill_missing_titles(
+    items: pd.DataFrame, report: LoadReport, file: str, lines: pd.Series | None = None
+) -> pd.DataFrame:
+    """Replace empty titles with ``"item <id>"`` and count each as 'missing title'.
+
+    Args:
+        items: Frame with ``item_id`` and ``title``.
+        report: Where missing titles are counted.
+        file: The file the titles come from (the report key).
+        lines: Optional line numbers aligned with ``items`` for the report.
+
+    Returns:
+        ``items`` with no empty titles.
+    """
+    title = items["title"].fillna("").astype(str).str.strip()
+    missing = title.eq("")
+    if missing.any():
+        for idx in np.flatnonzero(missing.to_numpy()):
+            line = None
+            if lines is not None and pd.notna(lines.iloc[idx]):
+                line = int(lines.iloc[idx])
+            report.skip(file, "missing title", line)
+        title = title.mask(missing, "item " + items["item_id"].astype(str))
+    items = items.copy()
+    items["title"] = title
+    return items
+
+
+def finish_interactions(
+    frame: pd.DataFrame, report: LoadReport, file: str, time_col: str | None = "timestamp"
+) -> pd.DataFrame:
+    """Drop duplicate (user, item) rows and number each user's interactions.
+
+    Args:
+        frame: Interactions in file order with ``user_id``, ``item_id``, a ``line`` column
+            (source line numbers, for the report) and optionally ``time_col``.
+        report: Where duplicates are counted as 'duplicate row' (the first is kept).
+        file: Report key.
+        time_col: Column that orders a user's interactions (ties keep file order); ``None``
+            means the file order already is the time order.
+
+    Returns:
+        The interactions with an int64 ``order`` column, sorted by ``(user_id, order)``,
+        without the ``line`` column.
+    """
+    frame = frame.reset_index(drop=True)
+    dup = frame.duplicated(["user_id", "item_id"], keep="first")
+    if dup.any():
+        for line in frame.loc[dup, "line"].tolist():
+            report.skip(file, "duplicate row", int(line))
+        frame = frame.loc[~dup]
+    frame = frame.assign(_row=np.arange(len(frame)))
+    keys = ["user_id", time_col, "_row"] if time_col else ["user_id", "_row"]
+    frame = frame.sort_values(keys, kind="stable")
+    frame["order"] = frame.groupby("user_id", sort=False).cumcount().astype("int64")
+    frame = frame.drop(columns=["_row", "line"])
+    frame["user_id"] = frame["user_id"].astype("int64")
+    frame["item_id"] = frame["item_id"].astype("int64")
+    first = ["user_id", "item_id", "order"]
+    return frame[first + [c for c in frame.columns if c not in first]].reset_index(drop=True)
+
+
+def add_unknown_items(
+    items: pd.DataFrame, interactions: pd.DataFrame, report: LoadReport, file: str
+) -> pd.DataFrame:
+    """Give interacted items that the item file lacks a placeholder row.
+
+    The interaction is real data, so it is kept; the missing metadata is counted as
+    'missing title' against the item file.
+    """
+    known = set(items["item_id"].tolist())
+    unknown = sorted(set(interactions["item_id"].unique().tolist()) - known)
+    if not unknown:
+        return items
+    for _ in unknown:
+        report.skip(file, "missing title")
+    extra = pd.DataFrame(
+        {"item_id": np.asarray(unknown, dtype="int64"), "category": "", "tags": ""}
+    )
+    extra["title"] = "item " + extra["item_id"].astype(str)
+    out = pd.concat([items, extra], ignore_index=True)
+    return out.sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def add_unknown_users(users: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    """Add ``user_id``-only rows for interacting users that the user file lacks."""
+    unknown = np.setdiff1d(interactions["user_id"].unique(), users["user_id"].to_numpy())
+    if not len(unknown):
+        return users
+    extra = pd.DataFrame({"user_id": unknown.astype("int64")})
+    out = pd.concat([users, extra], ignore_index=True)
+    return out.sort_values("user_id", kind="stable").reset_index(drop=True)

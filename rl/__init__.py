@@ -1,0 +1,1 @@
+"""RL alignment of the US agent (datasets, rewards, trainers, evaluation)."""

@@ -1,0 +1,203 @@
+"""Scenario files: one pydantic tree, validated strictly.
+
+An unknown key or a wrong type is a one-line error that names the file and the key, e.g.
+``scenarios/x.yaml: simulation.steps: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+class ScenarioError(ValueError):
+    """A scenario file is missing, unreadable or invalid. The message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    """Where the real (or synthetic) logs come from."""
+
+    kind: Literal["movielens-100k", "movielens-1m", "microlens", "synthetic"] = "movielens-100k"
+    path: str | None = Field(
+        None, description="Data folder. None: the embedded MovieLens-100K asset, or "
+        "$VRAGENT_DATA_DIR/<default folder> for MicroLens.")
+    min_len: int = Field(5, ge=2, description="Users with fewer interactions are dropped.")
+    max_len: int = Field(13, ge=3, description="Sequences are cut to their last max_len items.")
+    synthetic: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments of make_synthetic_world.")
+
+
+class PopulationConfig(_Strict):
+    """Which real users become simulated users."""
+
+    size: int = Field(8, ge=1)
+    sampling: Literal["random", "first"] = "random"
+    history_len: int = Field(10, ge=0, description="History titles shown in the prompt.")
+
+
+class SessionConfig(_Strict):
+    """How decisions become likes and exits (docs/user-actions.md)."""
+
+    like_share: float = Field(0.5, ge=0, le=1)
+    base_leave_prob: float = Field(0.05, ge=0, le=1)
+    bored_leave_prob: float = Field(0.3, ge=0, le=1)
+
+
+class SimulationConfig(_Strict):
+    """Length and shape of the simulation."""
+
+    steps: int = Field(2, gt=0)
+    slate_size: int = Field(5, gt=0, le=100)
+    activation_prob: float = Field(
+        1.0, gt=0, le=1, description="Chance a user is active in a step."
+    )
+    users_per_task: int = Field(8, gt=0, description="Users per fan-out task (one Send).")
+    refit_every: int = Field(0, ge=0, description="Refit recommenders every K steps; 0 = never.")
+    session: SessionConfig = Field(default_factory=SessionConfig)
+
+
+class ArmConfig(_Strict):
+    """One recommender arm."""
+
+    name: str = Field(min_length=1, max_length=100)
+    recommender: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendConfig(_Strict):
+    """The LLM behind the agents."""
+
+    kind: Literal["hf", "openai", "tiny", "constant"] = "hf"
+    model: str = Field("smollm2", description="'smollm2' (embedded asset), a model folder, or the "
+                       "served model name for openai.")
+    decision_mode: Literal["score", "generate"] = "score"
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(96, gt=0)
+    temperature: float = Field(0.7, ge=0)
+    trace_rate: float = Field(0.1, ge=0, le=1)
+    max_prompt_tokens: int = Field(1024, gt=16)
+    base_url: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the env var with the key.")
+    max_concurrency: int = Field(8, gt=0)
+    prefill: bool = True
+    threads: int | None = Field(None, gt=0)
+    p_yes: float = Field(0.3, ge=0, le=1, description="constant backend only.")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> BackendConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("base_url is required when kind is 'openai'")
+        return self
+
+
+class IPAgentConfig(_Strict):
+    """The minimal item-perception agent."""
+
+    enabled: bool = True
+    items_per_step: int = Field(4, ge=0, description="New items profiled per step, most "
+                                "popular first.")
+    max_new_tokens: int = Field(64, gt=0)
+    in_prompt: bool = Field(False, description="Show profiles to the US agent.")
+
+
+class SocialConfig(_Strict):
+    """The friendship graph over the population."""
+
+    graph: Literal["none", "watts_strogatz", "barabasi_albert"] = "watts_strogatz"
+    k: int = Field(4, ge=1)
+    p: float = Field(0.1, ge=0, le=1)
+    show_friends_likes: int = Field(0, ge=0, description="Friends' recent likes shown in the "
+                                    "prompt (0 = off).")
+
+
+class Scenario(_Strict):
+    """A whole scenario file."""
+
+    name: str
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    arms: list[ArmConfig] = Field(min_length=1)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    ip_agent: IPAgentConfig = Field(default_factory=IPAgentConfig)
+    social: SocialConfig = Field(default_factory=SocialConfig)
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> Scenario:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique, repeated: {dupes}")
+        return self
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    """Validate a parsed YAML mapping.
+
+    Raises:
+        ScenarioError: one line naming the source and the first bad key.
+    """
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping at the top level, got "
+                            f"{type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ScenarioError(f"{source}: {_loc(err)}: {msg}{more}") from None
+
+
+def resolve_scenario_path(name_or_path: str) -> Path:
+    """A path as given, or a bundled scenario name (``quickstart``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return SCENARIO_DIR / f"{name_or_path}.yaml"
+
+
+def load_scenario(name_or_path: str) -> tuple[Scenario, str, Path]:
+    """Read, parse and validate a scenario.
+
+    Returns:
+        The scenario, its raw YAML text and its path.
+
+    Raises:
+        ScenarioError: missing file, bad YAML, or invalid content; one line.
+    """
+    path = resolve_scenario_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", exc)
+        raise ScenarioError(f"{path}:{where} invalid YAML: {problem}") from None
+    return parse_scenario(data, str(path)), text, path
+
+
+def list_scenarios() -> list[Path]:
+    """Bundled scenario files."""
+    return sorted(SCENARIO_DIR.glob("*.yaml"))

@@ -1,0 +1,43 @@
+"""Export a run's tables to Parquet or JSON Lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select
+
+from sandbox.store import TABLES_IN_EXPORT, Base, Store
+
+
+def export_run(store: Store, run_id: str, out_dir: Path, fmt: str = "parquet") -> list[Path]:
+    """Write one file per table holding the run's rows.
+
+    Args:
+        store: the run store.
+        run_id: which run.
+        out_dir: destination folder (created).
+        fmt: ``"parquet"`` or ``"jsonl"``.
+
+    Returns:
+        The files written.
+    """
+    if fmt not in ("parquet", "jsonl"):
+        raise ValueError(f"format must be parquet or jsonl, not {fmt!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with store.engine.connect() as conn:
+        for name in TABLES_IN_EXPORT:
+            table = Base.metadata.tables[name]
+            key = table.c.id if name == "runs" else table.c.run_id
+            frame = pd.read_sql(select(table).where(key == run_id), conn)
+            path = out_dir / f"{name}.{fmt}"
+            if fmt == "parquet":
+                for col in frame.columns:  # JSON columns hold dicts/lists: store them as text
+                    if frame[col].map(lambda v: isinstance(v, dict | list)).any():
+                        frame[col] = frame[col].map(pd.io.json.ujson_dumps)
+                frame.to_parquet(path, index=False)
+            else:
+                frame.to_json(path, orient="records", lines=True, date_format="iso")
+            written.append(path)
+    return written

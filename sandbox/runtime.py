@@ -1,0 +1,331 @@
+"""Everything a run needs in memory, and the work each node of the step graph does.
+
+The graph state holds only small, serialisable things (the step number, slates, outcomes). The
+heavy objects (dataset, recommenders, the LLM, the Mesa population) live here. After a crash
+they are rebuilt from the scenario and then brought up to date by replaying the decisions the
+store already holds, so a resumed run continues from exactly the state an uninterrupted run had.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from agents.backends.base import LLMBackend
+from agents.ip_agent import IPAgent, ItemText
+from agents.persona import build_persona, item_line
+from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
+from environments.platform import Platform
+from sandbox.backend_factory import make_backend
+from sandbox.config import Scenario
+from sandbox.population import PopulationModel
+from sandbox.store import Store
+from sandbox.world import load_world, make_split, sample_population
+
+PROFILE_COLUMNS = ("age", "gender", "occupation", "zip_code", "activity")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar (numpy types and NaN out)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+class SimulationRuntime:
+    """The in-memory side of a run.
+
+    Args:
+        scenario: the validated scenario.
+        store: where the run is logged.
+        run_id: the run's id.
+        backend: an LLM backend to use instead of building one from the scenario.
+        on_progress: called with the number of users decided after each fan-out task.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        store: Store,
+        run_id: str,
+        backend: LLMBackend | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.sc = scenario
+        self.store = store
+        self.run_id = run_id
+        self.on_progress = on_progress or (lambda n: None)
+        self.dataset, self.dataset_key = load_world(scenario)
+        self.split = make_split(scenario, self.dataset)
+        items = self.dataset.items
+        self.item_text: dict[int, ItemText] = {
+            int(r.item_id): ItemText(int(r.item_id), str(r.title), str(r.category or ""),
+                                     str(r.tags or ""))
+            for r in items.itertuples(index=False)
+        }
+        train = self.split.train_interactions()
+        # Most-watched first: the items slates will show most, so worth profiling first.
+        self.popularity_order = [
+            int(i) for i in train["item_id"].value_counts().index
+        ] + sorted(set(self.item_text) - set(train["item_id"].unique().tolist()))
+        pop_ids = sample_population(self.split, scenario.population.size,
+                                    scenario.population.sampling, scenario.seed)
+        profiles = self._profiles(pop_ids)
+        self.arm_names = [a.name for a in scenario.arms]
+        self.model = PopulationModel(
+            [(u, profiles[u], self.split.train[u]) for u in pop_ids], self.arm_names,
+            seed=scenario.seed, activation_prob=scenario.simulation.activation_prob,
+            graph=scenario.social.graph, k=scenario.social.k, p=scenario.social.p,
+        )
+        self.platform = Platform(
+            train, list(self.item_text), [(a.name, a.recommender, a.params) for a in scenario.arms],
+            seed=scenario.seed,
+        )
+        self.backend = backend or make_backend(scenario.backend, seed=scenario.seed)
+        b = scenario.backend
+        s = scenario.simulation.session
+        self.us_agent = USAgent(
+            self.backend, mode=b.decision_mode, seed=scenario.seed, trace_rate=b.trace_rate,
+            max_new_tokens=b.max_new_tokens, temperature=b.temperature,
+            rules=SessionRules(s.like_share, s.base_leave_prob, s.bored_leave_prob),
+        )
+        self.ip_agent = (
+            IPAgent(self.backend, max_new_tokens=scenario.ip_agent.max_new_tokens,
+                    seed=scenario.seed)
+            if scenario.ip_agent.enabled else None
+        )
+        self.profile_text: dict[int, str] = {}
+        self.logged_steps: set[int] = set()
+
+    # ------------------------------------------------------------------ setup
+
+    def _profiles(self, user_ids: list[int]) -> dict[int, dict[str, Any]]:
+        users = self.dataset.users.set_index("user_id")
+        cols = [c for c in PROFILE_COLUMNS if c in users.columns]
+        out = {}
+        for u in user_ids:
+            row = users.loc[u] if u in users.index else None
+            out[u] = {c: _clean(row[c]) for c in cols} if row is not None else {}
+        return out
+
+    def persona_for(self, user_id: int, arm: str):
+        """The persona the US agent sees for ``user_id`` in ``arm``."""
+        agent = self.model.by_user[user_id]
+        hist = [self.item_text[i] for i in agent.history(arm) if i in self.item_text]
+        return build_persona(agent.profile, hist, self.sc.population.history_len)
+
+    def register(self) -> None:
+        """Store the population and catalogue (idempotent)."""
+        users = []
+        for uid, agent in sorted(self.model.by_user.items()):
+            persona = self.persona_for(uid, self.arm_names[0])
+            users.append({
+                "user_id": uid, "persona": persona.description, "profile": agent.profile,
+                "history": agent.real_history, "friends": self.model.friends(uid),
+            })
+        items = [{"item_id": it.item_id, "title": it.title, "category": it.category,
+                  "tags": it.tags} for it in self.item_text.values()]
+        self.store.add_users_and_items(self.run_id, users, items)
+
+    def replay_from_store(self) -> int:
+        """Bring memory, shown items, exits and refits up to what the store holds.
+
+        Returns:
+            The number of fully logged steps.
+        """
+        done = self.store.completed_steps(self.run_id)
+        n_done = min(done.values()) if done and len(done) == len(self.arm_names) else 0
+        if n_done == 0:
+            return 0
+        k = self.sc.simulation.refit_every
+        rows = self.store.decisions_upto(self.run_id, n_done - 1)
+        last_refit = (n_done // k) * k - 1 if k else -1
+        for refit_done, upto in ((False, last_refit), (True, n_done - 1)):
+            for arm, step, user, item, action in rows:
+                lo = -1 if not refit_done else last_refit
+                if lo < step <= upto:
+                    self._apply(arm, user, item, action)
+            if not refit_done and last_refit >= 0:
+                for arm in self.arm_names:
+                    self.platform.refit(arm)
+        for arm, user, _step in self.store.left_users(self.run_id):
+            if user in self.model.by_user:
+                self.model.by_user[user].left[arm] = True
+        self.logged_steps = set(range(n_done))
+        return n_done
+
+    def _apply(self, arm: str, user: int, item: int, action: str) -> None:
+        self.platform.record(arm, user, item, action)
+        if action != "skip" and user in self.model.by_user:
+            self.model.by_user[user].sim_history[arm].append((item, action))
+
+    # ------------------------------------------------------------------ graph nodes
+
+    def perceive(self, step: int) -> int:
+        """Profile up to ``items_per_step`` not-yet-profiled items; return how many were new."""
+        if self.ip_agent is None or self.sc.ip_agent.items_per_step == 0:
+            return 0
+        model_id = self.backend.model_id
+        todo: list[int] = []
+        for start in range(0, len(self.popularity_order), 256):
+            chunk = self.popularity_order[start : start + 256]
+            cached = self.store.cached_profiles(self.dataset_key, model_id, chunk)
+            for iid, row in cached.items():
+                self.profile_text[iid] = row.profile
+            todo += [i for i in chunk if i not in cached]
+            if len(todo) >= self.sc.ip_agent.items_per_step:
+                break
+        todo = todo[: self.sc.ip_agent.items_per_step]
+        if not todo:
+            return 0
+        self.ip_agent.seed = stable_int(self.sc.seed, "ip", step) % (2**31)
+        made = self.ip_agent.profile([self.item_text[i] for i in todo])
+        rows = []
+        for p in made:
+            self.profile_text[p.item_id] = p.profile
+            row = asdict(p)
+            row.update(dataset=self.dataset_key, run_id=self.run_id)
+            rows.append(row)
+        self.store.add_profiles(rows)
+        return len(made)
+
+    def recommend(self, step: int) -> dict[str, dict[str, list[list[float]]]]:
+        """Activate the step's users and build every arm's slates (JSON-safe)."""
+        self.model.begin_step(step)
+        if step in self.logged_steps:
+            return {}  # replayed after its commit: the store already has it
+        k = self.sc.simulation.slate_size
+        out: dict[str, dict[str, list[list[float]]]] = {}
+        for arm in self.arm_names:
+            users = self.model.active_users(arm)
+            slates = self.platform.slates(arm, users, k, step)
+            out[arm] = {str(u): [[i, s] for i, s in slates[u]] for u in users if slates.get(u)}
+        return out
+
+    def tasks(self, step: int, slates: dict) -> list[dict[str, Any]]:
+        """Fan-out payloads: groups of ``users_per_task`` users of one arm."""
+        size = self.sc.simulation.users_per_task
+        out = []
+        for arm in self.arm_names:
+            users = sorted(slates.get(arm, {}), key=int)
+            for start in range(0, len(users), size):
+                group = users[start : start + size]
+                out.append({
+                    "step": step, "arm": arm, "batch_key": len(out),
+                    "slates": {u: slates[arm][u] for u in group},
+                })
+        return out
+
+    def decide(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run the US agent over one task's users; return JSON-safe outcomes."""
+        t0 = time.perf_counter()
+        arm, step = task["arm"], task["step"]
+        show_profiles = self.sc.ip_agent.in_prompt
+        requests = []
+        for u_str, slate in sorted(task["slates"].items(), key=lambda kv: int(kv[0])):
+            u = int(u_str)
+            cands = [
+                Candidate(int(i), item_line(self.item_text[int(i)], self.profile_text.get(int(i))
+                                            if show_profiles else None), pos, float(s))
+                for pos, (i, s) in enumerate(slate)
+            ]
+            requests.append(SlateRequest(arm, u, self.persona_for(u, arm), cands,
+                                         self._friends_liked(u, arm)))
+        outcomes = self.us_agent.decide(requests, step, batch_key=task["batch_key"])
+        wall = time.perf_counter() - t0
+        self.on_progress(len(requests))
+        return [
+            {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
+             "wall_s": wall / max(1, len(outcomes)),
+             "decisions": [asdict(d) for d in o.decisions]}
+            for o in outcomes
+        ]
+
+    def _friends_liked(self, user_id: int, arm: str) -> tuple[str, ...]:
+        n = self.sc.social.show_friends_likes
+        if n == 0:
+            return ()
+        liked = [
+            i for f in self.model.friends(user_id) if f in self.model.by_user
+            for i in self.model.by_user[f].liked(arm)
+        ]
+        return tuple(item_line(self.item_text[i]) for i in liked[-n:])
+
+    def log(self, step: int, outcomes: list[dict[str, Any]]) -> bool:
+        """Write the step in one transaction, then update memory; ``False`` if already logged."""
+        outcomes = sorted(outcomes, key=lambda o: (self.arm_names.index(o["arm"]), o["user_id"]))
+        impressions, decisions, sessions = [], [], []
+        for o in outcomes:
+            acts = [d["action"] for d in o["decisions"]]
+            sessions.append({
+                "arm": o["arm"], "step": step, "user_id": o["user_id"],
+                "n_watch": sum(a != "skip" for a in acts), "n_like": acts.count("like"),
+                "left": o["left"], "leave_prob": o["leave_prob"],
+            })
+            for d in o["decisions"]:
+                impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
+                                    "position": d["position"], "item_id": d["item_id"],
+                                    "rec_score": d["rec_score"]})
+                row = {k: v for k, v in d.items() if k != "rec_score"}
+                row["step"] = step
+                decisions.append(row)
+        metrics = self._metrics(step, outcomes)
+        steps = []
+        for arm in self.arm_names:
+            arm_out = [o for o in outcomes if o["arm"] == arm]
+            steps.append({"arm": arm, "step": step, "n_users": len(arm_out),
+                          "n_decisions": sum(len(o["decisions"]) for o in arm_out),
+                          "wall_s": sum(o["wall_s"] for o in arm_out)})
+        wrote = self.store.log_step(
+            self.run_id, step, steps=steps, impressions=impressions, decisions=decisions,
+            sessions=sessions,
+            metrics=[{"arm": a, "step": step, "name": n, "value": float(v)}
+                     for a, ms in metrics.items() for n, v in ms.items() if v is not None],
+        )
+        if wrote:
+            for o in outcomes:
+                for d in sorted(o["decisions"], key=lambda d: d["position"]):
+                    self._apply(o["arm"], o["user_id"], d["item_id"], d["action"])
+                if o["left"]:
+                    self.model.by_user[o["user_id"]].left[o["arm"]] = True
+            self.logged_steps.add(step)
+        self.model.end_step(metrics)
+        return wrote
+
+    def _metrics(self, step: int, outcomes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        n_items = len(self.item_text)
+        out = {}
+        for arm in self.arm_names:
+            arm_out = [o for o in outcomes if o["arm"] == arm]
+            decs = [d for o in arm_out for d in o["decisions"]]
+            n = len(decs)
+            shown = set().union(*self.platform.arms[arm].shown.values()) if self.platform.arms[
+                arm].shown else set()
+            shown |= {d["item_id"] for d in decs}
+            p = [d["p_like"] for d in decs if d["p_like"] is not None]
+            out[arm] = {
+                "active_users": len(arm_out),
+                "impressions": n,
+                "watch_rate": sum(d["action"] != "skip" for d in decs) / n if n else 0.0,
+                "like_rate": sum(d["action"] == "like" for d in decs) / n if n else 0.0,
+                "exit_rate": sum(o["left"] for o in arm_out) / len(arm_out) if arm_out else 0.0,
+                "coverage": len(shown) / n_items if n_items else 0.0,
+                "mean_p_like": float(np.mean(p)) if p else None,
+                "format_ok_rate": sum(d["format_ok"] for d in decs) / n if n else None,
+            }
+        return out
+
+    def feedback(self, step: int) -> bool:
+        """Refit every arm's recommender when the step closes a refit period."""
+        k = self.sc.simulation.refit_every
+        if k and (step + 1) % k == 0:
+            for arm in self.arm_names:
+                self.platform.refit(arm)
+            return True
+        return False

@@ -1,0 +1,472 @@
+"""The run store: SQLAlchemy 2.0 models over any database URL (SQLite by default).
+
+Every prompt, completion, decision and metric of a run lands here. SQLite gets WAL mode, so the
+dashboard can read while a run writes. A simulation step is written in **one transaction**, and
+natural unique keys (run, arm, step, user, position) make it impossible to log a step twice: a
+resumed run that replays a step finds it already there and skips it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Run(Base):
+    """One simulation run: its scenario, seed, environment and status."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scenario_name: Mapped[str] = mapped_column(String(200))
+    scenario_path: Mapped[str | None] = mapped_column(Text)
+    scenario_yaml: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    versions: Mapped[dict] = mapped_column(JSON)
+    git_revision: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="created")
+    error: Mapped[str | None] = mapped_column(Text)
+    n_steps: Mapped[int] = mapped_column(Integer)
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Arm(Base):
+    """One recommender arm of a run."""
+
+    __tablename__ = "arms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    recommender: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict] = mapped_column(JSON)
+    __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+
+class SimUser(Base):
+    """A simulated user: the real user it is grounded in and the persona it was given."""
+
+    __tablename__ = "users"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    persona: Mapped[str] = mapped_column(Text)
+    profile: Mapped[dict] = mapped_column(JSON)
+    history: Mapped[list] = mapped_column(JSON)  # real train-split item ids
+    friends: Mapped[list] = mapped_column(JSON)
+
+
+class Item(Base):
+    """The catalogue a run uses."""
+
+    __tablename__ = "items"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[str] = mapped_column(Text, default="")
+
+
+class ItemProfileRow(Base):
+    """An IP-agent profile, cached per dataset, item and model across runs."""
+
+    __tablename__ = "item_profiles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(200))
+    item_id: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[str] = mapped_column(String(200))
+    profile: Mapped[str] = mapped_column(Text)
+    tags: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text)
+    completion: Mapped[str] = mapped_column(Text)
+    format_ok: Mapped[bool] = mapped_column(Boolean)
+    problems: Mapped[list] = mapped_column(JSON)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    __table_args__ = (UniqueConstraint("dataset", "item_id", "model_id"),)
+
+
+class StepRow(Base):
+    """A finished simulation step of one arm."""
+
+    __tablename__ = "steps"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n_users: Mapped[int] = mapped_column(Integer)
+    n_decisions: Mapped[int] = mapped_column(Integer)
+    wall_s: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Impression(Base):
+    """One slot of a slate shown to a user."""
+
+    __tablename__ = "impressions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    arm: Mapped[str] = mapped_column(String(100))
+    step: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[int] = mapped_column(BigInteger)
+    rec_score: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("run_id", "arm", "step", "user_id", "position"),)
+
+
+class Decision(Base):
+    """What the simulated user did with one impression, and why."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    arm: Mapped[str] = mapped_column(String(100))
+    step: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    position: Mapped[int] = mapped_column(Integer)
+    item_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(10))
+    p_like: Mapped[float | None] = mapped_column(Float)
+    prompt: Mapped[str] = mapped_column(Text)
+    completion: Mapped[str | None] = mapped_column(Text)
+    think: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    format_ok: Mapped[bool] = mapped_column(Boolean)
+    fallback: Mapped[str | None] = mapped_column(String(50))
+    traced: Mapped[bool] = mapped_column(Boolean)
+    prompt_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_id: Mapped[str] = mapped_column(String(200))
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        UniqueConstraint("run_id", "arm", "step", "user_id", "position"),
+        Index("ix_decisions_run_arm_user", "run_id", "arm", "user_id"),
+    )
+
+
+class SessionEvent(Base):
+    """A user's end of slate: how much they watched and whether they left."""
+
+    __tablename__ = "sessions"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n_watch: Mapped[int] = mapped_column(Integer)
+    n_like: Mapped[int] = mapped_column(Integer)
+    left: Mapped[bool] = mapped_column(Boolean)
+    leave_prob: Mapped[float] = mapped_column(Float)
+
+
+class Metric(Base):
+    """A per-step, per-arm metric (collected through Mesa's DataCollector)."""
+
+    __tablename__ = "metrics"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(100), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+TABLES_IN_EXPORT = ("runs", "arms", "users", "items", "steps", "impressions", "decisions",
+                    "sessions", "metrics")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable at each commit boundary
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get their folder created and WAL turned on."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    """Typed access to the run store.
+
+    Args:
+        url: any SQLAlchemy URL (``sqlite:///runs/vragent.sqlite``, ``postgresql+psycopg://…``).
+        create: create missing tables.
+    """
+
+    def __init__(self, url: str, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any error."""
+        with self._sessions.begin() as s:
+            yield s
+
+    def sqlite_path(self) -> Path | None:
+        """The database file, for SQLite URLs."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        db = self.engine.url.database
+        return Path(db) if db and db != ":memory:" else None
+
+    # ---------------------------------------------------------------- runs
+
+    def create_run(self, run: Run, arms: Iterable[Arm]) -> None:
+        """Insert a run and its arms."""
+        with self.session() as s:
+            s.add(run)
+            s.flush()
+            s.add_all(list(arms))
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run, or ``None``."""
+        with self.session() as s:
+            return s.get(Run, run_id)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set fields on a run."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(run_id)
+            for k, v in fields.items():
+                setattr(run, k, v)
+
+    def list_runs(self) -> list[Run]:
+        """All runs, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Run).order_by(Run.created_at.desc())))
+
+    def arms(self, run_id: str) -> list[Arm]:
+        """A run's arms in creation order."""
+        with self.session() as s:
+            return list(s.scalars(select(Arm).where(Arm.run_id == run_id).order_by(Arm.id)))
+
+    def add_users_and_items(
+        self, run_id: str, users: Sequence[dict], items: Sequence[dict]
+    ) -> None:
+        """Insert the population and catalogue of a run (skipped if already there)."""
+        with self.session() as s:
+            have = s.scalar(select(func.count()).select_from(SimUser).where(
+                SimUser.run_id == run_id))
+            if have:
+                return
+            if users:
+                s.execute(insert(SimUser), [{"run_id": run_id, **u} for u in users])
+            if items:
+                s.execute(insert(Item), [{"run_id": run_id, **i} for i in items])
+
+    # ---------------------------------------------------------------- steps
+
+    def completed_steps(self, run_id: str) -> dict[str, int]:
+        """For each arm, the number of steps already logged."""
+        with self.session() as s:
+            rows = s.execute(
+                select(StepRow.arm, func.count()).where(StepRow.run_id == run_id).group_by(
+                    StepRow.arm)
+            )
+            return {arm: n for arm, n in rows}
+
+    def step_logged(self, run_id: str, step: int) -> bool:
+        """Whether any arm of ``step`` is already in the store."""
+        with self.session() as s:
+            return s.scalar(
+                select(func.count()).select_from(StepRow).where(
+                    StepRow.run_id == run_id, StepRow.step == step)
+            ) > 0
+
+    def log_step(
+        self,
+        run_id: str,
+        step: int,
+        *,
+        steps: Sequence[dict],
+        impressions: Sequence[dict],
+        decisions: Sequence[dict],
+        sessions: Sequence[dict],
+        metrics: Sequence[dict],
+    ) -> bool:
+        """Write a whole step in one transaction.
+
+        Returns:
+            ``False`` (and writes nothing) when the step is already logged, e.g. when a
+            resumed run replays the step it crashed in after its commit.
+        """
+        with self.session() as s:
+            done = s.scalar(
+                select(func.count()).select_from(StepRow).where(
+                    StepRow.run_id == run_id, StepRow.step == step)
+            )
+            if done:
+                return False
+            for model, rows in (
+                (StepRow, steps), (Impression, impressions), (Decision, decisions),
+                (SessionEvent, sessions), (Metric, metrics),
+            ):
+                if rows:
+                    s.execute(insert(model), [{"run_id": run_id, **r} for r in rows])
+            s.execute(
+                Run.__table__.update().where(Run.id == run_id).values(steps_done=step + 1)
+            )
+        return True
+
+    def decisions_upto(self, run_id: str, last_step: int) -> list[tuple[str, int, int, int, str]]:
+        """``(arm, step, user, item, action)`` of every decision up to ``last_step``."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Decision.arm, Decision.step, Decision.user_id, Decision.item_id,
+                       Decision.action)
+                .where(Decision.run_id == run_id, Decision.step <= last_step)
+                .order_by(Decision.step, Decision.arm, Decision.user_id, Decision.position)
+            )
+            return [tuple(r) for r in rows]
+
+    def left_users(self, run_id: str) -> list[tuple[str, int, int]]:
+        """``(arm, user, step)`` for every user who left."""
+        with self.session() as s:
+            rows = s.execute(
+                select(SessionEvent.arm, SessionEvent.user_id, SessionEvent.step).where(
+                    SessionEvent.run_id == run_id, SessionEvent.left.is_(True))
+            )
+            return [tuple(r) for r in rows]
+
+    # ---------------------------------------------------------------- item profiles
+
+    def cached_profiles(self, dataset: str, model_id: str, item_ids: Iterable[int]) -> dict[
+        int, ItemProfileRow
+    ]:
+        """Profiles already made for these items by this model."""
+        ids = list(item_ids)
+        out: dict[int, ItemProfileRow] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for row in s.scalars(
+                    select(ItemProfileRow).where(
+                        ItemProfileRow.dataset == dataset, ItemProfileRow.model_id == model_id,
+                        ItemProfileRow.item_id.in_(chunk))
+                ):
+                    out[row.item_id] = row
+        return out
+
+    def add_profiles(self, rows: Sequence[dict]) -> None:
+        """Cache new profiles; rows already cached (same dataset, item, model) are kept."""
+        if not rows:
+            return
+        with self.session() as s:
+            for r in rows:
+                exists = s.scalar(select(func.count()).select_from(ItemProfileRow).where(
+                    ItemProfileRow.dataset == r["dataset"],
+                    ItemProfileRow.item_id == r["item_id"],
+                    ItemProfileRow.model_id == r["model_id"]))
+                if not exists:
+                    s.add(ItemProfileRow(**r))
+
+    # ---------------------------------------------------------------- summaries
+
+    def arm_summary(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-arm totals: impressions, watch/like rates, exits, tokens, time."""
+        with self.session() as s:
+            dec = s.execute(
+                select(
+                    Decision.arm,
+                    func.count(),
+                    func.sum((Decision.action != "skip").cast(Integer)),
+                    func.sum((Decision.action == "like").cast(Integer)),
+                    func.sum(Decision.tokens_in),
+                    func.sum(Decision.tokens_out),
+                    func.sum(Decision.traced.cast(Integer)),
+                    func.sum((~Decision.format_ok).cast(Integer)),
+                    func.avg(Decision.p_like),
+                ).where(Decision.run_id == run_id).group_by(Decision.arm)
+            ).all()
+            sess = dict(
+                s.execute(
+                    select(SessionEvent.arm, func.sum(SessionEvent.left.cast(Integer)))
+                    .where(SessionEvent.run_id == run_id).group_by(SessionEvent.arm)
+                ).all()
+            )
+            users = dict(
+                s.execute(
+                    select(SessionEvent.arm, func.count(func.distinct(SessionEvent.user_id)))
+                    .where(SessionEvent.run_id == run_id).group_by(SessionEvent.arm)
+                ).all()
+            )
+            wall = dict(
+                s.execute(
+                    select(StepRow.arm, func.sum(StepRow.wall_s))
+                    .where(StepRow.run_id == run_id).group_by(StepRow.arm)
+                ).all()
+            )
+            order = [a.name for a in s.scalars(
+                select(Arm).where(Arm.run_id == run_id).order_by(Arm.id))]
+        by_arm = {row[0]: row for row in dec}
+        out = []
+        for arm in order:
+            row = by_arm.get(arm)
+            n = int(row[1]) if row else 0
+            out.append({
+                "arm": arm,
+                "users": int(users.get(arm, 0)),
+                "impressions": n,
+                "watch_rate": (int(row[2] or 0) / n) if n else 0.0,
+                "like_rate": (int(row[3] or 0) / n) if n else 0.0,
+                "mean_p_like": float(row[8]) if row and row[8] is not None else None,
+                "exits": int(sess.get(arm, 0) or 0),
+                "tokens_in": int(row[4] or 0) if row else 0,
+                "tokens_out": int(row[5] or 0) if row else 0,
+                "traced": int(row[6] or 0) if row else 0,
+                "format_errors": int(row[7] or 0) if row else 0,
+                "wall_s": float(wall.get(arm, 0.0) or 0.0),
+            })
+        return out

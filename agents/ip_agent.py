@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agents.backends.base import LLMBackend
-from agents.prompts import ip_prompt
+from agents.prompts import IP_EXAMPLE, ip_prompt
 from agents.text_safety import clean_item_text
 
 MAX_WORDS = 35
@@ -51,6 +51,12 @@ def _slug(text: str) -> str:
     return "#" + re.sub(r"\W+", "", text.title().replace(" ", "")) if text.strip() else ""
 
 
+def _overlap(text: str, reference: str) -> float:
+    words = set(re.findall(r"\w+", text.lower()))
+    ref = set(re.findall(r"\w+", reference.lower()))
+    return len(words & ref) / max(1, len(ref))
+
+
 def repair_profile(completion: str, item: ItemText) -> tuple[str, str, list[str]]:
     """Bring a completion into the profile contract.
 
@@ -58,10 +64,14 @@ def repair_profile(completion: str, item: ItemText) -> tuple[str, str, list[str]
         ``(profile, tags, problems)``; ``problems`` is empty when nothing had to be fixed.
     """
     problems: list[str] = []
-    text = clean_item_text(completion, max_chars=2000).text
+    # A chatty model keeps going after the profile; the first non-empty paragraph is the profile.
+    paragraphs = [p for p in re.split(r"\n\s*\n|\n", completion or "") if p.strip()]
+    text = clean_item_text(paragraphs[0] if paragraphs else "", max_chars=2000).text
     text = re.sub(r"^(profile|answer)\s*:\s*", "", text, flags=re.I).strip(" '\"")
-    # A chatty model keeps going after the profile; the first paragraph is the profile.
-    text = text.split("\n")[0].strip()
+    if text and _overlap(text, IP_EXAMPLE) > 0.6:
+        # Small models copy the prompt's example verbatim: that describes another video.
+        problems.append("copied the prompt's example")
+        text = ""
     if not text:
         problems.append("empty profile")
         text = clean_item_text(item.title, max_chars=150).text

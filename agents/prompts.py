@@ -24,15 +24,17 @@ US_SYSTEM = (
 THINK_PREFIX = "<think>"
 # Score mode reads p(Yes) right after "Prediction:"; this is the paper's no-thinking variant,
 # whose assistant turn opens with <answer>.
-SCORE_PREFIX = "<answer> (1) User_preference: as in the history.\n(2) Prediction:"
+SCORE_PREFIX = "<answer> (2) Prediction:"
 SOCIAL_LINE = "Friends of this user recently liked:"
 
+IP_EXAMPLE = (
+    "A driver films a tense night-time encounter on an empty road. #thriller #roadsafety #suspense"
+)
 IP_SYSTEM = (
     "You are a video content analyst for a recommender system. Given a short video's title and "
     "category, write a recommendation-oriented profile of at most 35 words in the format "
     "'[Core Content Description] + [Refined #Tags]': one sentence on what the video shows and "
-    "why viewers would watch it, then 2 to 4 hashtags. Example: 'A driver films a tense "
-    "night-time encounter on an empty road. #thriller #roadsafety #suspense'"
+    f"why viewers would watch it, then 2 to 4 hashtags. Example for another video: '{IP_EXAMPLE}'"
 )
 
 

@@ -158,6 +158,14 @@ class SimulationRuntime:
             if user in self.model.by_user:
                 self.model.by_user[user].left[arm] = True
         self.logged_steps = set(range(n_done))
+        # Profiles made in logged steps are in the cache; the prompts of later steps use them.
+        n = self.sc.ip_agent.items_per_step
+        if self.ip_agent is not None and n:
+            wanted = self.popularity_order[: n_done * n]
+            for iid, row in self.store.cached_profiles(
+                self.dataset_key, self.backend.model_id, wanted
+            ).items():
+                self.profile_text[iid] = row.profile
         return n_done
 
     def _apply(self, arm: str, user: int, item: int, action: str) -> None:
@@ -168,20 +176,19 @@ class SimulationRuntime:
     # ------------------------------------------------------------------ graph nodes
 
     def perceive(self, step: int) -> int:
-        """Profile up to ``items_per_step`` not-yet-profiled items; return how many were new."""
-        if self.ip_agent is None or self.sc.ip_agent.items_per_step == 0:
+        """Profile the step's share of the catalogue; return how many profiles were new.
+
+        Step ``t`` covers popularity ranks ``[t·N, (t+1)·N)``: a fixed slice, so a resumed run
+        profiles exactly what an uninterrupted one does, whatever the cache already holds.
+        """
+        n = self.sc.ip_agent.items_per_step
+        if self.ip_agent is None or n == 0:
             return 0
-        model_id = self.backend.model_id
-        todo: list[int] = []
-        for start in range(0, len(self.popularity_order), 256):
-            chunk = self.popularity_order[start : start + 256]
-            cached = self.store.cached_profiles(self.dataset_key, model_id, chunk)
-            for iid, row in cached.items():
-                self.profile_text[iid] = row.profile
-            todo += [i for i in chunk if i not in cached]
-            if len(todo) >= self.sc.ip_agent.items_per_step:
-                break
-        todo = todo[: self.sc.ip_agent.items_per_step]
+        wanted = self.popularity_order[step * n : (step + 1) * n]
+        cached = self.store.cached_profiles(self.dataset_key, self.backend.model_id, wanted)
+        for iid, row in cached.items():
+            self.profile_text[iid] = row.profile
+        todo = [i for i in wanted if i not in cached]
         if not todo:
             return 0
         self.ip_agent.seed = stable_int(self.sc.seed, "ip", step) % (2**31)

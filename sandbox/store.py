@@ -35,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from sandbox import faults
+
 SCHEMA_VERSION = 1
 
 
@@ -358,6 +360,7 @@ class Store:
             s.execute(
                 Run.__table__.update().where(Run.id == run_id).values(steps_done=step + 1)
             )
+            faults.checkpoint("log")  # crash tests kill here: inside the open transaction
         return True
 
     def decisions_upto(self, run_id: str, last_step: int) -> list[tuple[str, int, int, int, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ class HFBackend(LLMBackend):
         max_prompt_tokens: longer prompts keep their last tokens and are flagged truncated.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         threads: torch intra-op threads (``None`` leaves torch's default).
+        reuse_prefix: score a slate's shared prefix once and reuse its KV cache.
+        min_shared_prefix: fewest shared tokens worth reusing.
     """
 
     kind = "hf"
@@ -39,6 +42,8 @@ class HFBackend(LLMBackend):
         max_prompt_tokens: int = 1024,
         device: str = "auto",
         threads: int | None = None,
+        reuse_prefix: bool = True,
+        min_shared_prefix: int = 16,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -61,6 +66,8 @@ class HFBackend(LLMBackend):
         # Left padding keeps every prompt's last token at the end, where we read the logits.
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.min_shared_prefix = min_shared_prefix
         self.max_prompt_tokens = max_prompt_tokens
         self._model_id = model_name or (Path(model_path).name if model_path else "in-memory")
         self._option_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
@@ -161,7 +168,89 @@ class HFBackend(LLMBackend):
     def score(
         self, prompts: Sequence[ChatPrompt], options: Sequence[str] = ("Yes", "No")
     ) -> list[Score]:
-        """Option probabilities from the last-position logits (see :class:`LLMBackend`)."""
+        """Option probabilities after each prompt (see :class:`LLMBackend`).
+
+        Prompts that share a long token prefix (one user's slate: instructions, persona and
+        history, then one candidate each) run that prefix once; its KV cache is repeated for
+        every candidate and only the short suffixes run. Only the options' rows of the output
+        head are computed. Both give the same logits as the naive full forward (tested).
+        """
+        if not self.reuse_prefix:
+            return self.score_naive(prompts, options)
+        table = self._option_token_ids(options)
+        ids = [self._token_ids(p) for p in prompts]
+        out: list[Score | None] = [None] * len(prompts)
+        for group in _prefix_groups(ids, self.min_shared_prefix):
+            self._score_group(ids, group, table, out)
+        return [s for s in out if s is not None]
+
+    def _token_ids(self, prompt: ChatPrompt) -> list[int]:
+        return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
+
+    def _option_head(self, table: dict[str, list[int]]) -> tuple[torch.Tensor, list[slice]]:
+        rows, slices, at = [], [], 0
+        for ids in table.values():
+            rows += ids
+            slices.append(slice(at, at + len(ids)))
+            at += len(ids)
+        weight = self.model.get_output_embeddings().weight[rows]
+        return weight, slices
+
+    def _score_group(self, ids, group: list[int], table, out: list) -> None:
+        seqs = [ids[i] for i in group]
+        truncated = [len(x) > self.max_prompt_tokens for x in seqs]
+        seqs = [x[-self.max_prompt_tokens :] for x in seqs]
+        n_prefix = _common_prefix_len(seqs)
+        # Every prompt keeps at least one token of its own, whose logits we read.
+        n_prefix = min(n_prefix, min(len(x) for x in seqs) - 1)
+        head, slices = self._option_head(table)
+        t0 = time.perf_counter()
+        prefix_cache = None
+        if n_prefix > 0:
+            prefix = torch.tensor([seqs[0][:n_prefix]], dtype=torch.long, device=self.device)
+            prefix_cache = self.model.model(input_ids=prefix, use_cache=True).past_key_values
+        for start in range(0, len(group), self.batch_size):
+            rows = list(range(start, min(start + self.batch_size, len(group))))
+            suffixes = [seqs[r][n_prefix:] for r in rows]
+            width = max(len(x) for x in suffixes)
+            pad = self.tokenizer.pad_token_id
+            # Right padding: padded slots come after the real tokens, so causal attention keeps
+            # them from touching any position we read.
+            inp = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long)
+            mask[:, :n_prefix] = 1
+            for j, x in enumerate(suffixes):
+                inp[j, : len(x)] = torch.tensor(x, dtype=torch.long)
+                mask[j, n_prefix : n_prefix + len(x)] = 1
+            pos = (n_prefix + torch.arange(width)).unsqueeze(0).expand(len(rows), -1)
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(rows))
+            hidden = self.model.model(
+                input_ids=inp.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device), cache=cache, use_cache=cache is not None,
+            ).last_hidden_state
+            last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
+            h = hidden[torch.arange(len(rows), device=self.device), last]
+            logits = h.float() @ head.float().T
+            for j, r in enumerate(rows):
+                opt = {
+                    name: float(torch.logsumexp(logits[j, sl], dim=0))
+                    for name, sl in zip(table, slices, strict=True)
+                }
+                out[group[r]] = Score(probs=renormalise(opt), logits=opt,
+                                      tokens_in=len(seqs[r]), latency_s=0.0,
+                                      truncated_prompt=truncated[r])
+        latency = (time.perf_counter() - t0) / len(group)
+        for i in group:
+            out[i].latency_s = latency
+
+    @torch.inference_mode()
+    def score_naive(
+        self, prompts: Sequence[ChatPrompt], options: Sequence[str] = ("Yes", "No")
+    ) -> list[Score]:
+        """Reference scorer: one full forward per prompt (batched), raw option logits."""
         table = self._option_token_ids(options)
         out: list[Score] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -171,11 +260,11 @@ class HFBackend(LLMBackend):
             # Explicit positions: with left padding the model would otherwise shift them.
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
-            logp = torch.log_softmax(logits.float(), dim=-1)
             latency = (time.perf_counter() - t0) / len(chunk)
             for row in range(len(chunk)):
                 opt_logits = {
-                    opt: float(torch.logsumexp(logp[row, ids], dim=0)) for opt, ids in table.items()
+                    opt: float(torch.logsumexp(logits[row, ids].float(), dim=0))
+                    for opt, ids in table.items()
                 }
                 out.append(
                     Score(
@@ -187,3 +276,26 @@ class HFBackend(LLMBackend):
                     )
                 )
         return out
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(x) for x in seqs)
+    for i in range(n):
+        tok = first[i]
+        if any(x[i] != tok for x in seqs[1:]):
+            return i
+    return n
+
+
+def _prefix_groups(ids: list[list[int]], min_shared: int) -> list[list[int]]:
+    """Runs of consecutive prompts sharing at least ``min_shared`` leading tokens."""
+    groups: list[list[int]] = []
+    for i, x in enumerate(ids):
+        if groups:
+            head = ids[groups[-1][0]]
+            if _common_prefix_len([head, x]) >= min_shared:
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    return groups

@@ -1,0 +1,66 @@
+import pytest
+from typer.testing import CliRunner
+
+from sandbox.cli import app
+from sandbox.config import ScenarioError, list_scenarios, load_scenario, parse_scenario
+from tests.conftest import tiny_scenario, write_scenario
+
+
+def test_bundled_scenarios_validate():
+    assert list_scenarios(), "no bundled scenarios"
+    for path in list_scenarios():
+        sc, text, _ = load_scenario(str(path))
+        assert sc.name and text
+
+
+def test_quickstart_by_name():
+    sc, _, path = load_scenario("quickstart")
+    assert path.name == "quickstart.yaml"
+    assert [a.recommender for a in sc.arms] == ["popular", "cooccurrence"]
+    assert sc.dataset.kind == "movielens-100k" and sc.backend.model == "smollm2"
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"simulation": {"stepz": 3}}, "simulation.stepz: unknown key"),
+        ({"simulation": {"steps": "many"}}, "simulation.steps: Input should be a valid integer"),
+        ({"population": {"size": -4}}, "population.size: Input should be greater than or equal"),
+        ({"backend": {"kind": "gpt"}}, "backend.kind: Input should be"),
+        ({"arms": []}, "arms: List should have at least 1 item"),
+        ({"colour": "blue"}, "colour: unknown key"),
+    ],
+)
+def test_errors_name_the_key(patch, expected):
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario(tiny_scenario(**patch), "x.yaml")
+    msg = str(exc.value)
+    assert msg.startswith("x.yaml: ") and expected in msg
+    assert "\n" not in msg
+
+
+def test_duplicate_arm_names_rejected():
+    arms = [{"name": "a", "recommender": "popular"}, {"name": "a", "recommender": "random"}]
+    with pytest.raises(ScenarioError, match="arm names must be unique"):
+        parse_scenario(tiny_scenario(arms=arms))
+
+
+def test_openai_needs_base_url():
+    with pytest.raises(ScenarioError, match="base_url is required"):
+        parse_scenario(tiny_scenario(backend={"kind": "openai"}))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load_scenario(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ScenarioError, match="invalid YAML"):
+        load_scenario(str(bad))
+
+
+def test_cli_exits_2_with_one_line(tmp_path):
+    path = write_scenario(tmp_path, tiny_scenario(simulation={"slate_size": 0}))
+    result = CliRunner().invoke(app, ["run", str(path), "--db", f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 2
+    assert "simulation.slate_size: Input should be greater than 0" in result.output

@@ -1,0 +1,60 @@
+from sqlalchemy import func, select, text
+
+from sandbox.store import Arm, Decision, Run, Store
+
+
+def _run(store, run_id="r1"):
+    store.create_run(
+        Run(id=run_id, scenario_name="t", scenario_path=None, scenario_yaml="name: t",
+            config={}, seed=1, versions={"python": "3.11"}, git_revision="abc", n_steps=2),
+        [Arm(run_id=run_id, name="a", recommender="popular", params={})],
+    )
+
+
+def _step_rows(step):
+    dec = {"arm": "a", "step": step, "user_id": 5, "position": 0, "item_id": 9,
+           "action": "like", "p_like": 0.8, "prompt": "P", "completion": "C", "think": "T",
+           "answer": "A", "format_ok": True, "fallback": None, "traced": True,
+           "prompt_truncated": False, "model_id": "m", "tokens_in": 10, "tokens_out": 3,
+           "latency_ms": 1.0, "user_id_": None}
+    dec.pop("user_id_")
+    return dict(
+        steps=[{"arm": "a", "step": step, "n_users": 1, "n_decisions": 1, "wall_s": 0.1}],
+        impressions=[{"arm": "a", "step": step, "user_id": 5, "position": 0, "item_id": 9,
+                      "rec_score": 1.5}],
+        decisions=[dec],
+        sessions=[{"arm": "a", "step": step, "user_id": 5, "n_watch": 1, "n_like": 1,
+                   "left": False, "leave_prob": 0.05}],
+        metrics=[{"arm": "a", "step": step, "name": "watch_rate", "value": 1.0}],
+    )
+
+
+def test_round_trip_and_no_double_logging(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+    _run(store)
+    assert store.log_step("r1", 0, **_step_rows(0))
+    assert not store.log_step("r1", 0, **_step_rows(0))  # replay after a crash: skipped
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Decision)) == 1
+        d = s.scalars(select(Decision)).one()
+        assert (d.prompt, d.completion, d.think, d.action) == ("P", "C", "T", "like")
+    assert store.get_run("r1").steps_done == 1
+    assert store.completed_steps("r1") == {"a": 1}
+    (row,) = store.arm_summary("r1")
+    assert row["impressions"] == 1 and row["like_rate"] == 1.0 and row["tokens_in"] == 10
+
+
+def test_sqlite_uses_wal(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_profiles_are_cached_once(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+    row = {"dataset": "d", "item_id": 1, "model_id": "m", "profile": "p #t", "tags": "#t",
+           "prompt": "x", "completion": "y", "format_ok": True, "problems": []}
+    store.add_profiles([row])
+    store.add_profiles([{**row, "profile": "other"}])
+    cached = store.cached_profiles("d", "m", [1, 2])
+    assert list(cached) == [1] and cached[1].profile == "p #t"

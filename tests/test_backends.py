@@ -74,3 +74,13 @@ def test_openai_backend_reports_a_down_server():
     b = OpenAIBackend("http://127.0.0.1:9/v1", "x", timeout_s=2, max_retries=0)
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9"):
         b.generate([ChatPrompt((("user", "hi"),))], max_new_tokens=2)
+
+
+def test_prefix_groups_split_at_user_boundaries():
+    from agents.backends.hf import _prefix_groups
+
+    system = [1] * 20
+    user_a = system + [2] * 30
+    user_b = system + [3] * 30
+    ids = [user_a + [7], user_a + [8, 9], user_b + [7], user_b + [8], [5, 6]]
+    assert _prefix_groups(ids, 16) == [[0, 1], [2, 3], [4]]

@@ -289,13 +289,22 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
 
 
 def _prefix_groups(ids: list[list[int]], min_shared: int) -> list[list[int]]:
-    """Runs of consecutive prompts sharing at least ``min_shared`` leading tokens."""
+    """Runs of consecutive prompts that share a long leading prefix.
+
+    A prompt joins the current run when it shares at least ``min_shared`` tokens with the run's
+    first prompt *and* does not shorten the run's common prefix. So one user's slate (same
+    instructions, persona and history) forms a run, and the next user, who shares only the
+    instructions, starts a new one.
+    """
     groups: list[list[int]] = []
+    shared: list[int] = []  # common prefix length of each group so far
     for i, x in enumerate(ids):
         if groups:
-            head = ids[groups[-1][0]]
-            if _common_prefix_len([head, x]) >= min_shared:
+            lcp = _common_prefix_len([ids[groups[-1][0]], x])
+            if lcp >= min_shared and (len(groups[-1]) == 1 or lcp >= shared[-1]):
+                shared[-1] = lcp if len(groups[-1]) == 1 else min(shared[-1], lcp)
                 groups[-1].append(i)
                 continue
         groups.append([i])
+        shared.append(len(x))
     return groups

@@ -82,5 +82,5 @@ def test_prefix_groups_split_at_user_boundaries():
     system = [1] * 20
     user_a = system + [2] * 30
     user_b = system + [3] * 30
-    ids = [user_a + [7], user_a + [8, 9], user_b + [7], user_b + [8], [5, 6]]
+    ids = [[*user_a, 7], [*user_a, 8, 9], [*user_b, 7], [*user_b, 8], [5, 6]]
     assert _prefix_groups(ids, 16) == [[0, 1], [2, 3], [4]]

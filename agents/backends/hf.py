@@ -208,7 +208,9 @@ class HFBackend(LLMBackend):
         prefix_cache = None
         if n_prefix > 0:
             prefix = torch.tensor([seqs[0][:n_prefix]], dtype=torch.long, device=self.device)
-            prefix_cache = self.model.model(input_ids=prefix, use_cache=True).past_key_values
+            prefix_out = self.model.model(input_ids=prefix, use_cache=True)
+            # transformers >= 5.2x names it `cache`; older releases `past_key_values`.
+            prefix_cache = getattr(prefix_out, "cache", None) or prefix_out.past_key_values
         for start in range(0, len(group), self.batch_size):
             rows = list(range(start, min(start + self.batch_size, len(group))))
             suffixes = [seqs[r][n_prefix:] for r in rows]

@@ -12,7 +12,3 @@ def vragent_home() -> Path:
     """The asset cache: ``$VRAGENT_HOME`` or ``~/.cache/vragent``."""
     return Path(os.environ.get("VRAGENT_HOME", Path.home() / ".cache" / "vragent")).expanduser()
 
-
-def default_db_url() -> str:
-    """``$VRAGENT_DB`` or a SQLite file under ``./runs``."""
-    return os.environ.get("VRAGENT_DB", DEFAULT_DB_URL)

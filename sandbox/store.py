@@ -319,14 +319,6 @@ class Store:
             )
             return {arm: n for arm, n in rows}
 
-    def step_logged(self, run_id: str, step: int) -> bool:
-        """Whether any arm of ``step`` is already in the store."""
-        with self.session() as s:
-            return s.scalar(
-                select(func.count()).select_from(StepRow).where(
-                    StepRow.run_id == run_id, StepRow.step == step)
-            ) > 0
-
     def log_step(
         self,
         run_id: str,

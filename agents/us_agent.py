@@ -121,6 +121,11 @@ def user_uniforms(seed: int, step: int, user_id: int, slate_size: int) -> dict[s
     }
 
 
+def _think_prompt(request: SlateRequest, cand: Candidate) -> ChatPrompt:
+    return judgement_prompt(request.persona, cand.text, think=True,
+                            friends_liked=request.friends_liked)
+
+
 @dataclass
 class USAgent:
     """Turns slates into decisions with an LLM backend.
@@ -166,15 +171,11 @@ class USAgent:
             for r in requests
         }
         gen_seed = stable_int(self.seed, step, batch_key) % (2**31)
-        think_prompts = [
-            judgement_prompt(r.persona, c.text, think=True, friends_liked=r.friends_liked)
-            for r, c in flat
-        ]
         records: list[DecisionRecord]
         if self.mode == "score":
-            records = self._score(flat, draws, think_prompts, gen_seed)
+            records = self._score(flat, draws, gen_seed)
         else:
-            records = self._generate(flat, draws, think_prompts, gen_seed)
+            records = self._generate(flat, draws, [_think_prompt(r, c) for r, c in flat], gen_seed)
         outcomes, cursor = [], 0
         for r in requests:
             decs = records[cursor : cursor + len(r.candidates)]
@@ -192,7 +193,7 @@ class USAgent:
             return "like"
         return "watch" if u < p else "skip"
 
-    def _score(self, flat, draws, think_prompts: list[ChatPrompt], gen_seed: int):
+    def _score(self, flat, draws, gen_seed: int):
         prompts = [
             judgement_prompt(r.persona, c.text, think=False, friends_liked=r.friends_liked)
             for r, c in flat
@@ -203,6 +204,8 @@ class USAgent:
             if draws[(r.arm, r.user_id)]["trace"][c.position] < self.trace_rate
         ]
         traces = {}
+        # Only traced decisions need the chain-of-thought prompt; build no others.
+        think_prompts = {i: _think_prompt(*flat[i]) for i in traced_idx}
         if traced_idx:
             gens = self.backend.generate(
                 [think_prompts[i] for i in traced_idx], max_new_tokens=self.max_new_tokens,

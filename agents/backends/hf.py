@@ -71,6 +71,7 @@ class HFBackend(LLMBackend):
         self.max_prompt_tokens = max_prompt_tokens
         self._model_id = model_name or (Path(model_path).name if model_path else "in-memory")
         self._option_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
+        self._heads: dict[tuple, tuple[torch.Tensor, list[slice]]] = {}
 
     @property
     def model_id(self) -> str:
@@ -188,6 +189,13 @@ class HFBackend(LLMBackend):
         return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
 
     def _option_head(self, table: dict[str, list[int]]) -> tuple[torch.Tensor, list[slice]]:
+        """The output-head rows of the options (cached: the head is frozen at inference)."""
+        key = tuple((k, tuple(v)) for k, v in table.items())
+        if key not in self._heads:
+            self._heads[key] = self._build_option_head(table)
+        return self._heads[key]
+
+    def _build_option_head(self, table: dict[str, list[int]]) -> tuple[torch.Tensor, list[slice]]:
         rows, slices, at = [], [], 0
         for ids in table.values():
             rows += ids

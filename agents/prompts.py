@@ -25,7 +25,17 @@ THINK_PREFIX = "<think>"
 # Score mode reads p(Yes) right after "Prediction:"; this is the paper's no-thinking variant,
 # whose assistant turn opens with <answer>.
 SCORE_PREFIX = "<answer> (2) Prediction:"
+# The fast score layout asks the question in the system turn, which every prompt shares, and
+# names the candidate inside the answer. A candidate then costs only its own
+# tokens plus this short tail, and the whole user turn is a reusable prefix (docs/performance.md).
+SCORE_QUESTION = (
+    "The candidate video is named at the start of your answer; predict whether this user "
+    "would like it."
+)
+SCORE_CANDIDATE_PREFIX = "<answer> Candidate video: "
+SCORE_TAIL = "\nPrediction:"
 SOCIAL_LINE = "Friends of this user recently liked:"
+RECENT_LINE = "Watched on this platform:"
 
 IP_EXAMPLE = (
     "A driver films a tense night-time encounter on an empty road. #thriller #roadsafety #suspense"
@@ -44,15 +54,26 @@ class PersonaView:
 
     description: str
     history_titles: tuple[str, ...]
+    recent_titles: tuple[str, ...] = ()
+
+
+def _context_lines(persona: PersonaView, friends_liked: Sequence[str]) -> list[str]:
+    # Most stable first: profile and real history never change during a run, platform watches
+    # only grow, friends' likes change every step. Cached prefixes then survive longest.
+    lines = [f"User profile: {persona.description}", "User's viewing history:"]
+    lines += [f"- {t}" for t in persona.history_titles] or ["- (no history yet)"]
+    if persona.recent_titles:
+        lines.append(RECENT_LINE)
+        lines += [f"- {t}" for t in persona.recent_titles]
+    if friends_liked:
+        lines.append(SOCIAL_LINE)
+        lines += [f"- {t}" for t in friends_liked]
+    return lines
 
 
 def user_turn(persona: PersonaView, candidate: str, friends_liked: Sequence[str] = ()) -> str:
     """The user message: persona, history bullets, then the candidate (paper layout)."""
-    lines = [f"User profile: {persona.description}", "User's viewing history:"]
-    lines += [f"- {t}" for t in persona.history_titles] or ["- (no history yet)"]
-    if friends_liked:
-        lines.append(SOCIAL_LINE)
-        lines += [f"- {t}" for t in friends_liked]
+    lines = _context_lines(persona, friends_liked)
     lines += ["Candidate video:", candidate]
     return "\n".join(lines)
 
@@ -66,7 +87,8 @@ def judgement_prompt(
         persona: the user's description and history titles.
         candidate: the candidate's sanitised title (with category).
         think: open the assistant turn with ``<think>`` (generate mode) or right before the
-            Yes/No word (score mode).
+            Yes/No word (score mode, paper layout; the simulator scores with
+            :func:`score_prompt`).
         friends_liked: titles friends recently liked, when social influence is on.
 
     Returns:
@@ -75,6 +97,30 @@ def judgement_prompt(
     return ChatPrompt(
         messages=(("system", US_SYSTEM), ("user", user_turn(persona, candidate, friends_liked))),
         assistant_prefix=THINK_PREFIX if think else SCORE_PREFIX,
+    )
+
+
+def score_prompt(
+    persona: PersonaView, candidate: str, *, friends_liked: Sequence[str] = ()
+) -> ChatPrompt:
+    """The fast score-mode prompt: the question is shared, the candidate comes last.
+
+    Everything up to the candidate is the same for a whole slate (and, for the profile and real
+    history, for every step and arm), so a backend runs it once and reuses its KV cache. The
+    Yes/No word is read right after ``Prediction:``, as in :func:`judgement_prompt`.
+
+    Args:
+        persona: the user's description and history titles.
+        candidate: the candidate's sanitised title (with category).
+        friends_liked: titles friends recently liked, when social influence is on.
+
+    Returns:
+        The chat prompt.
+    """
+    user = "\n".join(_context_lines(persona, friends_liked))
+    return ChatPrompt(
+        messages=(("system", f"{US_SYSTEM} {SCORE_QUESTION}"), ("user", user)),
+        assistant_prefix=f"{SCORE_CANDIDATE_PREFIX}{candidate}{SCORE_TAIL}",
     )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from agents.backends.base import ChatPrompt, LLMBackend
 from agents.parsing import parse_judgement
-from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt
+from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt, score_prompt
 
 ACTIONS = ("skip", "watch", "like")
 
@@ -75,6 +75,8 @@ class DecisionRecord:
     latency_ms: float
     traced: bool
     prompt_truncated: bool = False
+    cache_hit: bool = False  # every LLM result behind the decision came from the response cache
+    attempts: int = 1  # generate mode: completions asked for (format retries included)
 
 
 @dataclass
@@ -138,6 +140,8 @@ class USAgent:
         max_new_tokens: budget of a chain of thought.
         temperature: sampling temperature of generation.
         rules: how positive decisions become likes and when users leave.
+        format_retries: generate mode: how often an unreadable answer is re-asked (with a
+            new seed) before it is recorded as invalid.
     """
 
     backend: LLMBackend
@@ -147,6 +151,7 @@ class USAgent:
     max_new_tokens: int = 96
     temperature: float = 0.7
     rules: SessionRules = field(default_factory=SessionRules)
+    format_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in ("score", "generate"):
@@ -195,7 +200,7 @@ class USAgent:
 
     def _score(self, flat, draws, gen_seed: int):
         prompts = [
-            judgement_prompt(r.persona, c.text, think=False, friends_liked=r.friends_liked)
+            score_prompt(r.persona, c.text, friends_liked=r.friends_liked)
             for r, c in flat
         ]
         scores = self.backend.score(prompts, ("Yes", "No"))
@@ -236,6 +241,7 @@ class USAgent:
                     latency_ms=1000 * (s.latency_s + (gen.latency_s if gen else 0.0)),
                     traced=gen is not None,
                     prompt_truncated=s.truncated_prompt,
+                    cache_hit=s.cached and (gen is None or gen.cached),
                 )
             )
         return out
@@ -245,25 +251,43 @@ class USAgent:
             think_prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
             seed=gen_seed,
         )
+        tries = [[g] for g in gens]  # every attempt's completion, per decision
+        parsed = [parse_judgement(g.text, THINK_PREFIX) for g in gens]
+        for attempt in range(1, self.format_retries + 1):
+            bad = [i for i, p in enumerate(parsed) if p.prediction not in ("Yes", "No")]
+            if not bad:
+                break
+            # A fresh seed per retry round, derived from the batch's: reruns stay identical.
+            regen = self.backend.generate(
+                [think_prompts[i] for i in bad], max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                seed=stable_int(gen_seed, "format-retry", attempt) % (2**31),
+            )
+            for i, g in zip(bad, regen, strict=True):
+                tries[i].append(g)
+                parsed[i] = parse_judgement(g.text, THINK_PREFIX)
         out = []
-        for (r, c), prompt, gen in zip(flat, think_prompts, gens, strict=True):
-            parsed = parse_judgement(gen.text, THINK_PREFIX)
-            if parsed.prediction == "Yes":
+        for (r, c), prompt, attempts, p in zip(flat, think_prompts, tries, parsed, strict=True):
+            gen = attempts[-1]
+            if p.prediction == "Yes":
                 liked = draws[(r.arm, r.user_id)]["like"][c.position] < self.rules.like_share
-                action, fallback = ("like" if liked else "watch"), None
-            elif parsed.prediction == "No":
-                action, fallback = "skip", None
-            else:
-                action, fallback = "skip", "no_prediction"
+                action, fallback, format_ok = ("like" if liked else "watch"), None, p.format_ok
+            elif p.prediction == "No":
+                action, fallback, format_ok = "skip", None, p.format_ok
+            else:  # still unreadable after the retries: an invalid decision
+                action, fallback, format_ok = "skip", "invalid", False
             out.append(
                 DecisionRecord(
                     arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
                     rec_score=c.rec_score, action=action, p_like=None, prompt=prompt.flat_text(),
-                    completion=gen.text, think=parsed.think, answer=parsed.answer,
-                    format_ok=parsed.format_ok, fallback=fallback,
-                    model_id=self.backend.model_id, tokens_in=gen.tokens_in,
-                    tokens_out=gen.tokens_out, latency_ms=1000 * gen.latency_s, traced=True,
+                    completion=gen.text, think=p.think, answer=p.answer,
+                    format_ok=format_ok, fallback=fallback,
+                    model_id=self.backend.model_id,
+                    tokens_in=sum(g.tokens_in for g in attempts),
+                    tokens_out=sum(g.tokens_out for g in attempts),
+                    latency_ms=1000 * sum(g.latency_s for g in attempts), traced=True,
                     prompt_truncated=gen.truncated_prompt,
+                    cache_hit=all(g.cached for g in attempts), attempts=len(attempts),
                 )
             )
         return out

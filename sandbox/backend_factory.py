@@ -21,7 +21,8 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
         path = require_smollm2() if cfg.model == "smollm2" else Path(cfg.model)
         name = "SmolLM2-135M-Instruct" if cfg.model == "smollm2" else Path(cfg.model).name
         return HFBackend(path, model_name=name, batch_size=cfg.batch_size,
-                         max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads)
+                         max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
+                         device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb)
     if cfg.kind == "tiny":
         from agents.backends.tiny import tiny_hf_backend
 
@@ -31,9 +32,20 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
     if cfg.kind == "openai":
         from agents.backends.openai_backend import OpenAIBackend
 
-        assert cfg.base_url  # validated by BackendConfig
-        return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                             prefill=cfg.prefill, max_concurrency=cfg.max_concurrency)
+        urls = [u for u in (cfg.base_url, *(cfg.base_urls or [])) if u]
+        assert urls  # validated by BackendConfig
+        tokenizer: str | Path | None = cfg.tokenizer
+        if cfg.tokenizer == "smollm2":
+            from sandbox.assets import require_smollm2
+
+            tokenizer = require_smollm2()
+        return OpenAIBackend(
+            urls, cfg.model, api_key_env=cfg.api_key_env, prefill=cfg.prefill,
+            max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s,
+            backoff_max_s=cfg.backoff_max_s, score_api=cfg.score_api, tokenizer=tokenizer,
+            guided=cfg.guided, guided_key=cfg.guided_key, seed=seed,
+        )
     if cfg.kind == "constant":
         from agents.backends.constant import ConstantBackend
 

@@ -61,6 +61,24 @@ def _summary_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def _metering_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("arm", "LLM calls", "cache hits", "tokens in", "tokens out", "p50 ms", "p95 ms",
+                "p99 ms", "est. cost"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for r in rows:
+        table.add_row(
+            r["arm"], str(r["calls"]), str(r["cache_hits"]), str(r["tokens_in"]),
+            str(r["tokens_out"]), ms(r["latency_p50_ms"]), ms(r["latency_p95_ms"]),
+            ms(r["latency_p99_ms"]), "-" if r["cost"] is None else f"{r['cost']:.4f}",
+        )
+    return table
+
+
 @app.command()
 def run(
     scenario: Annotated[str, typer.Argument(help="Scenario name (quickstart) or YAML path.")] = "",
@@ -136,6 +154,8 @@ def show(run_id: str, db: DbOption = DEFAULT_DB_URL) -> None:
     console.print(f"{run_row.scenario_name} · seed {run_row.seed} · {run_row.status} · "
                   f"git {run_row.git_revision or '?'}")
     console.print(_summary_table(store.arm_summary(run_id), f"run {run_id}"))
+    console.print(_metering_table(store.metering(run_id), "LLM metering (tokens, latency and "
+                                  "cost of the calls sent; hits cost nothing)"))
 
 
 @app.command()

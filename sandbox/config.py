@@ -41,7 +41,8 @@ class PopulationConfig(_Strict):
 
     size: int = Field(8, ge=1)
     sampling: Literal["random", "first"] = "random"
-    history_len: int = Field(10, ge=0, description="History titles shown in the prompt.")
+    history_len: int = Field(10, ge=0, description="Real history titles shown in the prompt.")
+    recent_len: int = Field(5, ge=0, description="Simulated watches shown in the prompt.")
 
 
 class SessionConfig(_Strict):
@@ -73,6 +74,13 @@ class ArmConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PricesConfig(_Strict):
+    """Token prices for the cost estimate of the metering table (any one currency)."""
+
+    input_per_1m: float = Field(ge=0, description="Price of a million prompt tokens.")
+    output_per_1m: float = Field(ge=0, description="Price of a million completion tokens.")
+
+
 class BackendConfig(_Strict):
     """The LLM behind the agents."""
 
@@ -90,12 +98,47 @@ class BackendConfig(_Strict):
     max_concurrency: int = Field(8, gt=0)
     prefill: bool = True
     threads: int | None = Field(None, gt=0)
+    # hf backend
+    device: str = Field("auto", description="hf: 'auto' (first GPU, else CPU), 'cpu', 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="hf: 'auto' is float32 on CPU and bfloat16 on GPU.")
+    kv_cache_mb: int = Field(1024, ge=0, description="hf: memory for users' prefix KV caches "
+                             "kept across slates, arms and steps (0 = none).")
     p_yes: float = Field(0.3, ge=0, le=1, description="constant backend only.")
+    # openai backend
+    base_urls: list[str] | None = Field(
+        None, description="More API base URLs (joined with base_url): requests are balanced "
+        "over the healthy ones (fewest in flight) and fail over when one is down.")
+    score_api: Literal["completions", "chat"] = Field(
+        "completions", description="completions: exact prompt text to /v1/completions, "
+        "first-token top logprobs; chat: chat completions with top_logprobs.")
+    tokenizer: str | None = Field(
+        None, description="Render the completions prompt locally with this transformers "
+        "folder's chat template ('smollm2': the embedded asset); None: the server's /tokenize.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="Retries of a failed request (connection, "
+                             "timeout, 408/429/5xx, broken response).")
+    backoff_base_s: float = Field(0.2, ge=0, description="First backoff ceiling; doubles per "
+                                  "retry, full jitter.")
+    backoff_max_s: float = Field(5.0, ge=0, description="Backoff ceiling.")
+    guided: Literal["none", "regex", "json"] = Field(
+        "none", description="Constrain judgement completions to the <think>/<answer> shape "
+        "(vLLM structured outputs).")
+    guided_key: Literal["structured_outputs", "guided"] = Field(
+        "structured_outputs", description="structured_outputs: vLLM >= 0.12 "
+        "({'structured_outputs': {'regex': ...}}); guided: older vLLM's guided_regex/guided_json.")
+    format_retries: int = Field(2, ge=0, description="Generate mode: re-ask an unreadable "
+                                "answer this often (new seed each time) before it is invalid.")
+    # response cache and metering
+    cache: bool = Field(True, description="Reuse stored LLM results (table llm_cache) for the "
+                        "same backend, model, prompt, parameters and seed.")
+    prices: PricesConfig | None = Field(None, description="Per million tokens; gives the "
+                                        "metering table a cost column.")
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> BackendConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("base_url is required when kind is 'openai'")
+        if self.kind == "openai" and not (self.base_url or self.base_urls):
+            raise ValueError("base_url is required when kind is 'openai' (or base_urls)")
         return self
 
 

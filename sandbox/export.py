@@ -7,11 +7,21 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import select
 
-from sandbox.store import TABLES_IN_EXPORT, Base, Store
+from sandbox.store import METERING_COLUMNS, TABLES_IN_EXPORT, Base, Store
+
+
+def _write(frame: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        for col in frame.columns:  # JSON columns hold dicts/lists: store them as text
+            if frame[col].map(lambda v: isinstance(v, dict | list)).any():
+                frame[col] = frame[col].map(pd.io.json.ujson_dumps)
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True, date_format="iso")
 
 
 def export_run(store: Store, run_id: str, out_dir: Path, fmt: str = "parquet") -> list[Path]:
-    """Write one file per table holding the run's rows.
+    """Write one file per table holding the run's rows, plus ``metering`` (per-arm LLM use).
 
     Args:
         store: the run store.
@@ -32,12 +42,9 @@ def export_run(store: Store, run_id: str, out_dir: Path, fmt: str = "parquet") -
             key = table.c.id if name == "runs" else table.c.run_id
             frame = pd.read_sql(select(table).where(key == run_id), conn)
             path = out_dir / f"{name}.{fmt}"
-            if fmt == "parquet":
-                for col in frame.columns:  # JSON columns hold dicts/lists: store them as text
-                    if frame[col].map(lambda v: isinstance(v, dict | list)).any():
-                        frame[col] = frame[col].map(pd.io.json.ujson_dumps)
-                frame.to_parquet(path, index=False)
-            else:
-                frame.to_json(path, orient="records", lines=True, date_format="iso")
+            _write(frame, path, fmt)
             written.append(path)
+    path = out_dir / f"metering.{fmt}"
+    _write(pd.DataFrame(store.metering(run_id), columns=METERING_COLUMNS), path, fmt)
+    written.append(path)
     return written

@@ -23,6 +23,7 @@ from environments.platform import Platform
 from sandbox.backend_factory import make_backend
 from sandbox.config import Scenario
 from sandbox.population import PopulationModel
+from sandbox.response_cache import wrap_backend
 from sandbox.store import Store
 from sandbox.world import load_world, make_split, sample_population
 
@@ -87,13 +88,17 @@ class SimulationRuntime:
             train, list(self.item_text), [(a.name, a.recommender, a.params) for a in scenario.arms],
             seed=scenario.seed,
         )
-        self.backend = backend or make_backend(scenario.backend, seed=scenario.seed)
+        # Behind the response cache and the meter, also when the backend is passed in.
+        self.backend = wrap_backend(
+            backend or make_backend(scenario.backend, seed=scenario.seed), scenario.backend,
+            store, run_id)
         b = scenario.backend
         s = scenario.simulation.session
         self.us_agent = USAgent(
             self.backend, mode=b.decision_mode, seed=scenario.seed, trace_rate=b.trace_rate,
             max_new_tokens=b.max_new_tokens, temperature=b.temperature,
             rules=SessionRules(s.like_share, s.base_leave_prob, s.bored_leave_prob),
+            format_retries=b.format_retries,
         )
         self.ip_agent = (
             IPAgent(self.backend, max_new_tokens=scenario.ip_agent.max_new_tokens,
@@ -117,8 +122,10 @@ class SimulationRuntime:
     def persona_for(self, user_id: int, arm: str):
         """The persona the US agent sees for ``user_id`` in ``arm``."""
         agent = self.model.by_user[user_id]
-        hist = [self.item_text[i] for i in agent.history(arm) if i in self.item_text]
-        return build_persona(agent.profile, hist, self.sc.population.history_len)
+        real = [self.item_text[i] for i in agent.real_history if i in self.item_text]
+        sim = [self.item_text[i] for i, _ in agent.sim_history[arm] if i in self.item_text]
+        pop = self.sc.population
+        return build_persona(agent.profile, real, pop.history_len, sim, pop.recent_len)
 
     def register(self) -> None:
         """Store the population and catalogue (idempotent)."""
@@ -192,14 +199,17 @@ class SimulationRuntime:
         if not todo:
             return 0
         self.ip_agent.seed = stable_int(self.sc.seed, "ip", step) % (2**31)
-        made = self.ip_agent.profile([self.item_text[i] for i in todo])
+        with self.backend.meter() as calls:
+            made = self.ip_agent.profile([self.item_text[i] for i in todo])
         rows = []
         for p in made:
             self.profile_text[p.item_id] = p.profile
             row = asdict(p)
             row.update(dataset=self.dataset_key, run_id=self.run_id)
             rows.append(row)
-        self.store.add_profiles(rows)
+        self.store.add_profiles(rows, llm_calls=[
+            {"run_id": self.run_id, "agent": "ip", "arm": "", "step": step, "task": 0,
+             "seq": seq, **asdict(c)} for seq, c in enumerate(calls)])
         return len(made)
 
     def recommend(self, step: int) -> dict[str, dict[str, list[list[float]]]]:
@@ -244,15 +254,23 @@ class SimulationRuntime:
             ]
             requests.append(SlateRequest(arm, u, self.persona_for(u, arm), cands,
                                          self._friends_liked(u, arm)))
-        outcomes = self.us_agent.decide(requests, step, batch_key=task["batch_key"])
+        with self.backend.meter() as calls:
+            outcomes = self.us_agent.decide(requests, step, batch_key=task["batch_key"])
         wall = time.perf_counter() - t0
         self.on_progress(len(requests))
-        return [
+        out = [
             {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
              "wall_s": wall / max(1, len(outcomes)),
-             "decisions": [asdict(d) for d in o.decisions]}
+             "decisions": [asdict(d) for d in o.decisions], "llm_calls": []}
             for o in outcomes
         ]
+        if out:
+            # The task's metered calls ride on its first outcome; log() writes them.
+            out[0]["llm_calls"] = [
+                {"agent": "us", "arm": arm, "task": task["batch_key"], "seq": seq, **asdict(c)}
+                for seq, c in enumerate(calls)
+            ]
+        return out
 
     def _friends_liked(self, user_id: int, arm: str) -> tuple[str, ...]:
         n = self.sc.social.show_friends_likes
@@ -289,9 +307,12 @@ class SimulationRuntime:
             steps.append({"arm": arm, "step": step, "n_users": len(arm_out),
                           "n_decisions": sum(len(o["decisions"]) for o in arm_out),
                           "wall_s": sum(o["wall_s"] for o in arm_out)})
+        llm_calls = sorted(
+            ({**c, "step": step} for o in outcomes for c in o.get("llm_calls", ())),
+            key=lambda c: (self.arm_names.index(c["arm"]), c["task"], c["seq"]))
         wrote = self.store.log_step(
             self.run_id, step, steps=steps, impressions=impressions, decisions=decisions,
-            sessions=sessions,
+            sessions=sessions, llm_calls=llm_calls,
             metrics=[{"arm": a, "step": step, "name": n, "value": float(v)}
                      for a, ms in metrics.items() for n, v in ms.items() if v is not None],
         )

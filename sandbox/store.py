@@ -26,11 +26,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
+    false,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -179,6 +183,10 @@ class Decision(Base):
     tokens_in: Mapped[int] = mapped_column(Integer)
     tokens_out: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
+    # Every LLM result behind the decision came from the response cache.
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Generate mode: completions asked for, format retries included (NULL: older stores).
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     __table_args__ = (
         UniqueConstraint("run_id", "arm", "step", "user_id", "position"),
         Index("ix_decisions_run_arm_user", "run_id", "arm", "user_id"),
@@ -210,8 +218,53 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class LlmCacheEntry(Base):
+    """A cached LLM result, shared by every run of the store (agents/backends/caching.py)."""
+
+    __tablename__ = "llm_cache"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # CacheKey.digest
+    backend_kind: Mapped[str] = mapped_column(String(50))
+    model_id: Mapped[str] = mapped_column(String(200))
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    call: Mapped[str] = mapped_column(String(10))  # score | generate
+    params: Mapped[str] = mapped_column(Text)  # canonical JSON
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    prompt_index: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[dict] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(32))  # the run that computed it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LlmCall(Base):
+    """One prompt an agent put to the LLM: sent to the backend or served from the cache.
+
+    US-agent rows are written in their step's transaction, IP-agent rows with the profiles they
+    made, under unique keys, so a resumed run never counts a call twice.
+    """
+
+    __tablename__ = "llm_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    agent: Mapped[str] = mapped_column(String(10))  # "us" | "ip"
+    arm: Mapped[str] = mapped_column(String(100))  # "" for the IP agent
+    step: Mapped[int] = mapped_column(Integer)
+    task: Mapped[int] = mapped_column(Integer)  # fan-out task (batch_key) of the step
+    seq: Mapped[int] = mapped_column(Integer)  # order within the task
+    call: Mapped[str] = mapped_column(String(10))  # score | generate
+    cached: Mapped[bool] = mapped_column(Boolean)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("run_id", "agent", "arm", "step", "task", "seq"),)
+
+
+IP_AGENT_LABEL = "ip-agent"  # the metering row of the IP agent
+METERING_COLUMNS = ("arm", "agent", "calls", "cache_hits", "tokens_in", "tokens_out",
+                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "cost")
+
 TABLES_IN_EXPORT = ("runs", "arms", "users", "items", "steps", "impressions", "decisions",
-                    "sessions", "metrics")
+                    "sessions", "metrics", "llm_calls")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -221,6 +274,61 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add columns that the models have and an older store lacks (``ALTER TABLE … ADD``).
+
+    Only columns that are nullable or have a server default can be added this way.
+
+    Returns:
+        ``table.column`` of every column added.
+    """
+    from sqlalchemy.schema import CreateColumn
+
+    insp = inspect(engine)
+    added = []
+    for table in Base.metadata.sorted_tables:
+        if not insp.has_table(table.name):
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have:
+                continue
+            if not col.nullable and col.server_default is None:
+                raise RuntimeError(f"store table {table.name} lacks column {col.name}, which "
+                                   "cannot be added in place; use a new database")
+            ddl = CreateColumn(col).compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+            added.append(f"{table.name}.{col.name}")
+    return added
+
+
+def insert_ignore(session: Session, model: type[Base], rows: Sequence[dict]) -> None:
+    """Insert rows, skipping any that break a unique key (rows already stored win).
+
+    Writes only, no read first: a SQLite transaction that reads and then writes can fail with
+    ``SQLITE_BUSY`` under concurrent writers instead of waiting.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        session.execute(dialect_insert(model).on_conflict_do_nothing(), list(rows))
+        return
+    from sqlalchemy.exc import IntegrityError
+
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(insert(model), [row])
+        except IntegrityError:
+            pass
 
 
 def make_engine(url: str) -> Engine:
@@ -246,6 +354,7 @@ class Store:
         self.engine = make_engine(url)
         if create:
             Base.metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -329,6 +438,7 @@ class Store:
         decisions: Sequence[dict],
         sessions: Sequence[dict],
         metrics: Sequence[dict],
+        llm_calls: Sequence[dict] = (),
     ) -> bool:
         """Write a whole step in one transaction.
 
@@ -345,7 +455,7 @@ class Store:
                 return False
             for model, rows in (
                 (StepRow, steps), (Impression, impressions), (Decision, decisions),
-                (SessionEvent, sessions), (Metric, metrics),
+                (SessionEvent, sessions), (Metric, metrics), (LlmCall, llm_calls),
             ):
                 if rows:
                     s.execute(insert(model), [{"run_id": run_id, **r} for r in rows])
@@ -394,11 +504,16 @@ class Store:
                     out[row.item_id] = row
         return out
 
-    def add_profiles(self, rows: Sequence[dict]) -> None:
-        """Cache new profiles; rows already cached (same dataset, item, model) are kept."""
-        if not rows:
+    def add_profiles(self, rows: Sequence[dict], llm_calls: Sequence[dict] = ()) -> None:
+        """Cache new profiles; rows already cached (same dataset, item, model) are kept.
+
+        ``llm_calls`` (the IP agent's metered calls, with ``run_id``) go in the same
+        transaction, so a profile and the calls that made it are stored together or not at all.
+        """
+        if not rows and not llm_calls:
             return
         with self.session() as s:
+            insert_ignore(s, LlmCall, llm_calls)
             for r in rows:
                 exists = s.scalar(select(func.count()).select_from(ItemProfileRow).where(
                     ItemProfileRow.dataset == r["dataset"],
@@ -465,3 +580,73 @@ class Store:
                 "wall_s": float(wall.get(arm, 0.0) or 0.0),
             })
         return out
+
+    def metering(self, run_id: str) -> list[dict[str, Any]]:
+        """LLM use per arm, then the IP agent (arm ``"ip-agent"``).
+
+        ``calls`` counts prompts sent to the backend, ``cache_hits`` prompts served from the
+        response cache. Tokens, latency percentiles (ms) and cost cover the sent prompts only
+        (a hit costs nothing); ``cost`` is ``None`` unless the scenario gives
+        ``backend.prices`` (per million tokens). Calls of a step lost in a crash are not
+        counted; the resumed run replays them, mostly as cache hits.
+        """
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            prices = ((run.config or {}).get("backend") or {}).get("prices") if run else None
+            ip_enabled = bool(((run.config or {}).get("ip_agent") or {}).get("enabled")) if (
+                run) else False
+            order = [a.name for a in s.scalars(
+                select(Arm).where(Arm.run_id == run_id).order_by(Arm.id))]
+            totals = s.execute(
+                select(
+                    LlmCall.agent, LlmCall.arm,
+                    func.sum((~LlmCall.cached).cast(Integer)),
+                    func.sum(LlmCall.cached.cast(Integer)),
+                    func.sum(case((LlmCall.cached.is_(False), LlmCall.tokens_in), else_=0)),
+                    func.sum(case((LlmCall.cached.is_(False), LlmCall.tokens_out), else_=0)),
+                ).where(LlmCall.run_id == run_id).group_by(LlmCall.agent, LlmCall.arm)
+            ).all()
+            latencies: dict[tuple[str, str], list[float]] = {}
+            for agent, arm, ms in s.execute(
+                select(LlmCall.agent, LlmCall.arm, LlmCall.latency_ms).where(
+                    LlmCall.run_id == run_id, LlmCall.cached.is_(False))
+            ):
+                latencies.setdefault((agent, arm), []).append(ms)
+        by_key = {(r[0], r[1]): r for r in totals}
+        keys = [("us", a) for a in order] + sorted(k for k in by_key if k[0] == "us" and k[
+            1] not in order)
+        if ip_enabled or any(k[0] == "ip" for k in by_key):
+            keys.append(("ip", ""))
+        out = []
+        for key in keys:
+            row = by_key.get(key)
+            t_in = int(row[4] or 0) if row else 0
+            t_out = int(row[5] or 0) if row else 0
+            lat = sorted(latencies.get(key, []))
+            cost = None
+            if prices:
+                cost = (t_in * float(prices["input_per_1m"])
+                        + t_out * float(prices["output_per_1m"])) / 1e6
+            out.append({
+                "arm": IP_AGENT_LABEL if key[0] == "ip" else key[1],
+                "agent": key[0],
+                "calls": int(row[2] or 0) if row else 0,
+                "cache_hits": int(row[3] or 0) if row else 0,
+                "tokens_in": t_in,
+                "tokens_out": t_out,
+                "latency_p50_ms": _percentile(lat, 50),
+                "latency_p95_ms": _percentile(lat, 95),
+                "latency_p99_ms": _percentile(lat, 99),
+                "cost": cost,
+            })
+        return out
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default) of sorted values; ``None`` if empty."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))

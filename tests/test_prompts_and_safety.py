@@ -60,3 +60,19 @@ def test_hostile_titles_change_neither_prompt_structure_nor_parsed_decision():
         # The fixed stub completion parses the same whatever the titles were.
         parsed = parse_judgement(STUB)
         assert parsed.prediction == "No" and parsed.format_ok
+
+
+def test_recent_watches_window_moves_in_pages():
+    from agents.ip_agent import ItemText
+
+    items = [ItemText(i, f"t{i}", "") for i in range(15)]
+
+    def shown(n):
+        return build_persona({}, [], 0, items[:n], recent_len=5).recent_titles
+
+    assert shown(0) == () and len(shown(3)) == 3
+    # Grows at the end up to 9 titles, then restarts from the 6th: the prompt prefix (and
+    # its KV cache) survives four steps out of five.
+    assert shown(9)[:5] == shown(5) and len(shown(9)) == 9
+    assert shown(10) == tuple(f"t{i}" for i in range(5, 10))
+    assert shown(12)[0] == "t5" and shown(15)[0] == "t10"

@@ -81,7 +81,7 @@ def test_export_round_trips(finished, tmp_path):
     decisions = pd.read_parquet(tmp_path / "pq" / "decisions.parquet")
     with store.session() as s:
         n = s.scalar(select(func.count()).select_from(Decision).where(Decision.run_id == run_id))
-    assert len(decisions) == n and len(files) == 9
+    assert len(decisions) == n and len(files) == 11  # 10 tables + metering
     export_run(store, run_id, tmp_path / "js", "jsonl")
     runs = pd.read_json(tmp_path / "js" / "runs.jsonl", lines=True)
     assert runs.loc[0, "id"] == run_id
@@ -97,9 +97,10 @@ def test_generate_mode_parses_or_falls_back(tmp_path, tiny_backend):
         decs = list(s.scalars(select(Decision).where(Decision.run_id == run_id)))
         assert s.get(Run, run_id).status == "finished"
     assert decs and all(d.traced and d.completion is not None and d.p_like is None for d in decs)
-    # A random model writes no valid answer: every decision is the documented fallback.
-    assert all(d.action == "skip" and d.fallback == "no_prediction" and not d.format_ok
-               for d in decs)
+    # A random model writes no valid answer: every decision is re-asked twice (format_retries)
+    # and then recorded as invalid.
+    assert all(d.action == "skip" and d.fallback == "invalid" and not d.format_ok
+               and d.attempts == 3 for d in decs)
 
 
 def test_mesa_population_and_social_graph(tmp_path, tiny_backend):

@@ -1,6 +1,6 @@
 """LLM backends: ``hf`` (transformers in-process), ``openai`` (vLLM and compatible servers).
 
-Heavy modules (torch, langchain) are imported only by the backend that needs them.
+Heavy modules (torch, httpx) are imported only by the backend that needs them.
 """
 
 from agents.backends.base import BackendError, ChatPrompt, Generation, LLMBackend, Score

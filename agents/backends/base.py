@@ -13,28 +13,116 @@ first, so prefix caching on a server pays.
 
 from __future__ import annotations
 
+import base64
 import math
+import mimetypes
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_PLACEHOLDER = "[image]"
+_IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+               ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp"}
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A text part of a multipart message."""
+
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI content-part layout."""
+        return {"type": "text", "text": self.text}
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image part of a multipart message: an ``http(s)://`` URL or a ``data:`` URL."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://", "data:")):
+            raise ValueError("ImagePart url must be http(s):// or a data: URL, got "
+                             f"{self.url[:40]!r}")
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> ImagePart:
+        """An image file as a base64 ``data:`` URL with its mime type.
+
+        Raises:
+            ValueError: the file's type is not a known image type.
+        """
+        path = Path(path)
+        mime = _IMAGE_MIME.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+        if not mime or not mime.startswith("image/"):
+            raise ValueError(f"{path}: not an image type the OpenAI API takes ({mime})")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return cls(f"data:{mime};base64,{data}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI content-part layout."""
+        return {"type": "image_url", "image_url": {"url": self.url}}
+
+
+Part = TextPart | ImagePart
+Content = str | tuple[Part, ...]
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """Chat messages and the text the assistant turn starts with."""
+    """Chat messages and the text the assistant turn starts with.
 
-    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    A message's content is a string or a tuple of parts (:class:`TextPart`,
+    :class:`ImagePart`); only backends that take images (``openai``) accept image parts.
+    """
+
+    messages: tuple[tuple[str, Content], ...]  # (role, content) pairs
     assistant_prefix: str = ""
 
-    def as_dicts(self) -> list[dict[str, str]]:
-        """The messages in the OpenAI ``{"role", "content"}`` layout."""
-        return [{"role": r, "content": c} for r, c in self.messages]
+    @property
+    def has_images(self) -> bool:
+        """Whether any message carries an image part."""
+        return any(
+            isinstance(c, tuple) and any(isinstance(p, ImagePart) for p in c)
+            for _, c in self.messages
+        )
+
+    def require_text_only(self, backend: str) -> None:
+        """Raise a clear error when a text-only backend gets image parts.
+
+        Raises:
+            ValueError: the prompt has an image part.
+        """
+        if self.has_images:
+            raise ValueError(f"the {backend} backend is text-only: this prompt has image "
+                             "parts (use the openai backend with a vision model)")
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The messages in the OpenAI ``{"role", "content"}`` layout.
+
+        String contents stay strings; multipart contents become lists of
+        ``{"type": "text", ...}`` and ``{"type": "image_url", ...}`` parts.
+        """
+        return [
+            {"role": r, "content": c if isinstance(c, str) else [p.as_dict() for p in c]}
+            for r, c in self.messages
+        ]
 
     def flat_text(self) -> str:
-        """A readable one-string form, stored with each decision."""
-        parts = [f"<|{r}|>\n{c}" for r, c in self.messages]
+        """A readable one-string form, stored with each decision (images as ``[image]``)."""
+        parts = [f"<|{r}|>\n{_content_text(c)}" for r, c in self.messages]
         parts.append(f"<|assistant|>\n{self.assistant_prefix}")
         return "\n".join(parts)
+
+
+def _content_text(content: Content) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.text if isinstance(p, TextPart) else IMAGE_PLACEHOLDER for p in content)
 
 
 @dataclass
@@ -46,6 +134,7 @@ class Generation:
     tokens_out: int
     latency_s: float
     truncated_prompt: bool = False
+    cached: bool = False  # served from the response cache (agents/backends/caching.py)
 
 
 @dataclass
@@ -58,6 +147,7 @@ class Score:
     logits: dict[str, float] = field(default_factory=dict)
     found: bool = True  # False when no option was among the returned candidates
     truncated_prompt: bool = False
+    cached: bool = False  # served from the response cache (agents/backends/caching.py)
 
 
 class BackendError(RuntimeError):

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-import copy
+import inspect
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
+from agents.backends.prefix_cache import PrefixKVCache
+
+
+@dataclass
+class _Unit:
+    """Candidates of one slate that run together behind their shared prefix."""
+
+    kv: list | None  # per-layer (keys, values) of the prefix's whole blocks
+    n_kv: int
+    trunk: list[int]  # the rest of the shared prefix
+    prompt_ids: list[int]  # indices into the call's prompts
+    suffixes: list[list[int]]
+    prompt_lens: list[int]  # untruncated prompt lengths
+
+    @property
+    def n_query(self) -> int:
+        return len(self.trunk) + sum(len(x) for x in self.suffixes)
 
 
 class HFBackend(LLMBackend):
@@ -27,6 +47,13 @@ class HFBackend(LLMBackend):
         threads: torch intra-op threads (``None`` leaves torch's default).
         reuse_prefix: score a slate's shared prefix once and reuse its KV cache.
         min_shared_prefix: fewest shared tokens worth reusing.
+        kv_cache_mb: memory for prefix KV caches kept across calls (a user's persona and
+            history, reused at the next slate, arm and step); 0 keeps none.
+        chunk_tokens: most tokens run in one scoring forward (several slates share one).
+        kv_block: prefixes are computed, kept and reused in blocks of this many tokens.
+        dtype: weights' dtype when loading from ``model_path``: ``"auto"`` is float32 on CPU
+            (bf16 matmuls are slow there) and bfloat16 on GPU; or ``"float32"``,
+            ``"bfloat16"``, ``"float16"``.
     """
 
     kind = "hf"
@@ -44,6 +71,10 @@ class HFBackend(LLMBackend):
         threads: int | None = None,
         reuse_prefix: bool = True,
         min_shared_prefix: int = 16,
+        kv_cache_mb: int = 1024,
+        chunk_tokens: int = 2048,
+        kv_block: int = 64,
+        dtype: str = "auto",
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -56,7 +87,10 @@ class HFBackend(LLMBackend):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+            if dtype == "auto":
+                dtype = "float32" if self.device.type == "cpu" else "bfloat16"
+            model = AutoModelForCausalLM.from_pretrained(str(model_path),
+                                                         dtype=getattr(torch, dtype))
         elif tokenizer is None:
             raise ValueError("HFBackend(model=...) needs tokenizer=")
         self.model = model.to(self.device).eval()
@@ -72,6 +106,15 @@ class HFBackend(LLMBackend):
         self._model_id = model_name or (Path(model_path).name if model_path else "in-memory")
         self._option_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
         self._heads: dict[tuple, tuple[torch.Tensor, list[slice]]] = {}
+        self.kv_block = kv_block
+        self.prefix_cache = PrefixKVCache(budget_bytes=kv_cache_mb << 20, block=kv_block)
+        # transformers >= 5.2x takes the KV cache as `cache`; older releases as
+        # `past_key_values`, and silently ignore the other name.
+        params = inspect.signature(self.model.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.chunk_tokens = chunk_tokens
+        # Tokens actually run by score(): what the FLOP roofline of the benchmark counts.
+        self.stats: Counter[str] = Counter()
 
     @property
     def model_id(self) -> str:
@@ -82,6 +125,7 @@ class HFBackend(LLMBackend):
 
     def render(self, prompt: ChatPrompt) -> str:
         """The exact text the model sees: chat template plus the assistant prefix."""
+        prompt.require_text_only("hf")  # image parts need a vision model behind openai
         text = self.tokenizer.apply_chat_template(
             prompt.as_dicts(), tokenize=False, add_generation_prompt=True
         )
@@ -179,10 +223,26 @@ class HFBackend(LLMBackend):
         if not self.reuse_prefix:
             return self.score_naive(prompts, options)
         table = self._option_token_ids(options)
+        head, slices = self._option_head(table)
         ids = [self._token_ids(p) for p in prompts]
         out: list[Score | None] = [None] * len(prompts)
-        for group in _prefix_groups(ids, self.min_shared_prefix):
-            self._score_group(ids, group, table, out)
+        t0 = time.perf_counter()
+        units = [u for g in _prefix_groups(ids, self.min_shared_prefix)
+                 for u in self._group_units(ids, g)]
+        # Several slates share one forward: the weights are read from memory once for all of
+        # them and the matmuls are taller. Batches follow the call's order, so a rerun of the
+        # same call batches (and rounds) exactly alike.
+        batch: list[_Unit] = []
+        for unit in units:
+            if batch and sum(u.n_query for u in [*batch, unit]) > self.chunk_tokens:
+                self._score_units(batch, table, head, slices, out)
+                batch = []
+            batch.append(unit)
+        if batch:
+            self._score_units(batch, table, head, slices, out)
+        latency = (time.perf_counter() - t0) / max(1, len(prompts))
+        for s in out:
+            s.latency_s = latency
         return [s for s in out if s is not None]
 
     def _token_ids(self, prompt: ChatPrompt) -> list[int]:
@@ -204,57 +264,145 @@ class HFBackend(LLMBackend):
         weight = self.model.get_output_embeddings().weight[rows]
         return weight, slices
 
-    def _score_group(self, ids, group: list[int], table, out: list) -> None:
-        seqs = [ids[i] for i in group]
-        truncated = [len(x) > self.max_prompt_tokens for x in seqs]
-        seqs = [x[-self.max_prompt_tokens :] for x in seqs]
+    def _group_units(self, ids, group: list[int]) -> list[_Unit]:
+        """A slate's shared prefix (KV from the store) and its candidates, in bounded chunks."""
+        seqs = [ids[i][-self.max_prompt_tokens :] for i in group]
         n_prefix = _common_prefix_len(seqs)
         # Every prompt keeps at least one token of its own, whose logits we read.
         n_prefix = min(n_prefix, min(len(x) for x in seqs) - 1)
-        head, slices = self._option_head(table)
-        t0 = time.perf_counter()
-        prefix_cache = None
-        if n_prefix > 0:
-            prefix = torch.tensor([seqs[0][:n_prefix]], dtype=torch.long, device=self.device)
-            prefix_out = self.model.model(input_ids=prefix, use_cache=True)
-            # transformers >= 5.2x names it `cache`; older releases `past_key_values`.
-            prefix_cache = getattr(prefix_out, "cache", None) or prefix_out.past_key_values
-        for start in range(0, len(group), self.batch_size):
-            rows = list(range(start, min(start + self.batch_size, len(group))))
-            suffixes = [seqs[r][n_prefix:] for r in rows]
-            width = max(len(x) for x in suffixes)
-            pad = self.tokenizer.pad_token_id
-            # Right padding: padded slots come after the real tokens, so causal attention keeps
-            # them from touching any position we read.
-            inp = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long)
-            mask[:, :n_prefix] = 1
-            for j, x in enumerate(suffixes):
-                inp[j, : len(x)] = torch.tensor(x, dtype=torch.long)
-                mask[j, n_prefix : n_prefix + len(x)] = 1
-            pos = (n_prefix + torch.arange(width)).unsqueeze(0).expand(len(rows), -1)
-            cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(rows))
-            hidden = self.model.model(
-                input_ids=inp.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=pos.to(self.device), cache=cache, use_cache=cache is not None,
-            ).last_hidden_state
-            last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
-            h = hidden[torch.arange(len(rows), device=self.device), last]
-            logits = h.float() @ head.float().T
-            for j, r in enumerate(rows):
+        # Whole blocks of the prefix come from (or go to) the KV store; the partial block at its
+        # end rides along in front of the candidates, which saves a forward per slate.
+        kv, n_kv = self._prefix_kv(seqs[0][:n_prefix])
+        trunk = seqs[0][n_kv:n_prefix]
+
+        def unit(rows: list[int]) -> _Unit:
+            return _Unit(kv, n_kv, trunk, [group[j] for j in rows],
+                         [seqs[j][n_prefix:] for j in rows], [len(ids[group[j]]) for j in rows])
+
+        units, rows = [], []
+        for r in range(len(group)):
+            if rows and sum(len(seqs[j]) - n_prefix for j in [*rows, r]) > self.chunk_tokens:
+                units.append(unit(rows))
+                rows = []
+            rows.append(r)
+        units.append(unit(rows))
+        return units
+
+    def _score_units(self, units: list[_Unit], table, head, slices, out: list) -> None:
+        h = self._tree_forward(units)
+        logits = h.float() @ head.float().T
+        j = 0
+        for unit in units:
+            for i, n_tokens in zip(unit.prompt_ids, unit.prompt_lens, strict=True):
                 opt = {
                     name: float(torch.logsumexp(logits[j, sl], dim=0))
                     for name, sl in zip(table, slices, strict=True)
                 }
-                out[group[r]] = Score(probs=renormalise(opt), logits=opt,
-                                      tokens_in=len(seqs[r]), latency_s=0.0,
-                                      truncated_prompt=truncated[r])
-        latency = (time.perf_counter() - t0) / len(group)
-        for i in group:
-            out[i].latency_s = latency
+                out[i] = Score(probs=renormalise(opt), logits=opt,
+                               tokens_in=min(n_tokens, self.max_prompt_tokens), latency_s=0.0,
+                               truncated_prompt=n_tokens > self.max_prompt_tokens)
+                j += 1
+
+    def _prefix_kv(self, tokens: list[int]) -> tuple[list | None, int]:
+        """The KV cache of the whole ``kv_block`` blocks at the start of ``tokens``.
+
+        Blocks are reused from earlier calls where possible, else computed, one forward per
+        block, and kept. Computing and reusing only fixed blocks means the numbers never depend
+        on what was cached: a resumed run, whose earlier steps came from the response cache,
+        computes bit for bit what an uninterrupted run computed.
+
+        Returns:
+            Per-layer ``(keys, values)`` (or ``None``) and the number of tokens they cover.
+        """
+        block = self.kv_block
+        aligned = len(tokens) // block * block
+        self.stats["prefix_tokens"] += len(tokens)
+        if not aligned:
+            return None, 0
+        kv, n_hit = self.prefix_cache.lookup(tokens[:aligned])
+        n_hit = min(n_hit, aligned) // block * block
+        self.stats["prefix_tokens_reused"] += n_hit
+        cache = None
+        if n_hit:
+            cache = DynamicCache(
+                ddp_cache_data=[(k[:, :, :n_hit], v[:, :, :n_hit]) for k, v in kv],
+                config=self.model.config,
+            )
+        if n_hit == aligned:
+            return [(layer.keys, layer.values) for layer in cache.layers], aligned
+        for lo in range(n_hit, aligned, block):
+            new = torch.tensor([tokens[lo : lo + block]], dtype=torch.long, device=self.device)
+            pos = torch.arange(lo, lo + block, device=self.device).unsqueeze(0)
+            res = self.model.model(input_ids=new, position_ids=pos, use_cache=True,
+                                   **{self._cache_kw: cache})
+            # transformers >= 5.2x names it `cache`; older releases `past_key_values`.
+            cache = getattr(res, "cache", None) or res.past_key_values
+            self.stats["tokens_run"] += block
+        kv_full = [(layer.keys, layer.values) for layer in cache.layers]
+        self.prefix_cache.put(tokens[:aligned], kv_full)
+        return kv_full, aligned
+
+    def _tree_forward(self, units: list[_Unit]) -> torch.Tensor:
+        """Last hidden state of every candidate of every unit, in one forward.
+
+        Each unit is one row: its trunk (the end of the shared prefix that is not in its KV),
+        then its candidates end to end. A 4-D mask lets trunk tokens see the unit's cached
+        prefix and the trunk causally, and each candidate token see the prefix, the whole trunk
+        and the earlier tokens of its own candidate; positions restart after the trunk for each
+        candidate. So every candidate computes what it would alone behind its full prompt, and
+        cached KV is read, never copied per candidate. Rows of different prefix lengths are
+        padded; padded keys are masked out and padded queries see only themselves.
+        """
+        n_rows = len(units)
+        l_max = max(u.n_kv for u in units)
+        q_max = max(u.n_query for u in units)
+        pad = self.tokenizer.pad_token_id
+        tokens = torch.full((n_rows, q_max), pad, dtype=torch.long)
+        pos = torch.zeros((n_rows, q_max), dtype=torch.long)
+        mask = torch.zeros((n_rows, 1, q_max, l_max + q_max), dtype=torch.bool)
+        last: list[tuple[int, int]] = []
+        for row, u in enumerate(units):
+            t, base = len(u.trunk), u.n_kv + len(u.trunk)
+            flat = [*u.trunk, *(tok for x in u.suffixes for tok in x)]
+            tokens[row, : len(flat)] = torch.tensor(flat, dtype=torch.long)
+            lengths = [len(x) for x in u.suffixes]
+            pos[row, : len(flat)] = torch.tensor(
+                [*range(u.n_kv, base), *(base + i for n in lengths for i in range(n))])
+            m = mask[row, 0]
+            m[: len(flat), : u.n_kv] = True
+            m[:t, l_max : l_max + t] = torch.ones((t, t), dtype=torch.bool).tril()
+            m[t : len(flat), l_max : l_max + t] = True
+            at = t
+            for n in lengths:
+                m[at : at + n, l_max + at : l_max + at + n] = torch.ones(
+                    (n, n), dtype=torch.bool).tril()
+                at += n
+                last.append((row, at - 1))
+            for k in range(len(flat), q_max):
+                m[k, l_max + k] = True  # a padded query attends to itself: no empty softmax
+            self.stats["suffix_tokens"] += len(flat) - t
+            self.stats["tokens_run"] += len(flat)
+        cache = None
+        if l_max:
+            layers = []
+            for layer in range(len(next(u.kv for u in units if u.kv is not None))):
+                ref = next(u.kv for u in units if u.kv is not None)[layer][0]
+                keys = ref.new_zeros((n_rows, ref.shape[1], l_max, ref.shape[3]))
+                values = torch.zeros_like(keys)
+                for row, u in enumerate(units):
+                    if u.kv is not None:
+                        keys[row, :, : u.n_kv] = u.kv[layer][0][0, :, : u.n_kv]
+                        values[row, :, : u.n_kv] = u.kv[layer][1][0, :, : u.n_kv]
+                layers.append((keys, values))
+            cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        hidden = self.model.model(
+            input_ids=tokens.to(self.device), position_ids=pos.to(self.device),
+            attention_mask=mask.to(self.device), use_cache=cache is not None,
+            **{self._cache_kw: cache},
+        ).last_hidden_state
+        rows = torch.tensor([r for r, _ in last], device=self.device)
+        cols = torch.tensor([c for _, c in last], device=self.device)
+        return hidden[rows, cols]
 
     @torch.inference_mode()
     def score_naive(

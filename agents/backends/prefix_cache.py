@@ -64,8 +64,6 @@ class PrefixKVCache:
         self._next_id = 0
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0  # lookups that reused at least one block
-        self.reused_tokens = 0
 
     @property
     def nbytes(self) -> int:
@@ -96,8 +94,6 @@ class PrefixKVCache:
             if n == 0:
                 return None, 0
             self._entries.move_to_end(best)
-            self.hits += 1
-            self.reused_tokens += n
             return entry.kv, n
 
     def put(self, tokens: Sequence[int], kv: KV) -> None:

@@ -14,6 +14,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -160,6 +161,8 @@ class Recommender(abc.ABC):
     """
 
     name: ClassVar[str] = "base"
+    #: True for models whose item tower reads item text (set with :meth:`set_item_text`).
+    uses_item_text: ClassVar[bool] = False
     chunk_size: int = 1024
     max_chunk_cells: int = 1 << 23
 
@@ -175,6 +178,14 @@ class Recommender(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in {"seed": self.seed, **self.params}.items())
         return f"{type(self).__name__}({args})"
+
+    def set_item_text(self, texts: Mapping[int, str]) -> None:
+        """Give the model each item's text (title, IP profile, or both) before :meth:`fit`.
+
+        Models with ``uses_item_text`` read it; the others ignore it. The platform calls this
+        for every arm, so a scenario can switch the item text without knowing the model.
+        """
+        self.item_text = dict(texts)
 
     # ------------------------------------------------------------------ fitting
 
@@ -254,7 +265,11 @@ class Recommender(abc.ABC):
         self._seen = seen
         self.popularity = np.bincount(item_idx, minlength=self.n_items).astype(np.float64)
 
-        self._fit(interactions.iloc[perm].reset_index(drop=True))
+        restore, self._restore_state = getattr(self, "_restore_state", None), None
+        if restore is None:
+            self._fit(interactions.iloc[perm].reset_index(drop=True))
+        else:
+            self._restore(restore)
 
         # Ties are broken by a fixed, seeded item order so runs replay exactly; a model may
         # rank some items ahead within a tie (e.g. by popularity) via _tie_priority.
@@ -282,6 +297,51 @@ class Recommender(abc.ABC):
         (catalogue and user indices, sorted by user then order). ``interactions`` is the
         input frame in that same row order.
         """
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """Fitted weights to checkpoint; models that save override this and :meth:`_restore`."""
+        raise NotImplementedError(f"{type(self).__name__} does not save checkpoints")
+
+    def _restore(self, tensors: dict[str, np.ndarray]) -> None:
+        """Set fitted weights from :meth:`_state`'s output instead of training."""
+        raise NotImplementedError(f"{type(self).__name__} does not load checkpoints")
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint folder (safetensors weights + JSON config, no pickle).
+
+        The catalogue is saved with the weights; the interaction history is not (it is data,
+        not model): :meth:`load` takes it again.
+        """
+        from environments.recommenders.checkpoint import save_checkpoint
+
+        self._check_fitted()
+        tensors = {**self._state(), "__item_ids__": self.item_ids}
+        params = {"seed": self.seed, **self.params}
+        return save_checkpoint(path, tensors, {"name": self.name, "params": params})
+
+    @classmethod
+    def load(cls, path: str | Path, interactions: pd.DataFrame) -> Self:
+        """Rebuild a saved model without training.
+
+        Args:
+            path: a folder written by :meth:`save`.
+            interactions: the history to mask and to encode users with (usually the same
+                interactions the model was trained on).
+
+        Raises:
+            CheckpointError: missing files, unknown format, or a checkpoint of another model.
+        """
+        from environments.recommenders.checkpoint import CheckpointError, load_checkpoint
+
+        tensors, config = load_checkpoint(path)
+        if config.get("name") != cls.name:
+            raise CheckpointError(f"{path}: checkpoint of {config.get('name')!r}, not {cls.name!r}")
+        model = cls(**config.get("params", {}))
+        items = tensors.pop("__item_ids__")
+        model._restore_state = tensors
+        return model.fit(interactions, items=items)
 
     def _tie_priority(self) -> np.ndarray | None:
         """Optional per-item priority (higher first) used before the seeded tie order."""

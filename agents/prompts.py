@@ -1,4 +1,4 @@
-"""Prompt templates: the paper's US-agent judgement prompt and the minimal IP-agent prompt.
+"""Prompt templates: the paper's US-agent judgement prompt and the staged IP-agent prompts.
 
 Layout matters for speed: everything shared by a user's slate (instructions, persona, history)
 comes first and the candidate comes last, so a server's prefix cache (and, later, our own KV
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agents.backends.base import ChatPrompt
+from agents.backends.base import ChatPrompt, Content, ImagePart, TextPart
 
 # The paper's judgement system prompt (usagent/prepare_video_like_data.py), lightly edited to
 # name the persona block we add before the history.
@@ -44,8 +44,40 @@ IP_SYSTEM = (
     "You are a video content analyst for a recommender system. Given a short video's title and "
     "category, write a recommendation-oriented profile of at most 35 words in the format "
     "'[Core Content Description] + [Refined #Tags]': one sentence on what the video shows and "
-    f"why viewers would watch it, then 2 to 4 hashtags. Example for another video: '{IP_EXAMPLE}'"
+    "why viewers would watch it, then 2 to 4 hashtags. Example for another video: '{IP_EXAMPLE}'"
+).replace("{IP_EXAMPLE}", IP_EXAMPLE)
+
+# The staged IP agent (paper: KFR -> CMP -> RRA, with the code's sufficiency check in front).
+# Prompt wording follows ipagent/qwen.py (request3 and multi_modal_info_advanced), shortened.
+IP_SUFFICIENCY_SYSTEM = (
+    "You judge whether a short video's cover image and title are enough to understand what the "
+    "video is about, for recommendation. Answer 'Sufficient' or 'Insufficient', then give a "
+    "short reason in one sentence."
 )
+IP_CMP_SYSTEM_VISUAL = (
+    "You are a video content analyst for a recommender system. You see frames of a short video "
+    "(or its cover) and its title. Interpret the title against the images: what the visuals "
+    "show that the title does not say, what the title hints at or hides, any mismatch, the main "
+    "characters, the core event and the emotional appeal. Answer in 2 to 4 short sentences."
+)
+IP_CMP_SYSTEM_TEXT = (
+    "You are a video content analyst for a recommender system. You cannot see the video; you "
+    "get its title, category and viewer comments. Interpret the title: what the video most "
+    "likely shows, what the title hints at or leaves unsaid, the main characters, the core "
+    "event and the emotional appeal. Answer in 2 to 4 short sentences."
+)
+# The code's stage-2 hints, by the outcome of the sufficiency check.
+IP_HINT_FRAMES = "Pay special attention to content related to the title."
+IP_HINT_LIMITED = "Despite limited information, try to extract content related to the title."
+IP_CMP_PREFIX = "This video"
+IP_RRA_PREFIX = "Profile:"
+IP_RRA_SYSTEM = (
+    "You write recommendation-oriented video profiles. From the title, the category and an "
+    "analysis of a short video, write at most 35 words in the format "
+    "'[Core Content Description] + [Refined #Tags]': one sentence on the content users would "
+    "find interesting, then 2 to 4 hashtags that check and refine the title's own tags. "
+    "Example for another video: '{IP_EXAMPLE}'"
+).replace("{IP_EXAMPLE}", IP_EXAMPLE)
 
 
 @dataclass(frozen=True)
@@ -125,6 +157,51 @@ def score_prompt(
 
 
 def ip_prompt(title: str, category: str) -> ChatPrompt:
-    """The minimal IP-agent prompt: title and category in, a ≤35-word profile out."""
+    """The single-stage IP-agent prompt: title and category in, a ≤35-word profile out."""
     user = f"Title: {title}\nCategory: {category or 'unknown'}\nProfile:"
     return ChatPrompt(messages=(("system", IP_SYSTEM), ("user", user)))
+
+
+def _item_lines(title: str, category: str, comments: str = "", tags: str = "") -> list[str]:
+    lines = [f"Title: {title}", f"Category: {category or 'unknown'}"]
+    if tags:
+        lines.append(f"Title tags: {tags}")
+    if comments:
+        lines.append(f"Viewer comments: {comments}")
+    return lines
+
+
+def ip_sufficiency_prompt(title: str, cover: ImagePart) -> ChatPrompt:
+    """Stage 2: is the cover plus title enough? ``Sufficient`` or ``Insufficient`` + reason."""
+    user = (cover, TextPart(f"Title: {title}\nIs this enough to understand the video?"))
+    return ChatPrompt(messages=(("system", IP_SUFFICIENCY_SYSTEM), ("user", user)),
+                      assistant_prefix="Answer:")
+
+
+def ip_cmp_prompt(
+    title: str, category: str, *, images: Sequence[ImagePart] = (), comments: str = "",
+    tags: str = "", hint: str = "",
+) -> ChatPrompt:
+    """Stage 3, collaborative multimodal perception: interpret the title against the visuals.
+
+    Without images (a text-only model, or an item with no cover or frames) the model reads the
+    title, category and comments only, and is told so.
+    """
+    text = "\n".join([*_item_lines(title, category, comments, tags), *([hint] if hint else []),
+                      "Analysis:"])
+    if images:
+        content: Content = (*images, TextPart(text))
+        system = IP_CMP_SYSTEM_VISUAL
+    else:
+        content, system = text, IP_CMP_SYSTEM_TEXT
+    # Opening the answer keeps small models from echoing the "Title:" lines back.
+    return ChatPrompt(messages=(("system", system), ("user", content)),
+                      assistant_prefix=IP_CMP_PREFIX)
+
+
+def ip_rra_prompt(title: str, category: str, analysis: str, *, tags: str = "") -> ChatPrompt:
+    """Stage 4, recommendation-relevant analysis: the ≤35-word profile with refined #tags."""
+    lines = _item_lines(title, category, tags=tags)
+    lines += [f"Analysis: {analysis or '(none)'}", "Profile:"]
+    return ChatPrompt(messages=(("system", IP_RRA_SYSTEM), ("user", "\n".join(lines))),
+                      assistant_prefix=IP_RRA_PREFIX)

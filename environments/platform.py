@@ -8,7 +8,7 @@ never shown the same item twice in one arm.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,8 @@ class Platform:
         item_ids: the catalogue.
         arms: ``(name, recommender_name, params)`` per arm.
         seed: seeds every recommender.
+        item_text: ``arm -> {item: text}``, asked before each fit of a recommender that reads
+            item text (a SASRec text tower), so it sees the profiles made so far.
     """
 
     def __init__(
@@ -45,7 +47,9 @@ class Platform:
         item_ids: Sequence[int],
         arms: Sequence[tuple[str, str, dict]],
         seed: int = 0,
+        item_text: Callable[[str], Mapping[int, str]] | None = None,
     ) -> None:
+        self.item_text = item_text
         self.base = base_interactions[["user_id", "item_id", "order"]].reset_index(drop=True)
         self.item_ids = np.asarray(sorted(set(int(i) for i in item_ids)), dtype=np.int64)
         self.seed = seed
@@ -69,6 +73,8 @@ class Platform:
     def refit(self, arm: str) -> None:
         """(Re)fit an arm's recommender on real plus simulated positives."""
         state = self.arms[arm]
+        if state.recommender.uses_item_text and self.item_text is not None:
+            state.recommender.set_item_text(self.item_text(arm))
         state.recommender.fit(self.interactions_for(arm), items=self.item_ids)
         state.n_fits += 1
 

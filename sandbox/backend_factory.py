@@ -23,6 +23,15 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
         return HFBackend(path, model_name=name, batch_size=cfg.batch_size,
                          max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
                          device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb)
+    if cfg.kind == "hf-vision":
+        from agents.backends.hf_vision import HFVisionBackend
+
+        return HFVisionBackend(Path(cfg.model), model_name=Path(cfg.model).name,
+                               batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
+    if cfg.kind == "tiny-vision":
+        from agents.backends.tiny_vision import tiny_vision_backend
+
+        return tiny_vision_backend(seed=seed, batch_size=cfg.batch_size)
     if cfg.kind == "tiny":
         from agents.backends.tiny import tiny_hf_backend
 

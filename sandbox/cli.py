@@ -16,6 +16,8 @@ app = typer.Typer(help="vragent: a short-video platform sandbox with LLM agents.
                   no_args_is_help=True, add_completion=False)
 assets_app = typer.Typer(help="Embedded assets (SmolLM2, MovieLens-100K).", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+experiment_app = typer.Typer(help="The paper's experiments.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 # Wide enough for the per-arm table when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -193,6 +195,231 @@ def scenarios() -> None:
         data = yaml.safe_load(p.read_text()) or {}
         table.add_row(p.stem, str(data.get("description", "")).strip())
     console.print(table)
+
+
+def _perceive_scenario(dataset: str, data: Path | None, backend: str, model: str,
+                       base_url: str | None, batch_size: int, ip: dict, seed: int):
+    """A minimal scenario carrying the dataset, backend and IP-agent settings (validated)."""
+    from sandbox.config import parse_scenario
+
+    backend_cfg: dict = {"kind": backend, "model": model, "batch_size": batch_size}
+    if base_url:
+        backend_cfg["base_url"] = base_url
+    return parse_scenario({
+        "name": "perceive", "seed": seed,
+        "dataset": {"kind": dataset, **({"path": str(data)} if data else {})},
+        "arms": [{"name": "none", "recommender": "popular"}],
+        "backend": backend_cfg, "ip_agent": ip,
+    }, "vragent perceive")
+
+
+@app.command()
+def perceive(
+    dataset: Annotated[str, typer.Option(help="movielens-100k, microlens or synthetic.")] = (
+        "movielens-100k"),
+    data: Annotated[Path | None, typer.Option(help="Data folder (default: the embedded asset "
+                                              "or $VRAGENT_DATA_DIR).")] = None,
+    backend: Annotated[str, typer.Option(help="hf, openai, hf-vision or tiny.")] = "hf",
+    model: Annotated[str, typer.Option(help="smollm2, a model folder, or a served name.")] = (
+        "smollm2"),
+    base_url: Annotated[str | None, typer.Option(help="openai backend: server URL.")] = None,
+    items: Annotated[int, typer.Option(help="Profile the N most-watched items (0: all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Items per batch.")] = 16,
+    staged: Annotated[bool, typer.Option(help="Staged pipeline (else one prompt).")] = True,
+    vision: Annotated[bool, typer.Option(help="Send covers and key frames (VLM).")] = False,
+    clip_model: Annotated[str | None, typer.Option(help="CLIP for key frames.")] = None,
+    frames_dir: Annotated[Path | None, typer.Option(help="FRAMES_DIR/<item>/ or <item>.mp4")] = (
+        None),
+    max_new_tokens: Annotated[int, typer.Option(help="Profile stage budget.")] = 64,
+    cmp_max_new_tokens: Annotated[int, typer.Option(help="Perception stage budget.")] = 96,
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Profile a catalogue with the IP agent (cached per item and model; rerun to resume)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from agents.backends.base import BackendError
+    from environments.schema import DataFormatError
+    from sandbox.assets import AssetError
+    from sandbox.backend_factory import make_backend
+    from sandbox.config import ScenarioError
+    from sandbox.perception import (
+        build_ip_agent,
+        item_texts,
+        most_popular_first,
+        perceive_items,
+    )
+    from sandbox.response_cache import wrap_backend
+    from sandbox.store import Store
+    from sandbox.world import load_world
+
+    ip = {"staged": staged, "vision": vision, "clip_model": clip_model,
+          "frames_dir": str(frames_dir) if frames_dir else None,
+          "max_new_tokens": max_new_tokens, "cmp_max_new_tokens": cmp_max_new_tokens}
+    if items < 0 or batch_size < 1:
+        _fail("--items must be >= 0 and --batch-size >= 1", 2)
+    try:
+        sc = _perceive_scenario(dataset, data, backend, model, base_url, batch_size, ip, seed)
+        ds, key = load_world(sc)
+        store = Store(db)
+        llm = wrap_backend(make_backend(sc.backend, seed=seed), sc.backend, store, None)
+        agent = build_ip_agent(sc.ip_agent, llm, seed=seed)
+    except ScenarioError as exc:
+        _fail(str(exc), 2)
+    except (AssetError, DataFormatError, FileNotFoundError, BackendError, ValueError) as exc:
+        _fail(str(exc), 2)
+    texts = item_texts(ds.items, sc.ip_agent.frames_dir)
+    order = most_popular_first(ds.interactions, texts)
+    order = order[:items] if items else order
+    console.print(f"perceiving {len(order)} items of {key} with {agent.cache_key} → {db}")
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+    with progress:
+        task = progress.add_task("profiling items", total=len(order))
+        try:
+            _, stats = perceive_items(agent, store, key, [texts[i] for i in order],
+                                      batch_size=batch_size,
+                                      on_batch=lambda n: progress.advance(task, n))
+        except BackendError as exc:
+            _fail(f"{exc} (profiles made so far are stored; rerun to resume)")
+    rate = stats.made / stats.seconds if stats.seconds else 0.0
+    console.print(
+        f"{stats.wanted} items: {stats.cached} cached, {stats.made} new ({rate:.2f} items/s), "
+        f"{stats.flagged} flagged by the format check; tokens in {stats.tokens_in}, "
+        f"out {stats.tokens_out}. See one: vragent show-item ITEM_ID --db {db}")
+
+
+@app.command("show-item")
+def show_item(
+    item_id: int,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset key.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this agent key.")] = None,
+    full: Annotated[bool, typer.Option(help="Print every prompt and completion.")] = False,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Show an item's IP-agent profiles, stage by stage."""
+    import json
+
+    from sandbox.store import Store
+
+    rows = Store(db).item_profiles(item_id, dataset, model)
+    if not rows:
+        _fail(f"no profile of item {item_id} in {db}", 2)
+    for r in rows:
+        console.rule(f"item {r.item_id} · {r.dataset} · {r.model_id}")
+        if r.title:
+            console.print(f"[bold]title[/]    {r.title}", highlight=False)
+        console.print(f"[bold]profile[/]  {r.profile}", highlight=False)
+        status = "ok" if r.format_ok else "repaired: " + "; ".join(r.problems or [])
+        console.print(f"[bold]format[/]   {status} · tokens in {r.tokens_in}, out "
+                      f"{r.tokens_out} · {r.latency_ms / 1000:.1f} s", highlight=False)
+        table = Table(show_lines=True)
+        for col in ("stage", "result", "tokens in/out"):
+            table.add_column(col)
+        for st in r.stages or []:
+            if st.get("skipped"):
+                result = f"skipped: {st['skipped']}"
+            else:
+                out = st.get("output")
+                result = out if isinstance(out, str) else json.dumps(out)
+                if full:
+                    result = (f"{result}\n\n[dim]prompt:[/]\n{st.get('prompt', '')}\n\n"
+                              f"[dim]completion:[/]\n{st.get('completion', '')}")
+            table.add_row(st.get("stage", "?"), result,
+                          f"{st.get('tokens_in', 0)}/{st.get('tokens_out', 0)}")
+        if r.stages:
+            console.print(table)
+        elif full:
+            console.print(f"[dim]prompt:[/]\n{r.prompt}\n[dim]completion:[/]\n{r.completion}",
+                          highlight=False)
+
+
+@experiment_app.command("ip-agent")
+def experiment_ip_agent(
+    data: Annotated[Path | None, typer.Option(help="MicroLens folder (default "
+                                              "$VRAGENT_DATA_DIR/microlens-100k).")] = None,
+    items: Annotated[int, typer.Option(help="Catalogue: the N most-watched items (0: all).")] = (
+        1000),
+    users: Annotated[int, typer.Option(help="Sample N users (0: all).")] = 0,
+    seeds: Annotated[int, typer.Option(help="Seeds per arm.")] = 3,
+    epochs: Annotated[int, typer.Option(help="SASRec / MF epochs.")] = 20,
+    dim: Annotated[int, typer.Option(help="SASRec hidden size.")] = 64,
+    arms: Annotated[str | None, typer.Option(help="Comma-separated subset of the arms.")] = None,
+    ip_backend: Annotated[str, typer.Option(help="IP agent backend: hf, openai, tiny.")] = "hf",
+    ip_model: Annotated[str, typer.Option(help="IP agent model.")] = "smollm2",
+    ip_batch: Annotated[int, typer.Option(help="Items per IP-agent batch.")] = 16,
+    rerank_users: Annotated[int, typer.Option(help="US-agent two-round re-ranking for N "
+                                              "cold-start users (0: off).")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path(
+        "runs/experiments/ip-agent"),
+    report: Annotated[Path | None, typer.Option(help="Also write the markdown report here "
+                                                "(docs/results.md).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """SASRec with ID, title, title+IP-profile and IP-profile towers vs baselines (HR/NDCG@10)."""
+    import os
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from agents.backends.base import BackendError
+    from environments.schema import DataFormatError
+    from sandbox.assets import AssetError
+    from sandbox.config import ScenarioError
+    from sandbox.ip_experiment import (
+        ARMS,
+        IPExperimentConfig,
+        results_markdown,
+        run_ip_experiment,
+        save_results,
+    )
+    from sandbox.paths import vragent_home
+    from sandbox.store import Store
+
+    if data is None:
+        root = os.environ.get("VRAGENT_DATA_DIR")
+        if not root:
+            _fail("--data is required (or set VRAGENT_DATA_DIR)", 2)
+        data = Path(root) / "microlens-100k"
+    if not data.is_dir():
+        _fail(f"--data {data}: not a folder", 2)
+    arm_list = [a.strip() for a in arms.split(",")] if arms else [a[0] for a in ARMS]
+    if seeds < 1 or epochs < 1 or items < 0 or users < 0:
+        _fail("--seeds and --epochs must be >= 1, --items and --users >= 0", 2)
+    cfg = IPExperimentConfig(str(data), items=items, users=users, seeds=seeds, epochs=epochs,
+                             dim=dim, ip_backend=ip_backend, ip_model=ip_model,
+                             ip_batch=ip_batch, rerank_users=rerank_users, arms=arm_list,
+                             threads=threads)
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+    task = progress.add_task("IP profiles", total=None)
+    try:
+        with progress:
+            results = run_ip_experiment(
+                cfg, Store(db), embed_cache_dir=vragent_home() / "embeddings",
+                log=progress.console.log,
+                on_perceive=lambda d, t: progress.update(task, completed=d, total=t))
+    except (ScenarioError, ValueError) as exc:
+        _fail(str(exc), 2)
+    except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
+        _fail(f"{exc} (profiles made so far are stored; rerun to resume)")
+    path = save_results(results, out)
+    table = Table(title=f"IP-agent experiment ({cfg.seeds} seed(s); mean ± std)")
+    for col in ("model", "HR@10", "NDCG@10", "cold HR@10", "cold NDCG@10"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, s in results["summary"].items():
+        table.add_row(name, *(f"{s[g][m]['mean']:.4f} ± {s[g][m]['std']:.4f}"
+                              for g, m in (("all", "HR@10"), ("all", "NDCG@10"),
+                                           ("cold", "HR@10"), ("cold", "NDCG@10"))))
+    console.print(table)
+    console.print(f"results: {path}")
+    if report is not None:
+        args = sys.argv[sys.argv.index("ip-agent") + 1:] if "ip-agent" in sys.argv else []
+        command = " ".join(["vragent experiment ip-agent", *map(shlex.quote, args)])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(results_markdown(results, command), encoding="utf-8")
+        console.print(f"report: {report}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ class ArmConfig(_Strict):
     name: str = Field(min_length=1, max_length=100)
     recommender: str
     params: dict[str, Any] = Field(default_factory=dict)
+    item_text: Literal["title", "profile", "title+profile"] = Field(
+        "title", description="What a text-tower recommender (sasrec with tower: text) reads "
+        "per item; items the IP agent has not profiled yet use their title.")
 
 
 class PricesConfig(_Strict):
@@ -84,9 +87,10 @@ class PricesConfig(_Strict):
 class BackendConfig(_Strict):
     """The LLM behind the agents."""
 
-    kind: Literal["hf", "openai", "tiny", "constant"] = "hf"
+    kind: Literal["hf", "hf-vision", "openai", "tiny", "tiny-vision", "constant"] = "hf"
     model: str = Field("smollm2", description="'smollm2' (embedded asset), a model folder, or the "
-                       "served model name for openai.")
+                       "served model name for openai. hf-vision: an image-text-to-text model "
+                       "folder. tiny / tiny-vision: random test models.")
     decision_mode: Literal["score", "generate"] = "score"
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(96, gt=0)
@@ -143,13 +147,26 @@ class BackendConfig(_Strict):
 
 
 class IPAgentConfig(_Strict):
-    """The minimal item-perception agent."""
+    """The item-perception agent (agents/ip_agent.py): staged, text-only or multimodal."""
 
     enabled: bool = True
     items_per_step: int = Field(4, ge=0, description="New items profiled per step, most "
                                 "popular first.")
-    max_new_tokens: int = Field(64, gt=0)
+    max_new_tokens: int = Field(64, gt=0, description="Budget of the profile (RRA) stage.")
     in_prompt: bool = Field(False, description="Show profiles to the US agent.")
+    staged: bool = Field(True, description="Sufficiency check and perception (CMP) before the "
+                         "profile; false asks for the profile in one prompt.")
+    cmp_max_new_tokens: int = Field(96, gt=0, description="Budget of the perception stage.")
+    vision: bool = Field(False, description="Send covers and key frames to the backend (a "
+                         "vision-language model: openai backend or kind hf-vision).")
+    clip_model: str | None = Field(None, description="CLIP for key-frame retrieval: a "
+                                   "transformers or open_clip model name or folder. None thins "
+                                   "the sampled frames uniformly, as the paper's code does.")
+    clip_backend: Literal["transformers", "open_clip"] = "transformers"
+    frames_dir: str | None = Field(None, description="Per-item frames: FRAMES_DIR/<item>/ (a "
+                                   "folder of images) or FRAMES_DIR/<item>.mp4.")
+    n_frames: int = Field(5, ge=1, description="Frames sampled per video before KFR.")
+    top_k_frames: int = Field(3, ge=1, description="Key frames kept.")
 
 
 class SocialConfig(_Strict):

@@ -16,12 +16,19 @@ from typing import Any
 import numpy as np
 
 from agents.backends.base import LLMBackend
-from agents.ip_agent import IPAgent, ItemText
+from agents.ip_agent import ItemText
 from agents.persona import build_persona, item_line
 from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
 from environments.platform import Platform
 from sandbox.backend_factory import make_backend
 from sandbox.config import Scenario
+from sandbox.perception import (
+    build_ip_agent,
+    item_text_for,
+    item_texts,
+    most_popular_first,
+    perceive_items,
+)
 from sandbox.population import PopulationModel
 from sandbox.response_cache import wrap_backend
 from sandbox.store import Store
@@ -65,16 +72,10 @@ class SimulationRuntime:
         self.dataset, self.dataset_key = load_world(scenario)
         self.split = make_split(scenario, self.dataset)
         items = self.dataset.items
-        self.item_text: dict[int, ItemText] = {
-            int(r.item_id): ItemText(int(r.item_id), str(r.title), str(r.category or ""),
-                                     str(r.tags or ""))
-            for r in items.itertuples(index=False)
-        }
+        self.item_text: dict[int, ItemText] = item_texts(items, scenario.ip_agent.frames_dir)
         train = self.split.train_interactions()
         # Most-watched first: the items slates will show most, so worth profiling first.
-        self.popularity_order = [
-            int(i) for i in train["item_id"].value_counts().index
-        ] + sorted(set(self.item_text) - set(train["item_id"].unique().tolist()))
+        self.popularity_order = most_popular_first(train, self.item_text)
         pop_ids = sample_population(self.split, scenario.population.size,
                                     scenario.population.sampling, scenario.seed)
         profiles = self._profiles(pop_ids)
@@ -84,9 +85,14 @@ class SimulationRuntime:
             seed=scenario.seed, activation_prob=scenario.simulation.activation_prob,
             graph=scenario.social.graph, k=scenario.social.k, p=scenario.social.p,
         )
+        self.profile_text: dict[int, str] = {}
+        titles = {i: t.title for i, t in self.item_text.items()}
+        text_mode = {a.name: a.item_text for a in scenario.arms}
         self.platform = Platform(
             train, list(self.item_text), [(a.name, a.recommender, a.params) for a in scenario.arms],
             seed=scenario.seed,
+            item_text=lambda arm: item_text_for(text_mode[arm], titles, self.profile_text,
+                                                fallback_to_title=True),
         )
         # Behind the response cache and the meter, also when the backend is passed in.
         self.backend = wrap_backend(
@@ -101,11 +107,9 @@ class SimulationRuntime:
             format_retries=b.format_retries,
         )
         self.ip_agent = (
-            IPAgent(self.backend, max_new_tokens=scenario.ip_agent.max_new_tokens,
-                    seed=scenario.seed)
+            build_ip_agent(scenario.ip_agent, self.backend, seed=scenario.seed)
             if scenario.ip_agent.enabled else None
         )
-        self.profile_text: dict[int, str] = {}
         self.logged_steps: set[int] = set()
 
     # ------------------------------------------------------------------ setup
@@ -152,28 +156,36 @@ class SimulationRuntime:
             return 0
         k = self.sc.simulation.refit_every
         rows = self.store.decisions_upto(self.run_id, n_done - 1)
-        last_refit = (n_done // k) * k - 1 if k else -1
-        for refit_done, upto in ((False, last_refit), (True, n_done - 1)):
+        # Replay every refit at the step it happened, with the decisions and the IP profiles
+        # the uninterrupted run had then: a warm-started model (SASRec refit_epochs) depends on
+        # the whole chain of refits, and a text tower on the profiles known at each one.
+        refits = [s for s in range(n_done) if k and (s + 1) % k == 0]
+        applied = -1
+        for upto in [*refits, n_done - 1]:
             for arm, step, user, item, action in rows:
-                lo = -1 if not refit_done else last_refit
-                if lo < step <= upto:
+                if applied < step <= upto:
                     self._apply(arm, user, item, action)
-            if not refit_done and last_refit >= 0:
+            applied = upto
+            self._load_profiles(upto + 1)
+            if upto in refits:
                 for arm in self.arm_names:
                     self.platform.refit(arm)
         for arm, user, _step in self.store.left_users(self.run_id):
             if user in self.model.by_user:
                 self.model.by_user[user].left[arm] = True
         self.logged_steps = set(range(n_done))
-        # Profiles made in logged steps are in the cache; the prompts of later steps use them.
-        n = self.sc.ip_agent.items_per_step
-        if self.ip_agent is not None and n:
-            wanted = self.popularity_order[: n_done * n]
-            for iid, row in self.store.cached_profiles(
-                self.dataset_key, self.backend.model_id, wanted
-            ).items():
-                self.profile_text[iid] = row.profile
         return n_done
+
+    def _load_profiles(self, n_steps: int) -> None:
+        """Profiles the first ``n_steps`` steps made (all in the cache by then)."""
+        n = self.sc.ip_agent.items_per_step
+        if self.ip_agent is None or not n:
+            return
+        wanted = self.popularity_order[: n_steps * n]
+        for iid, row in self.store.cached_profiles(
+            self.dataset_key, self.ip_agent.cache_key, wanted
+        ).items():
+            self.profile_text[iid] = row.profile
 
     def _apply(self, arm: str, user: int, item: int, action: str) -> None:
         self.platform.record(arm, user, item, action)
@@ -192,25 +204,12 @@ class SimulationRuntime:
         if self.ip_agent is None or n == 0:
             return 0
         wanted = self.popularity_order[step * n : (step + 1) * n]
-        cached = self.store.cached_profiles(self.dataset_key, self.backend.model_id, wanted)
-        for iid, row in cached.items():
-            self.profile_text[iid] = row.profile
-        todo = [i for i in wanted if i not in cached]
-        if not todo:
-            return 0
         self.ip_agent.seed = stable_int(self.sc.seed, "ip", step) % (2**31)
-        with self.backend.meter() as calls:
-            made = self.ip_agent.profile([self.item_text[i] for i in todo])
-        rows = []
-        for p in made:
-            self.profile_text[p.item_id] = p.profile
-            row = asdict(p)
-            row.update(dataset=self.dataset_key, run_id=self.run_id)
-            rows.append(row)
-        self.store.add_profiles(rows, llm_calls=[
-            {"run_id": self.run_id, "agent": "ip", "arm": "", "step": step, "task": 0,
-             "seq": seq, **asdict(c)} for seq, c in enumerate(calls)])
-        return len(made)
+        profiles, stats = perceive_items(
+            self.ip_agent, self.store, self.dataset_key, [self.item_text[i] for i in wanted],
+            batch_size=max(1, len(wanted)), run_id=self.run_id, step=step)
+        self.profile_text.update(profiles)
+        return stats.made
 
     def recommend(self, step: int) -> dict[str, dict[str, list[list[float]]]]:
         """Activate the step's users and build every arm's slates (JSON-safe)."""

@@ -127,6 +127,9 @@ class ItemProfileRow(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     run_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # The staged pipeline's record: one dict per stage (prompt, completion, output, skipped).
+    title: Mapped[str] = mapped_column(Text, default="", server_default="")
+    stages: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     __table_args__ = (UniqueConstraint("dataset", "item_id", "model_id"),)
 
 
@@ -503,6 +506,26 @@ class Store:
                 ):
                     out[row.item_id] = row
         return out
+
+    def item_profiles(self, item_id: int, dataset: str | None = None,
+                      model_id: str | None = None) -> list[ItemProfileRow]:
+        """Every stored profile of one item (all datasets and models unless filtered)."""
+        q = select(ItemProfileRow).where(ItemProfileRow.item_id == item_id)
+        if dataset:
+            q = q.where(ItemProfileRow.dataset == dataset)
+        if model_id:
+            q = q.where(ItemProfileRow.model_id == model_id)
+        with self.session() as s:
+            rows = list(s.scalars(q.order_by(ItemProfileRow.dataset, ItemProfileRow.model_id)))
+            s.expunge_all()
+            return rows
+
+    def profile_texts(self, dataset: str, model_id: str) -> dict[int, str]:
+        """``item -> profile`` of every item this model has profiled in this dataset."""
+        with self.session() as s:
+            return {int(i): p for i, p in s.execute(
+                select(ItemProfileRow.item_id, ItemProfileRow.profile).where(
+                    ItemProfileRow.dataset == dataset, ItemProfileRow.model_id == model_id))}
 
     def add_profiles(self, rows: Sequence[dict], llm_calls: Sequence[dict] = ()) -> None:
         """Cache new profiles; rows already cached (same dataset, item, model) are kept.

@@ -106,7 +106,8 @@ def test_rerun_with_the_same_seed_makes_no_llm_calls(tmp_path, tiny_backend, mod
     with store.session() as s:
         profiles = s.scalar(select(func.count()).select_from(ItemProfileRow).where(
             ItemProfileRow.run_id == run1))
-    assert meter1["ip-agent"]["calls"] == profiles == 4
+    # The staged text-only IP agent makes two calls per item: perception (CMP), then profile.
+    assert profiles == 4 and meter1["ip-agent"]["calls"] == 2 * profiles
     assert all(r["tokens_in"] > 0 and r["latency_p50_ms"] is not None
                for r in meter1.values())
 

@@ -39,11 +39,24 @@ def _snapshot(url):
     return run, out
 
 
-@pytest.mark.parametrize("kill_at", ["decide:4", "log:2"])
-def test_killed_run_resumes_to_the_same_store(tmp_path, kill_at):
+SASREC_ARMS = [
+    {"name": "popular", "recommender": "popular"},
+    # A warm-refitting text tower that reads IP profiles: resume must replay every refit with
+    # the profiles known at that step.
+    {"name": "sasrec-ip", "recommender": "sasrec", "item_text": "title+profile",
+     "params": {"tower": "text", "dim": 16, "epochs": 2, "refit_epochs": 1, "batch_size": 16}},
+]
+
+
+@pytest.mark.parametrize(("kill_at", "arms"), [("decide:4", None), ("log:2", None),
+                                               ("log:2", SASREC_ARMS)],
+                         ids=["decide", "log", "log-sasrec-text"])
+def test_killed_run_resumes_to_the_same_store(tmp_path, kill_at, arms):
     sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
                                    "refit_every": 1},
                        ip_agent={"enabled": True, "items_per_step": 2, "in_prompt": True})
+    if arms:
+        sc["arms"] = arms
     path = write_scenario(tmp_path, sc)
     clean = f"sqlite:///{tmp_path}/clean.sqlite"
     crashed = f"sqlite:///{tmp_path}/crashed.sqlite"

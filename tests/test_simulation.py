@@ -116,3 +116,20 @@ def test_mesa_population_and_social_graph(tmp_path, tiny_backend):
     first = rt.model.active_users("popular")
     rt.model.begin_step(0)
     assert rt.model.active_users("popular") == first
+
+
+def test_every_recommender_serves_as_an_arm_with_refits(tmp_path, tiny_backend):
+    """Item-kNN, BPR-MF and SASRec (ID and profile-text towers) as arms, refit every step."""
+    arms = [
+        {"name": "itemknn", "recommender": "itemknn", "params": {"k_neighbors": 20}},
+        {"name": "mf", "recommender": "mf", "params": {"dim": 8, "epochs": 2}},
+        {"name": "sasrec-id", "recommender": "sasrec",
+         "params": {"dim": 16, "epochs": 2, "refit_epochs": 1}},
+        {"name": "sasrec-ip", "recommender": "sasrec", "item_text": "profile",
+         "params": {"tower": "text", "dim": 16, "epochs": 2}},
+    ]
+    store, run_id, rows, _ = _run(tmp_path, tiny_backend, arms=arms,
+                                  simulation={"steps": 2, "refit_every": 1})
+    assert store.get_run(run_id).status == "finished"
+    assert {r["arm"] for r in rows} == {a["name"] for a in arms}
+    assert all(r["impressions"] > 0 for r in rows)

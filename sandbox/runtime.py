@@ -161,7 +161,8 @@ class SimulationRuntime:
         # the whole chain of refits, and a text tower on the profiles known at each one.
         refits = [s for s in range(n_done) if k and (s + 1) % k == 0]
         applied = -1
-        for upto in [*refits, n_done - 1]:
+        ends = refits if refits and refits[-1] == n_done - 1 else [*refits, n_done - 1]
+        for upto in ends:
             for arm, step, user, item, action in rows:
                 if applied < step <= upto:
                     self._apply(arm, user, item, action)

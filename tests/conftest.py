@@ -42,7 +42,8 @@ def tiny_scenario(**overrides) -> dict:
                  {"name": "random", "recommender": "random"}],
         "backend": {"kind": "tiny", "decision_mode": "score", "trace_rate": 0.3,
                     "max_new_tokens": 12, "max_prompt_tokens": 2048},
-        "ip_agent": {"enabled": True, "items_per_step": 2, "max_new_tokens": 12},
+        "ip_agent": {"enabled": True, "items_per_step": 2, "max_new_tokens": 12,
+                     "cmp_max_new_tokens": 12},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(sc.get(key), dict):

@@ -112,7 +112,8 @@ def _scenario(url: str, mode: str) -> dict:
         arms=[{"name": "popular", "recommender": "popular"},
               {"name": "cooc", "recommender": "cooccurrence"}],
         backend=backend,
-        ip_agent={"enabled": mode == "score", "items_per_step": 1, "max_new_tokens": 16},
+        ip_agent={"enabled": mode == "score", "items_per_step": 1, "max_new_tokens": 16,
+                  "cmp_max_new_tokens": 16},
     )
 
 

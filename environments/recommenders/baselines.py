@@ -27,6 +27,49 @@ def _as_u64(values: np.ndarray | int) -> np.ndarray:
     return np.atleast_1d(np.asarray(values, dtype=np.int64)).view(np.uint64)
 
 
+def neighbourhood_scores(profile: sp.csr_matrix, sim: sp.csr_matrix, rows: np.ndarray,
+                         pop_norm: np.ndarray) -> np.ndarray:
+    """``profile[rows] @ sim`` as dense scores, with a popularity fallback below every real score.
+
+    Shared by the co-occurrence and item-kNN models.
+
+    Args:
+        profile: users × items history weights (non-negative).
+        sim: items × items non-negative similarities.
+        rows: each requested user's row in ``profile``; ``-1`` for unknown users.
+        pop_norm: popularity scaled to ``[0, 1]``.
+
+    Returns:
+        ``(len(rows), n_items)`` float32 scores.
+    """
+    n = rows.size
+    # Smallest positive score per user; 1 where there is none, so unknown and unconnected
+    # users fall back to plain (halved) popularity.
+    smallest = np.ones(n, dtype=np.float32)
+    known = np.flatnonzero(rows >= 0)
+    prod = None
+    if known.size:
+        prod = (profile[rows[known]] @ sim).tocsr()
+        prod.eliminate_zeros()  # all inputs are >= 0, so what is left is positive
+        nonempty = np.diff(prod.indptr) > 0
+        if nonempty.any():
+            # Taken from the sparse product to avoid extra passes over the dense matrix.
+            starts = prod.indptr[:-1][nonempty]
+            smallest[known[nonempty]] = np.minimum.reduceat(prod.data, starts)
+    # Half the smallest positive score times popularity in [0, 1] stays strictly below every
+    # real score, so the fallback only orders the leftovers.
+    out = (np.float32(0.5) * smallest)[:, None] * pop_norm[None, :]
+    if prod is not None and prod.nnz:
+        dense = prod.toarray()
+        if known.size == n:
+            np.copyto(out, dense, where=dense > 0)
+        else:
+            sub = out[known]
+            np.copyto(sub, dense, where=dense > 0)
+            out[known] = sub
+    return out
+
+
 class RandomRecommender(Recommender):
     """Uniformly random scores, reproducible per (seed, call, user, item).
 
@@ -201,29 +244,4 @@ class CoOccurrenceRecommender(Recommender):
         return self.popularity
 
     def _score(self, user_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        n = user_ids.size
-        # Smallest positive co-occurrence score per user; 1 where there is none, so the
-        # fallback for cold users is plain (halved) popularity.
-        smallest = np.ones(n, dtype=np.float32)
-        known = np.flatnonzero(rows >= 0)
-        prod = None
-        if known.size:
-            prod = (self._profile[rows[known]] @ self._sim).tocsr()
-            prod.eliminate_zeros()  # all inputs are >= 0, so what is left is positive
-            nonempty = np.diff(prod.indptr) > 0
-            if nonempty.any():
-                # Taken from the sparse product to avoid extra passes over the dense matrix.
-                starts = prod.indptr[:-1][nonempty]
-                smallest[known[nonempty]] = np.minimum.reduceat(prod.data, starts)
-        # Half the smallest positive score times popularity in [0, 1] stays strictly below
-        # every real co-occurrence score, so the fallback only orders the leftovers.
-        out = (np.float32(0.5) * smallest)[:, None] * self._pop_norm[None, :]
-        if prod is not None and prod.nnz:
-            dense = prod.toarray()
-            if known.size == n:
-                np.copyto(out, dense, where=dense > 0)
-            else:
-                sub = out[known]
-                np.copyto(sub, dense, where=dense > 0)
-                out[known] = sub
-        return out
+        return neighbourhood_scores(self._profile, self._sim, rows, self._pop_norm)

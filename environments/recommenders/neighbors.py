@@ -7,6 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from environments.recommenders.base import Recommender
+from environments.recommenders.baselines import neighbourhood_scores
 
 #: Most item×item cells materialised at once while building the neighbour lists
 #: (float32: 16 MiB), so a ~20k-item catalogue never holds a dense 20k×20k matrix.
@@ -151,25 +152,4 @@ class ItemKNNRecommender(Recommender):
         return self.popularity
 
     def _score(self, user_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        n = user_ids.size
-        # Smallest positive similarity score per user; 1 where there is none, so unknown and
-        # unconnected users fall back to plain (halved) popularity.
-        smallest = np.ones(n, dtype=np.float32)
-        known = np.flatnonzero(rows >= 0)
-        prod = None
-        if known.size:
-            prod = (self._profile[rows[known]] @ self._sim).tocsr()
-            prod.eliminate_zeros()  # similarities are > 0, so what is left is positive
-            nonempty = np.diff(prod.indptr) > 0
-            if nonempty.any():
-                starts = prod.indptr[:-1][nonempty]
-                smallest[known[nonempty]] = np.minimum.reduceat(prod.data, starts)
-        # Half the smallest positive score times popularity in [0, 1] stays strictly below
-        # every real similarity score, so the fallback only orders the leftovers.
-        out = (np.float32(0.5) * smallest)[:, None] * self._pop_norm[None, :]
-        if prod is not None and prod.nnz:
-            dense = prod.toarray()
-            sub = out[known]
-            np.copyto(sub, dense, where=dense > 0)
-            out[known] = sub
-        return out
+        return neighbourhood_scores(self._profile, self._sim, rows, self._pop_norm)

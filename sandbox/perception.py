@@ -54,7 +54,9 @@ def item_texts(items: pd.DataFrame, frames_dir: str | Path | None = None) -> dic
             _text(getattr(r, "tags", "")),
             comments=_text(getattr(r, "comments", "")) if "comments" in cols else "",
             cover_path=_text(getattr(r, "cover_path", "")) if "cover_path" in cols else "",
-            frames_source=frames_source(frames_dir, iid),
+            # A FRAMES_DIR given for the run wins over a dataset's own frames_path column.
+            frames_source=frames_source(frames_dir, iid) or (
+                _text(getattr(r, "frames_path", "")) if "frames_path" in cols else ""),
         )
     return out
 

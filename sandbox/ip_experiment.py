@@ -301,8 +301,8 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
     if ident and ident["ci95"][0] > 0:
         out.append(f"- The ID tower beats the title tower here (Δ NDCG@10 "
                    f"{ident['mean_diff']:+.4f}): the text towers are a linear map over frozen "
-                   "MiniLM embeddings with CPU-sized settings, while the paper fine-tunes the last "
-                   "two BERT layers (`finetune_layers`, a GPU setting), where text beats ID.")
+                   "MiniLM embeddings with CPU-sized settings, while the paper's code fine-tunes "
+                   "the last two BERT layers (`finetune_layers`, a GPU setting).")
     prof = results.get("profiles", {})
     if "/text/" in str(prof.get("agent", "")) and out:
         out.append(

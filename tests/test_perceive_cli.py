@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import yaml
 from PIL import Image
 from sqlalchemy import func, select
@@ -85,28 +84,28 @@ def test_perceive_with_frames_and_tiny_vision_models(tmp_path):
     assert others and all(r.stages[0]["skipped"] == "no visual input" for r in others)
 
 
-@pytest.mark.parametrize("in_prompt", [False, True])
-def test_simulation_uses_the_same_cached_profiles(tmp_path, in_prompt):
-    """Profiles `perceive` made are reused by a run's perceive node (no new IP calls)."""
+def test_simulation_profiles_through_the_shared_cache(tmp_path):
+    """The graph's perceive node stores staged profiles; a second run reuses them (0 IP calls)."""
     from sandbox.config import parse_scenario
     from sandbox.runner import create_run, execute
     from tests.conftest import tiny_scenario
 
     db = f"sqlite:///{tmp_path}/sim.sqlite"
     sc_dict = tiny_scenario(ip_agent={"enabled": True, "items_per_step": 2, "max_new_tokens": 6,
-                                      "cmp_max_new_tokens": 6, "in_prompt": in_prompt},
+                                      "cmp_max_new_tokens": 6, "in_prompt": True},
                             simulation={"steps": 2})
-    synth = sc_dict["dataset"]["synthetic"]
-    assert synth == {"n_users": 40, "n_items": 60, "mean_history": 10}
     store = Store(db)
     sc = parse_scenario(sc_dict)
     text = yaml.safe_dump(sc_dict)
-    run_id = create_run(store, sc, text, "inline")
-    execute(store, run_id)
+    execute(store, create_run(store, sc, text, "inline"))
     with store.session() as s:
-        made = s.scalar(select(func.count()).select_from(ItemProfileRow))
-    assert made == 4  # 2 items per step × 2 steps, each with the staged record
+        rows = list(s.scalars(select(ItemProfileRow)))
+    assert len(rows) == 4  # 2 items per step × 2 steps
+    assert all([st["stage"] for st in r.stages] == ["kfr", "sufficiency", "cmp", "rra"]
+               for r in rows)
     run2 = create_run(store, sc, text, "inline")
     execute(store, run2)
     meter = {r["arm"]: r for r in store.metering(run2)}
     assert meter.get("ip-agent", {"calls": 0})["calls"] == 0
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(ItemProfileRow)) == 4

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agents.backends.base import ChatPrompt, Generation, ImagePart, LLMBackend
@@ -309,7 +309,7 @@ class IPAgent:
                 model_id=self.cache_key, tokens_in=sum(r.tokens_in for r in records),
                 tokens_out=sum(r.tokens_out for r in records),
                 latency_ms=sum(r.latency_ms for r in records), title=clean[i].title,
-                stages=[_as_dict(r) for r in records],
+                stages=[asdict(r) for r in records],
             ))
         return out
 
@@ -327,7 +327,7 @@ class IPAgent:
                 item_id=it.item_id, profile=profile, tags=tags, prompt=p.flat_text(),
                 completion=g.text, format_ok=not problems, problems=problems,
                 model_id=self.cache_key, tokens_in=g.tokens_in, tokens_out=g.tokens_out,
-                latency_ms=1000 * g.latency_s, title=c.title, stages=[_as_dict(record)],
+                latency_ms=1000 * g.latency_s, title=c.title, stages=[asdict(record)],
             ))
         return out
 
@@ -345,10 +345,6 @@ class _Clean:
     def of(cls, it: ItemText) -> _Clean:
         return cls(clean_item_text(it.title).text, clean_item_text(it.category, 80).text,
                    clean_item_text(it.comments, 400).text, clean_item_text(it.tags, 120).text)
-
-
-def _as_dict(r: StageRecord) -> dict:
-    return {k: v for k, v in r.__dict__.items()}
 
 
 def make_key_frame_fn(scorer: Any, n_frames: int = 5, top_k: int = 3,

@@ -197,22 +197,6 @@ def scenarios() -> None:
     console.print(table)
 
 
-def _perceive_scenario(dataset: str, data: Path | None, backend: str, model: str,
-                       base_url: str | None, batch_size: int, ip: dict, seed: int):
-    """A minimal scenario carrying the dataset, backend and IP-agent settings (validated)."""
-    from sandbox.config import parse_scenario
-
-    backend_cfg: dict = {"kind": backend, "model": model, "batch_size": batch_size}
-    if base_url:
-        backend_cfg["base_url"] = base_url
-    return parse_scenario({
-        "name": "perceive", "seed": seed,
-        "dataset": {"kind": dataset, **({"path": str(data)} if data else {})},
-        "arms": [{"name": "none", "recommender": "popular"}],
-        "backend": backend_cfg, "ip_agent": ip,
-    }, "vragent perceive")
-
-
 @app.command()
 def perceive(
     dataset: Annotated[str, typer.Option(help="movielens-100k, microlens or synthetic.")] = (
@@ -241,34 +225,31 @@ def perceive(
     from agents.backends.base import BackendError
     from environments.schema import DataFormatError
     from sandbox.assets import AssetError
-    from sandbox.backend_factory import make_backend
     from sandbox.config import ScenarioError
     from sandbox.perception import (
-        build_ip_agent,
         item_texts,
         most_popular_first,
         perceive_items,
+        perception_setup,
     )
-    from sandbox.response_cache import wrap_backend
     from sandbox.store import Store
-    from sandbox.world import load_world
 
     ip = {"staged": staged, "vision": vision, "clip_model": clip_model,
           "frames_dir": str(frames_dir) if frames_dir else None,
           "max_new_tokens": max_new_tokens, "cmp_max_new_tokens": cmp_max_new_tokens}
+    backend_cfg: dict = {"kind": backend, "model": model, "batch_size": batch_size,
+                         **({"base_url": base_url} if base_url else {})}
     if items < 0 or batch_size < 1:
         _fail("--items must be >= 0 and --batch-size >= 1", 2)
     try:
-        sc = _perceive_scenario(dataset, data, backend, model, base_url, batch_size, ip, seed)
-        ds, key = load_world(sc)
         store = Store(db)
-        llm = wrap_backend(make_backend(sc.backend, seed=seed), sc.backend, store, None)
-        agent = build_ip_agent(sc.ip_agent, llm, seed=seed)
+        ds, key, agent = perception_setup(dataset, data, backend_cfg, ip, store, seed=seed,
+                                          source="vragent perceive")
     except ScenarioError as exc:
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError, ValueError) as exc:
         _fail(str(exc), 2)
-    texts = item_texts(ds.items, sc.ip_agent.frames_dir)
+    texts = item_texts(ds.items, str(frames_dir) if frames_dir else None)
     order = most_popular_first(ds.interactions, texts)
     order = order[:items] if items else order
     console.print(f"perceiving {len(order)} items of {key} with {agent.cache_key} → {db}")

@@ -130,8 +130,6 @@ def _profile_stats(rows: list[Any]) -> dict[str, Any]:
         "mostly_title_rate": round(float(np.mean([x >= 0.8 for x in shares])), 3),
         "mean_tokens_out": round(float(np.mean([r.tokens_out for r in rows])), 1),
         "mean_latency_s": round(float(np.mean([r.latency_ms for r in rows])) / 1000, 3),
-        "examples": [{"item_id": r.item_id, "title": r.title, "profile": r.profile}
-                     for r in rows[:3]],
     }
 
 
@@ -156,35 +154,23 @@ def run_ip_experiment(
         A JSON-serialisable dict: config, data stats, profile stats, per-arm per-seed metrics,
         mean ± std, timings, and the re-ranking report when asked.
     """
-    from environments.datasets import load_microlens
     from environments.evaluation import evaluate
     from environments.recommenders import make_recommender
     from environments.text_embeddings import SentenceEncoder
-    from sandbox.backend_factory import make_backend
-    from sandbox.config import parse_scenario
-    from sandbox.perception import build_ip_agent, item_text_for, item_texts, perceive_items
-    from sandbox.response_cache import wrap_backend
+    from sandbox.perception import item_text_for, item_texts, perceive_items, perception_setup
 
     t_start = time.perf_counter()
     unknown = [a for a in cfg.arms if a not in {x[0] for x in ARMS}]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; choose from {[a[0] for a in ARMS]}")
-    data = Path(cfg.data)
-    ds = load_microlens(data)
+    # The IP agent profiles the whole catalogue core; profiles are cached in the store.
+    ds, dataset_key, agent = perception_setup(
+        "microlens", cfg.data,
+        {"kind": cfg.ip_backend, "model": cfg.ip_model, "batch_size": cfg.ip_batch},
+        {"max_new_tokens": cfg.ip_profile_tokens, "cmp_max_new_tokens": cfg.ip_cmp_tokens},
+        store, source="ip experiment")
     prep = prepare(ds, cfg)
     log(f"data: {prep.stats}")
-
-    # 1. IP profiles of the whole catalogue core (cached in the store).
-    sc = parse_scenario({
-        "name": "ip-experiment", "dataset": {"kind": "microlens", "path": str(data)},
-        "arms": [{"name": "none", "recommender": "popular"}],
-        "backend": {"kind": cfg.ip_backend, "model": cfg.ip_model, "batch_size": cfg.ip_batch},
-        "ip_agent": {"max_new_tokens": cfg.ip_profile_tokens,
-                     "cmp_max_new_tokens": cfg.ip_cmp_tokens},
-    }, "ip experiment")
-    backend = wrap_backend(make_backend(sc.backend, seed=0), sc.backend, store, None)
-    agent = build_ip_agent(sc.ip_agent, backend, seed=0)
-    dataset_key = f"microlens:{data.resolve().name}"
     texts = item_texts(ds.items)
     done = 0
 
@@ -194,15 +180,13 @@ def run_ip_experiment(
         if on_perceive:
             on_perceive(done, len(prep.items))
 
-    t0 = time.perf_counter()
     profiles, pstats = perceive_items(agent, store, dataset_key, [texts[i] for i in prep.items],
                                       batch_size=cfg.ip_batch, on_batch=progress)
-    perceive_s = time.perf_counter() - t0
     rows = list(store.cached_profiles(dataset_key, agent.cache_key, prep.items).values())
     profile_info = {"agent": agent.cache_key, **_profile_stats(rows), "made_now": pstats.made,
                     "items_per_s_now": round(pstats.made / pstats.seconds, 3)
                     if pstats.seconds else None}
-    log(f"profiles: {pstats.cached} cached, {pstats.made} made in {perceive_s:.0f} s")
+    log(f"profiles: {pstats.cached} cached, {pstats.made} made in {pstats.seconds:.0f} s")
 
     # 2. Train and evaluate every arm for every seed.
     encoder = SentenceEncoder(cfg.text_model)
@@ -253,7 +237,7 @@ def run_ip_experiment(
     # 3. Optional: the US agent's two-round refinement of a text arm's top-10.
     if cfg.rerank_users and fitted_for_rerank is not None and prep.cold:
         results["rerank"] = rerank_cold_users(
-            fitted_for_rerank, prep, backend, cfg.rerank_users, log=log)
+            fitted_for_rerank, prep, agent.backend, cfg.rerank_users, log=log)
     results["wall_s"] = round(time.perf_counter() - t_start, 1)
     return results
 

@@ -7,14 +7,17 @@ made once, a crashed or interrupted pass resumes where it stopped, and the simul
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from agents.backends.base import LLMBackend
 from agents.ip_agent import IPAgent, ItemText, make_key_frame_fn
+from environments.schema import Dataset
 from sandbox.config import IPAgentConfig
 from sandbox.store import Store
 
@@ -80,6 +83,33 @@ def build_ip_agent(cfg: IPAgentConfig, backend: LLMBackend, seed: int = 0) -> IP
                    key_frames=key_frames)
 
 
+def perception_setup(dataset: str, path: str | Path | None, backend: dict[str, Any],
+                     ip_agent: dict[str, Any], store: Store, *, seed: int = 0,
+                     source: str = "perception") -> tuple[Dataset, str, IPAgent]:
+    """The dataset, its cache key and an IP agent, outside a simulation run.
+
+    The settings are validated as the matching scenario sections (one-line errors naming the
+    key), and the agent's backend sits behind the store's response cache, as in a run.
+
+    Raises:
+        ScenarioError: a bad setting.
+    """
+    from sandbox.backend_factory import make_backend
+    from sandbox.config import parse_scenario
+    from sandbox.response_cache import wrap_backend
+    from sandbox.world import load_world
+
+    sc = parse_scenario({
+        "name": source, "seed": seed,
+        "dataset": {"kind": dataset, **({"path": str(path)} if path else {})},
+        "arms": [{"name": "none", "recommender": "popular"}],  # a scenario needs one
+        "backend": backend, "ip_agent": ip_agent,
+    }, source)
+    ds, key = load_world(sc)
+    llm = wrap_backend(make_backend(sc.backend, seed=seed), sc.backend, store, None)
+    return ds, key, build_ip_agent(sc.ip_agent, llm, seed=seed)
+
+
 @dataclass
 class PerceiveStats:
     """What one pass did."""
@@ -119,8 +149,6 @@ def perceive_items(
     Returns:
         ``item -> profile`` for all ``items``, and what the pass did.
     """
-    import time
-
     stats = PerceiveStats(wanted=len(items))
     key = agent.cache_key
     cached = store.cached_profiles(dataset_key, key, [it.item_id for it in items])

@@ -17,6 +17,36 @@ from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, reno
 from agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
 
 
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when present, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on GPU."""
+    if dtype == "auto":
+        dtype = "float32" if device.type == "cpu" else "bfloat16"
+    return getattr(torch, dtype)
+
+
+def option_first_tokens(tokenizer: Any, options: Sequence[str]) -> dict[str, list[int]]:
+    """Each option's first token, with and without a leading space (after ":" either occurs)."""
+    return {opt: sorted({tokenizer(v, add_special_tokens=False)["input_ids"][0]
+                         for v in (opt, " " + opt)}) for opt in options}
+
+
+def sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float,
+                    pad_token_id: int) -> dict[str, Any]:
+    """``model.generate`` arguments: greedy at temperature 0, else nucleus sampling."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_token_id,
+                              "do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    return kwargs
+
+
 @dataclass
 class _Unit:
     """Candidates of one slate that run together behind their shared prefix."""
@@ -78,19 +108,15 @@ class HFBackend(LLMBackend):
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if model is None:
             if model_path is None:
                 raise ValueError("HFBackend needs model_path or model")
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-            if dtype == "auto":
-                dtype = "float32" if self.device.type == "cpu" else "bfloat16"
-            model = AutoModelForCausalLM.from_pretrained(str(model_path),
-                                                         dtype=getattr(torch, dtype))
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_path), dtype=weights_dtype(dtype, self.device))
         elif tokenizer is None:
             raise ValueError("HFBackend(model=...) needs tokenizer=")
         self.model = model.to(self.device).eval()
@@ -151,15 +177,7 @@ class HFBackend(LLMBackend):
     def _option_token_ids(self, options: Sequence[str]) -> dict[str, list[int]]:
         key = tuple(options)
         if key not in self._option_ids:
-            table: dict[str, list[int]] = {}
-            for opt in options:
-                # The answer may follow ":" with or without a space; take both first tokens.
-                cands = {
-                    self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
-                    for v in (opt, " " + opt)
-                }
-                table[opt] = sorted(cands)
-            self._option_ids[key] = table
+            self._option_ids[key] = option_first_tokens(self.tokenizer, options)
         return self._option_ids[key]
 
     # ------------------------------------------------------------------ API
@@ -182,14 +200,8 @@ class HFBackend(LLMBackend):
             # One seed per chunk: reruns (and resumed runs) see identical samples.
             torch.manual_seed(seed + start)
             t0 = time.perf_counter()
-            gen_kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "pad_token_id": self.tokenizer.pad_token_id,
-                "do_sample": temperature > 0,
-            }
-            if temperature > 0:
-                gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-            seqs = self.model.generate(**enc, **gen_kwargs)
+            seqs = self.model.generate(**enc, **sampling_kwargs(
+                max_new_tokens, temperature, top_p, self.tokenizer.pad_token_id))
             latency = (time.perf_counter() - t0) / len(chunk)
             new = seqs[:, enc["input_ids"].shape[1] :]
             eos = self.tokenizer.eos_token_id

@@ -28,6 +28,12 @@ from agents.backends.base import (
     TextPart,
     renormalise,
 )
+from agents.backends.hf import (
+    option_first_tokens,
+    resolve_device,
+    sampling_kwargs,
+    weights_dtype,
+)
 
 
 class HFVisionBackend(LLMBackend):
@@ -62,19 +68,15 @@ class HFVisionBackend(LLMBackend):
         device: str = "auto",
         dtype: str = "auto",
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if model is None:
             if model_path is None:
                 raise ValueError("HFVisionBackend needs model_path or model")
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             processor = AutoProcessor.from_pretrained(str(model_path))
-            if dtype == "auto":
-                dtype = "float32" if self.device.type == "cpu" else "bfloat16"
             model = AutoModelForImageTextToText.from_pretrained(
-                str(model_path), dtype=getattr(torch, dtype))
+                str(model_path), dtype=weights_dtype(dtype, self.device))
         elif processor is None:
             raise ValueError("HFVisionBackend(model=...) needs processor=")
         self.model = model.to(self.device).eval()
@@ -131,12 +133,7 @@ class HFVisionBackend(LLMBackend):
     def _option_token_ids(self, options: Sequence[str]) -> dict[str, list[int]]:
         key = tuple(options)
         if key not in self._option_ids:
-            # The answer may follow ":" with or without a space; take both first tokens.
-            self._option_ids[key] = {
-                opt: sorted({self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
-                             for v in (opt, " " + opt)})
-                for opt in options
-            }
+            self._option_ids[key] = option_first_tokens(self.tokenizer, options)
         return self._option_ids[key]
 
     # ------------------------------------------------------------------ API
@@ -166,14 +163,8 @@ class HFVisionBackend(LLMBackend):
             # One seed per chunk: reruns (and resumed runs) see identical samples.
             torch.manual_seed(seed + start)
             t0 = time.perf_counter()
-            gen_kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new_tokens,
-                "pad_token_id": self.tokenizer.pad_token_id,
-                "do_sample": temperature > 0,
-            }
-            if temperature > 0:
-                gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-            seqs = self.model.generate(**enc, **gen_kwargs)
+            seqs = self.model.generate(**enc, **sampling_kwargs(
+                max_new_tokens, temperature, top_p, self.tokenizer.pad_token_id))
             latency = (time.perf_counter() - t0) / len(chunk)
             new = seqs[:, enc["input_ids"].shape[1] :]
             for row in range(len(chunk)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.backends.base import LLMBackend
-from sandbox.config import BackendConfig
+from sandbox.config import BackendConfig, Scenario
 
 
 def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
@@ -60,3 +60,33 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
 
         return ConstantBackend(cfg.p_yes)
     raise ValueError(f"unknown backend kind {cfg.kind!r}")
+
+
+def policy_backend(scenario: Scenario, base: LLMBackend | None = None) -> LLMBackend:
+    """The backend of the US agents when the scenario names a trained ``policy``.
+
+    ``hf`` and ``tiny`` scenarios load the policy's model folder in process (``hf``); an
+    ``openai`` scenario asks its server for the model served under the policy's name, and is
+    told so when the server lacks it. The policy's ``model_id`` (name and training run) is
+    what the store and the response cache see.
+
+    Raises:
+        PolicyError: the policy is not in the registry.
+        ValueError: the backend kind cannot run a trained policy.
+    """
+    from sandbox.policies import load_policy
+
+    pol = load_policy(scenario.policy or "")
+    cfg = scenario.backend
+    if cfg.kind in ("hf", "tiny"):
+        from agents.backends.hf import HFBackend
+
+        return HFBackend(pol.model_dir, model_name=pol.manifest.model_id,
+                         batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                         threads=cfg.threads, device=cfg.device, dtype=cfg.dtype,
+                         kv_cache_mb=cfg.kv_cache_mb)
+    if cfg.kind == "openai":
+        return make_backend(cfg.model_copy(update={"model": pol.manifest.name}),
+                            seed=scenario.seed)
+    raise ValueError(f"policy: backend.kind {cfg.kind!r} cannot run a trained policy "
+                     "(use hf, tiny or openai)")

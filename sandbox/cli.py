@@ -403,5 +403,23 @@ def experiment_ip_agent(
         console.print(f"report: {report}")
 
 
+def _load_plugins() -> None:
+    """Add the commands of the higher layers (``vragent rl``, ``vragent loop``, ...).
+
+    They register through the ``vragent.cli`` entry-point group (pyproject.toml), so this
+    module never imports ``rl`` or ``dashboards`` and the layers keep flowing one way
+    (docs/architecture.md). A plugin that fails to load must not take the core CLI down.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="vragent.cli"):
+        try:
+            ep.load()(app)
+        except Exception as exc:  # report any plugin failure and keep going
+            err.print(f"warning: the vragent plugin {ep.name!r} failed to load: {exc}")
+
+
+_load_plugins()
+
 if __name__ == "__main__":
     app()

@@ -192,6 +192,11 @@ class Scenario(_Strict):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     ip_agent: IPAgentConfig = Field(default_factory=IPAgentConfig)
     social: SocialConfig = Field(default_factory=SocialConfig)
+    policy: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="A trained US-agent policy from the registry (runs/policies, or "
+        "$VRAGENT_POLICIES). The US agents run it: hf loads its model folder, openai asks the "
+        "server for a model served under this name. The IP agent keeps backend.model.")
 
     @model_validator(mode="after")
     def _unique_arms(self) -> Scenario:

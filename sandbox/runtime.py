@@ -20,7 +20,7 @@ from agents.ip_agent import ItemText
 from agents.persona import build_persona, item_line
 from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
 from environments.platform import Platform
-from sandbox.backend_factory import make_backend
+from sandbox.backend_factory import make_backend, policy_backend
 from sandbox.config import Scenario
 from sandbox.perception import (
     build_ip_agent,
@@ -95,8 +95,9 @@ class SimulationRuntime:
                                                 fallback_to_title=True),
         )
         # Behind the response cache and the meter, also when the backend is passed in.
+        base = backend or make_backend(scenario.backend, seed=scenario.seed)
         self.backend = wrap_backend(
-            backend or make_backend(scenario.backend, seed=scenario.seed), scenario.backend,
+            policy_backend(scenario, base) if scenario.policy else base, scenario.backend,
             store, run_id)
         b = scenario.backend
         s = scenario.simulation.session
@@ -106,8 +107,11 @@ class SimulationRuntime:
             rules=SessionRules(s.like_share, s.base_leave_prob, s.bored_leave_prob),
             format_retries=b.format_retries,
         )
+        # A trained policy replaces the user model only; items are perceived by the base model.
+        ip_backend = (wrap_backend(base, scenario.backend, store, run_id)
+                      if scenario.policy else self.backend)
         self.ip_agent = (
-            build_ip_agent(scenario.ip_agent, self.backend, seed=scenario.seed)
+            build_ip_agent(scenario.ip_agent, ip_backend, seed=scenario.seed)
             if scenario.ip_agent.enabled else None
         )
         self.logged_steps: set[int] = set()

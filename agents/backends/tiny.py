@@ -8,6 +8,7 @@ padding, batched sampling and option scoring.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -73,3 +74,23 @@ def tiny_hf_backend(seed: int = 0, batch_size: int = 8, corpus: Iterable[str] = 
         model=model, tokenizer=tok, model_name=f"tiny-random-llama-s{seed}",
         batch_size=batch_size, device="cpu",
     )
+
+
+def save_tiny_model(folder: str | Path, seed: int = 0,
+                    corpus: Iterable[str] = DEFAULT_CORPUS) -> Path:
+    """Write a tiny random model and its tokenizer as a transformers folder.
+
+    Training tests start from it (``base_model: tiny-random``): the folder loads like any
+    other model, with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    tok = build_tiny_tokenizer(corpus)
+    model = build_tiny_model(tok, seed=seed)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder

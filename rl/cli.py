@@ -1,0 +1,289 @@
+"""``vragent rl …`` and ``vragent loop``: RL data, training, evaluation and the closed loop.
+
+Registered on the core CLI through the ``vragent.cli`` entry point (pyproject.toml), so
+``sandbox`` never imports ``rl``. Heavy imports (torch, transformers, trl) happen inside the
+commands, never at start-up.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sandbox.paths import DEFAULT_DB_URL
+
+rl_app = typer.Typer(help="RL alignment of the US agent: data, SFT/GRPO, evaluation.",
+                     no_args_is_help=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the store.",
+                                       envvar="VRAGENT_DB")]
+RegistryOption = Annotated[str | None, typer.Option(
+    "--registry", help="Policy registry folder (default $VRAGENT_POLICIES or runs/policies).")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _command_line(marker: str) -> str:
+    args = sys.argv[sys.argv.index(marker) + 1:] if marker in sys.argv else []
+    return " ".join([f"vragent rl {marker}", *map(shlex.quote, args)])
+
+
+@rl_app.command("build-data")
+def build_data(
+    out: Annotated[Path, typer.Option(help="Folder to write (HF datasets + manifest.json).")],
+    dataset: Annotated[str, typer.Option(help="movielens-100k, microlens or synthetic.")] = (
+        "movielens-100k"),
+    path: Annotated[str | None, typer.Option(help="Data folder (default: the embedded "
+                                             "MovieLens asset or $VRAGENT_DATA_DIR).")] = None,
+    seed: int = 0,
+    eval_users: Annotated[float, typer.Option(help="Held-out users (count, or fraction < 1).")
+                          ] = 500,
+    train_users: Annotated[int, typer.Option(help="At most this many train users.")] = 2000,
+    hard_recommender: Annotated[str, typer.Option(help="Recommender of the hard negatives.")
+                                ] = "itemknn",
+    from_run: Annotated[list[str] | None, typer.Option(
+        "--from-run", help="Add the logged decisions of this run (repeatable) to train.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML of RLDataConfig fields; flags "
+                                                "given on the command line win.")] = None,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Build judgement (1:m) and selection data from real logs (and a run's trajectories)."""
+    import yaml
+
+    from environments.schema import DataFormatError
+    from rl.datasets import (
+        BuildStats,
+        RLDataConfig,
+        RLDataError,
+        build_rl_data,
+        rl_manifest,
+        save_rl_data,
+    )
+
+    try:
+        base = yaml.safe_load(config.read_text()) if config else {}
+        if not isinstance(base, dict):
+            raise RLDataError(f"{config}: expected a mapping of RLDataConfig fields")
+        data_path = path
+        if data_path is None and dataset == "movielens-100k":
+            from sandbox.assets import require_movielens
+
+            data_path = str(require_movielens())
+        base.update({"dataset": dataset, "dataset_path": data_path, "seed": seed,
+                     "eval_users": int(eval_users) if eval_users >= 1 else eval_users,
+                     "train_users": train_users, "hard_recommender": hard_recommender})
+        if from_run:
+            base.update({"store_url": db, "store_runs": list(from_run)})
+        cfg = RLDataConfig.from_dict(base)
+        stats = BuildStats()
+        dd = build_rl_data(cfg, stats=stats)
+        manifest = rl_manifest(dd, cfg, stats)
+        folder = save_rl_data(dd, out, manifest, stats.popularity)
+    except (RLDataError, DataFormatError, FileNotFoundError, OSError, yaml.YAMLError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+    table = Table(title=f"RL data → {folder}")
+    for col in ("split", "task", "protocol", "m", "rows"):
+        table.add_column(col, justify="left" if col in ("split", "task", "protocol") else "right")
+    for split in dd:
+        counts = dd[split].to_pandas().groupby(["task", "protocol", "m"]).size()
+        for (task, proto, m), n in counts.items():
+            table.add_row(split, task, proto, str(m), str(n))
+    console.print(table)
+
+
+@rl_app.command("train")
+def train(
+    data: Annotated[Path, typer.Option(help="RL data folder (vragent rl build-data).")],
+    policy: Annotated[str, typer.Option(help="Name to register the trained policy under.")],
+    algo: Annotated[str, typer.Option(help="sft or grpo.")] = "grpo",
+    base_model: Annotated[str, typer.Option(help="smollm2, tiny-random, policy:NAME or a "
+                                            "model folder.")] = "smollm2",
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    samples: Annotated[int | None, typer.Option(help="At most this many train rows.")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="judgement / selection (repeatable; "
+                                                   "default both).")] = None,
+    protocol: Annotated[list[str] | None, typer.Option(help="Negative protocols to train on "
+                                                       "(repeatable; default all).")] = None,
+    thinking: Annotated[bool, typer.Option(help="--no-thinking: the paper's ablation.")] = True,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank; 0 = full fine-tuning.")] = None,
+    num_generations: Annotated[int | None, typer.Option(help="GRPO group size.")] = None,
+    prompts_per_step: Annotated[int | None, typer.Option(help="GRPO prompts per step.")] = None,
+    max_completion_length: Annotated[int | None, typer.Option(help="GRPO completion tokens.")
+                                     ] = None,
+    missing_answer: Annotated[float | None, typer.Option(help="GRPO reward of a completion "
+                                                         "with no <answer> (paper: 0.0).")
+                              ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="SFT rows per step.")] = None,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    db: DbOption = DEFAULT_DB_URL,
+    registry: RegistryOption = None,
+) -> None:
+    """Train the US-agent policy with SFT or GRPO (TRL, LoRA by default) and register it."""
+    from dataclasses import replace
+
+    from rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
+    from rl.datasets import RLDataError
+    from rl.trainers import TrainingError, train_policy
+    from sandbox.assets import AssetError
+    from sandbox.policies import PolicyError
+    from sandbox.store import Store
+
+    if algo not in ("sft", "grpo"):
+        _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
+    cls = GRPORunConfig if algo == "grpo" else SFTRunConfig
+    cfg = cls(policy=policy, data=str(data), base_model=base_model, thinking=thinking,
+              seed=seed).with_updates(
+        max_steps=steps, lr=lr, max_samples=samples, threads=threads,
+        tasks=tuple(task) if task else None, protocols=tuple(protocol) if protocol else None)
+    if lora_r is not None:
+        cfg = replace(cfg, lora=LoraSettings(r=lora_r))
+    if algo == "grpo":
+        cfg = cfg.with_updates(num_generations=num_generations,
+                               prompts_per_step=prompts_per_step,
+                               max_completion_length=max_completion_length,
+                               missing_answer=missing_answer)
+    elif batch_size:
+        cfg = cfg.with_updates(batch_size=batch_size)
+    try:
+        res = train_policy(cfg, Store(db), registry=registry, log=console.print)
+    except (TrainingError, RLDataError, PolicyError, AssetError) as exc:
+        _fail(str(exc), 2)
+    table = Table(title=f"{algo} policy {res.policy!r}: {res.steps} steps in {res.wall_s:.0f} s "
+                        f"({3600 * res.steps / max(res.wall_s, 1e-9):.0f} steps/h), "
+                        f"{res.rows} rows; training run {res.training_run_id}")
+    for col in ("curve", "first quarter", "last quarter"):
+        table.add_column(col, justify="left" if col == "curve" else "right")
+    for name in sorted(res.last):
+        table.add_row(name, f"{res.first[name]:.4g}", f"{res.last[name]:.4g}")
+    console.print(table)
+
+
+@rl_app.command("eval")
+def eval_(
+    data: Annotated[Path, typer.Option(help="RL data folder; its eval split is evaluated.")],
+    policy: Annotated[list[str] | None, typer.Option(help="A registered policy (repeatable).")
+                      ] = None,
+    base_model: Annotated[str, typer.Option(help="The frozen base model compared with the "
+                                            "policies: smollm2, a folder, or none.")
+                          ] = "smollm2",
+    baselines: Annotated[bool, typer.Option(help="Run the non-LLM baselines.")] = True,
+    recommender: Annotated[str, typer.Option(help="Recommender whose scores are a baseline.")
+                           ] = "mf",
+    max_groups: Annotated[int, typer.Option(help="Held-out users per cell (score mode and "
+                                            "baselines); 0 = all.")] = 20,
+    generate_groups: Annotated[int, typer.Option(help="Users per cell in generate mode "
+                                                 "(0 = off).")] = 12,
+    max_new_tokens: Annotated[int, typer.Option(help="Generate-mode completion budget.")] = 128,
+    batch_size: int = 8,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the markdown report here.")] = None,
+    title: Annotated[str, typer.Option(help="The report's heading.")] = "US-agent evaluation",
+    db: DbOption = DEFAULT_DB_URL,
+    registry: RegistryOption = None,
+) -> None:
+    """Evaluate policies, the base model and baselines on held-out users."""
+    from rl.datasets import RLDataError
+    from rl.policy_eval import EvalConfig, headline_markdown, report_markdown, run_eval
+    from sandbox.assets import AssetError
+    from sandbox.policies import PolicyError
+    from sandbox.store import Store
+
+    cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
+                     base_model=None if base_model == "none" else base_model,
+                     baselines=baselines, recommender=recommender,
+                     max_groups=max_groups or None, generate_groups=generate_groups,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                     threads=threads, registry=registry)
+    try:
+        table, eval_id = run_eval(cfg, Store(db), log=err.print)
+    except (RLDataError, PolicyError, AssetError, KeyError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+    console.print(headline_markdown(table), markup=False, highlight=False)
+    console.print(f"eval {eval_id} stored in {db}")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(report_markdown(table, title, _command_line("eval")), encoding="utf-8")
+        console.print(f"report: {report}")
+
+
+@rl_app.command("policies")
+def policies(registry: RegistryOption = None) -> None:
+    """List the registered policies."""
+    from sandbox.policies import list_policies, policy_root
+
+    table = Table(title=f"policies in {policy_root(registry)}")
+    for col in ("name", "algo", "base model", "thinking", "lora", "model id", "created"):
+        table.add_column(col)
+    for p in list_policies(registry):
+        m = p.manifest
+        table.add_row(m.name, m.algo, m.base_model, str(m.thinking), str(m.lora), m.model_id,
+                      m.created_at)
+    console.print(table)
+
+
+def loop(
+    scenario: Annotated[str, typer.Argument(help="Scenario name or YAML path.")],
+    algo: Annotated[str, typer.Option(help="grpo or sft.")] = "grpo",
+    policy: Annotated[str | None, typer.Option(help="Name of the trained policy "
+                                               "(default <scenario>-loop).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 50,
+    base_model: Annotated[str | None, typer.Option(help="Train from this model (default: "
+                                                   "the scenario's).")] = None,
+    eval_users: Annotated[int, typer.Option(help="Held-out users of the RL data.")] = 50,
+    train_users: Annotated[int, typer.Option(help="Most real train users.")] = 500,
+    eval_groups: Annotated[int, typer.Option(help="Held-out users per evaluation cell.")] = 10,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    samples: Annotated[int | None, typer.Option(help="At most this many train rows.")] = None,
+    seed: int = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the before/after table here.")
+                      ] = None,
+    db: DbOption = DEFAULT_DB_URL,
+    registry: RegistryOption = None,
+) -> None:
+    """Simulate, build data from the run + real logs, train, simulate again; show fidelity."""
+    from agents.backends.base import BackendError
+    from environments.schema import DataFormatError
+    from rl.datasets import RLDataError
+    from rl.loop import LoopConfig, loop_markdown, run_loop, write_loop_report
+    from rl.trainers import TrainingError
+    from sandbox.assets import AssetError
+    from sandbox.config import ScenarioError
+    from sandbox.policies import PolicyError
+
+    if algo not in ("sft", "grpo"):
+        _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
+    train = {k: v for k, v in {"lr": lr, "max_samples": samples}.items() if v is not None}
+    cfg = LoopConfig(scenario=scenario, policy=policy, algo=algo, base_model=base_model,
+                     steps=steps, eval_users=eval_users, train_users=train_users,
+                     eval_groups=eval_groups, train=train, seed=seed)
+    try:
+        res = run_loop(cfg, db, registry, log=console.print)
+    except (ScenarioError, RLDataError, TrainingError, PolicyError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+    except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
+        _fail(str(exc))
+    args = sys.argv[sys.argv.index("loop") + 1:] if "loop" in sys.argv else []
+    command = " ".join(["vragent loop", *map(shlex.quote, args)])
+    console.print(loop_markdown(res, command), markup=False, highlight=False)
+    if report is not None:
+        console.print(f"report: {write_loop_report(res, report, command)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``vragent rl`` and ``vragent loop`` to the core CLI (the entry point's hook)."""
+    app.add_typer(rl_app, name="rl")
+    app.command("loop")(loop)

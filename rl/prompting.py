@@ -1,0 +1,101 @@
+"""RL data rows as model inputs: rendered prompts, the no-thinking variant, SFT targets.
+
+A row holds chat messages plus the assistant prefix (``<think>``). The model sees exactly what
+the simulator's ``hf`` backend renders: the tokenizer's chat template with a generation prompt,
+then the prefix (``HFBackend.render``). Training and simulation therefore share every token of
+the prompt, so a policy trained here behaves the same when the simulator runs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agents.prompts import THINK_PREFIX
+from agents.selection import ANSWER_PREFIX, FORMAT_NO_THINKING, FORMAT_THINKING
+
+# The judgement system prompt's format sentence (agents.prompts.US_SYSTEM) and its
+# no-thinking form, the paper's ablation.
+_JUDGE_THINKING = ("Show your reasoning in <think> </think> tags and return the final answer in "
+                   "<answer> </answer> tags")
+_JUDGE_NO_THINKING = "Return only the final answer in <answer> </answer> tags"
+_CATEGORY = re.compile(r"\[([^\[\]]+)\]\s*$")
+HISTORY_HEADER = "User's viewing history:"
+
+
+def no_thinking_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The same messages with the answer-only instruction of the no_thinking ablation."""
+    out = []
+    for m in messages:
+        text = str(m["content"]).replace(_JUDGE_THINKING, _JUDGE_NO_THINKING)
+        text = text.replace(FORMAT_THINKING, FORMAT_NO_THINKING)
+        out.append({"role": str(m["role"]), "content": text})
+    return out
+
+
+def prompt_for(row: Mapping[str, Any], thinking: bool = True) -> tuple[list[dict[str, str]], str]:
+    """A row's messages and assistant prefix, in the thinking or no-thinking variant."""
+    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["prompt"]]
+    if thinking:
+        return messages, str(row.get("assistant_prefix") or THINK_PREFIX)
+    return no_thinking_messages(messages), ANSWER_PREFIX
+
+
+def render(tokenizer: Any, messages: Sequence[Mapping[str, str]], prefix: str) -> str:
+    """The exact prompt text: chat template with a generation prompt, then the prefix."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=True)
+    return text + prefix
+
+
+def history_lines(messages: Sequence[Mapping[str, str]]) -> list[str]:
+    """The ``- title`` bullets after "User's viewing history:" in the user message."""
+    user = next((str(m["content"]) for m in messages if m["role"] == "user"), "")
+    lines = user.split("\n")
+    try:
+        start = lines.index(HISTORY_HEADER) + 1
+    except ValueError:
+        return []
+    out = []
+    for line in lines[start:]:
+        if not line.startswith("- "):
+            break
+        if line != "- (no history yet)":
+            out.append(line[2:].strip())
+    return out
+
+
+def _preference(history: Sequence[str]) -> str:
+    cats = Counter(c.strip() for h in history if (m := _CATEGORY.search(h))
+                   for c in m.group(1).split(",") if c.strip())
+    if cats:
+        return ", ".join(c for c, _ in cats.most_common(3))
+    return history[-1] if history else "unknown"
+
+
+def sft_target(row: Mapping[str, Any], thinking: bool = True) -> str:
+    """The completion SFT teaches for a row (the text after the assistant prefix).
+
+    It says only what the log shows: the latest history item and the candidate (judgement) in
+    the reasoning, the most frequent history categories as the preference, then the real answer.
+
+    Args:
+        row: an RL data row (``task``, ``prompt``, ``candidates``, ``label``).
+        thinking: with the ``<think>`` part (the prefix opened it) or answer only.
+
+    Returns:
+        The target completion, without an end-of-sequence token.
+    """
+    history = history_lines(row["prompt"])
+    field, value = (("Prediction", row["label"]) if row["task"] == "judgement"
+                    else ("Next_video", row["label"]))
+    answer = f" (1) User_preference: {_preference(history)}\n(2) {field}: {value} </answer>"
+    if not thinking:
+        return answer
+    recent = history[-1] if history else "nothing yet"
+    cands = row["candidates"]
+    seen = (f"The candidate is {cands[0]}." if row["task"] == "judgement"
+            else f"There are {len(cands)} candidates.")
+    return f" The user last watched {recent}. {seen} </think>\n<answer>{answer}"

@@ -52,6 +52,7 @@ def build_data(
     train_users: Annotated[int, typer.Option(help="At most this many train users.")] = 2000,
     hard_recommender: Annotated[str, typer.Option(help="Recommender of the hard negatives.")
                                 ] = "itemknn",
+    history_len: Annotated[int, typer.Option(help="History items shown in a prompt.")] = 10,
     from_run: Annotated[list[str] | None, typer.Option(
         "--from-run", help="Add the logged decisions of this run (repeatable) to train.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML of RLDataConfig fields; flags "
@@ -82,7 +83,8 @@ def build_data(
             data_path = str(require_movielens())
         base.update({"dataset": dataset, "dataset_path": data_path, "seed": seed,
                      "eval_users": int(eval_users) if eval_users >= 1 else eval_users,
-                     "train_users": train_users, "hard_recommender": hard_recommender})
+                     "train_users": train_users, "hard_recommender": hard_recommender,
+                     "history_len": history_len})
         if from_run:
             base.update({"store_url": db, "store_runs": list(from_run)})
         cfg = RLDataConfig.from_dict(base)
@@ -161,9 +163,10 @@ def train(
         res = train_policy(cfg, Store(db), registry=registry, log=console.print)
     except (TrainingError, RLDataError, PolicyError, AssetError) as exc:
         _fail(str(exc), 2)
-    table = Table(title=f"{algo} policy {res.policy!r}: {res.steps} steps in {res.wall_s:.0f} s "
-                        f"({3600 * res.steps / max(res.wall_s, 1e-9):.0f} steps/h), "
-                        f"{res.rows} rows; training run {res.training_run_id}")
+    console.print(f"{algo} policy {res.policy!r}: {res.steps} steps in {res.wall_s:.0f} s "
+                  f"({3600 * res.steps / max(res.wall_s, 1e-9):.0f} steps/h) from {res.rows} "
+                  f"candidate rows; training run {res.training_run_id}", soft_wrap=True)
+    table = Table(title="curves (mean of the first and last quarter of the logged steps)")
     for col in ("curve", "first quarter", "last quarter"):
         table.add_column(col, justify="left" if col == "curve" else "right")
     for name in sorted(res.last):

@@ -122,7 +122,7 @@ class GRPORunConfig(_Common):
     """
 
     algo: Literal["grpo"] = "grpo"
-    lr: float = 1e-5
+    lr: float = 5e-5
     num_generations: int = 4
     prompts_per_step: int = 2
     max_completion_length: int = 96

@@ -33,13 +33,11 @@ from rl.datasets import (
     build_rl_data,
     load_popularity,
     load_rl_data,
-    parse_flat_prompt,
-    rows_from_store,
     save_rl_data,
     split_users,
-    to_judgement_layout,
     user_samples,
 )
+from rl.logged import parse_flat_prompt, rows_from_store, to_judgement_layout
 from rl.negatives import (
     STREAM_HARD_FALLBACK,
     NegativeSampler,

@@ -215,3 +215,28 @@ def test_cli_builds_data_and_evaluates_a_policy(trained, tmp_path, monkeypatch):
     assert res.exit_code == 0 and "tiny-grpo" in res.output
     res = runner.invoke(app, ["rl", "eval", "--data", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "missing" in res.output
+
+
+def test_configs_cpu_defaults_and_paper_gpu_settings():
+    cpu = GRPORunConfig()
+    assert (cpu.use_cpu, cpu.bf16, cpu.gradient_checkpointing) == (True, False, False)
+    assert cpu.lora.r > 0 and cpu.max_completion_length <= 128 and cpu.num_generations <= 8
+    gpu = GRPORunConfig.paper_gpu(policy="x")
+    assert (gpu.num_generations, gpu.prompts_per_step, gpu.lr, gpu.beta, gpu.epsilon) == (
+        16, 16, 4e-7, 0.001, 0.2)
+    assert gpu.use_vllm and gpu.vllm_mode == "colocate" and gpu.bf16 and not gpu.use_cpu
+    assert gpu.lora.r == 0 and gpu.policy == "x"
+    assert SFTRunConfig().with_updates(lr=None, max_steps=7).max_steps == 7
+
+
+def test_decision_auc_matches_mann_whitney():
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from rl.loop import _auc
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 60).astype(float)
+    u = mannwhitneyu(pos, neg).statistic
+    assert _auc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)))
+    assert _auc(pos, np.array([])) is None

@@ -85,7 +85,8 @@ def _baselines(cfg: EvalConfig, train_rows: list[dict], eval_rows: list[dict],
     inter = history_interactions([*train_rows, *eval_rows])
     catalogue = None if popularity is None else [int(i) for i in popularity.index]
     pop = (PopularityScorer({int(i): int(c) for i, c in popularity.items()}, catalogue)
-           if popularity is not None else PopularityScorer.from_interactions(inter))
+           if popularity is not None
+           else PopularityScorer.from_interactions(inter, inter["item_id"].unique()))
     knn = ItemKNNScorer(seed=cfg.seed).fit(inter)
     rec = make_recommender(cfg.recommender, seed=cfg.seed).fit(inter)
     rec_scorer = RecommenderScorer(rec, f"{cfg.recommender} scores", seed=cfg.seed)

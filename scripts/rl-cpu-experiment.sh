@@ -20,7 +20,7 @@ if stage ml; then
   $V rl train --algo grpo --data runs/rl/movielens-data --policy ml-grpo --base-model policy:ml-sft --lr 5e-5 --steps 50 --prompts-per-step 1 --num-generations 4 --max-completion-length 96 $T
 fi
 if stage ml-nothink; then
-  $V rl train --algo grpo --data runs/rl/movielens-data --policy ml-grpo-nothink --base-model policy:ml-sft --no-thinking --lr 5e-5 --steps 50 --prompts-per-step 1 --num-generations 4 --max-completion-length 40 $T
+  $V rl train --algo grpo --data runs/rl/movielens-data --policy ml-grpo-nothink --base-model policy:ml-sft --no-thinking --lr 5e-5 --steps 30 --prompts-per-step 1 --num-generations 4 --max-completion-length 40 $T
 fi
 if stage ml-eval; then
   pols=(--policy ml-sft --policy ml-grpo); [[ -d runs/policies/ml-grpo-nothink ]] && pols+=(--policy ml-grpo-nothink)
@@ -28,7 +28,7 @@ if stage ml-eval; then
 fi
 if stage mic; then
   $V rl train --algo sft --data runs/rl/microlens-data --policy mic-sft --steps 20 --batch-size 4 --lr 5e-4 $T
-  $V rl train --algo grpo --data runs/rl/microlens-data --policy mic-grpo --base-model policy:mic-sft --lr 5e-5 --steps 50 --prompts-per-step 1 --num-generations 4 --max-completion-length 112 $T
+  $V rl train --algo grpo --data runs/rl/microlens-data --policy mic-grpo --base-model policy:mic-sft --lr 5e-5 --steps 30 --prompts-per-step 1 --num-generations 4 --max-completion-length 112 $T
 fi
 if stage mic-eval; then
   $V rl eval --data runs/rl/microlens-data --policy mic-sft --policy mic-grpo --max-groups 10 --generate-groups 8 --max-new-tokens 112 --title "US-agent evaluation: MicroLens-50k" --report runs/rl/eval-microlens.md $T

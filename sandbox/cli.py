@@ -94,6 +94,7 @@ def run(
     from environments.schema import DataFormatError
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError, load_scenario
+    from sandbox.policies import PolicyError, load_policy
     from sandbox.runner import RunError, create_run, execute
     from sandbox.store import Store
 
@@ -105,9 +106,11 @@ def run(
             run_id = resume
         else:
             sc, text, path = load_scenario(scenario)
+            if sc.policy:
+                load_policy(sc.policy)  # fail before a run is created, naming the registry
             run_id = create_run(store, sc, text, str(path))
-    except ScenarioError as exc:
-        _fail(str(exc), 2)
+    except (ScenarioError, PolicyError) as exc:
+        _fail(f"{scenario}: policy: {exc}" if isinstance(exc, PolicyError) else str(exc), 2)
     console.print(f"run [bold]{run_id}[/] → {db}")
     progress = Progress("[progress.description]{task.description}", BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err,
@@ -123,7 +126,7 @@ def run(
     try:
         with progress:
             rows = execute(store, run_id, progress=on_progress)
-    except (ScenarioError, RunError) as exc:
+    except (ScenarioError, RunError, PolicyError) as exc:
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
         _fail(f"{exc} (run {run_id} is resumable: vragent run --resume {run_id} --db {db})")

@@ -240,3 +240,18 @@ def test_decision_auc_matches_mann_whitney():
     u = mannwhitneyu(pos, neg).statistic
     assert _auc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)))
     assert _auc(pos, np.array([])) is None
+
+
+def test_run_with_a_missing_policy_fails_before_creating_a_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+    from tests.conftest import write_scenario
+
+    monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "empty"))
+    path = write_scenario(tmp_path, tiny_scenario(policy="absent"))
+    db = f"sqlite:///{tmp_path}/s.sqlite"
+    res = CliRunner().invoke(app, ["run", str(path), "--db", db])
+    assert res.exit_code == 2
+    assert "policy 'absent' not found" in res.output
+    assert Store(db).list_runs() == []

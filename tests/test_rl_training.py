@@ -255,3 +255,19 @@ def test_run_with_a_missing_policy_fails_before_creating_a_run(tmp_path, monkeyp
     assert res.exit_code == 2
     assert "policy 'absent' not found" in res.output
     assert Store(db).list_runs() == []
+
+
+def test_lora_training_saves_the_adapter_and_a_merged_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    data = _save(tmp_path / "d", _rows(16, lambda r: "Yes", 3))
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+    res = train_policy(SFTRunConfig(policy="tiny-lora", data=str(data), base_model="tiny-random",
+                                    max_steps=3, batch_size=4, lora=LoraSettings(r=4, alpha=8),
+                                    threads=1, output_dir=str(tmp_path / "scratch")),
+                       store, registry=tmp_path / "reg", log=lambda *a: None)
+    pol = load_policy("tiny-lora", tmp_path / "reg")
+    assert res.steps == 3 and pol.manifest.lora
+    assert (pol.adapter_dir / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(str(pol.model_dir))  # plain, merged weights
+    assert not any("lora" in name for name, _ in model.named_parameters())

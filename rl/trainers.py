@@ -19,6 +19,7 @@ A failed run is marked ``failed`` in the store with its error and registers noth
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -340,6 +341,11 @@ def train_policy(cfg: SFTRunConfig | GRPORunConfig, store: Store,
                             wall_s=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
         raise
     wall = time.perf_counter() - t0
+    # Peak memory of the whole process (model, reference, optimiser, rollouts), for
+    # docs/performance.md; ru_maxrss is in KiB on Linux.
+    log_curve(store, run_id, steps, {
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_per_hour": 3600 * steps / max(wall, 1e-9)})
     finish_training_run(store, run_id, status="finished", steps=steps, wall_s=wall)
     shutil.rmtree(scratch, ignore_errors=True)
     first, last = _summary(callback.history)

@@ -103,7 +103,7 @@ def test_curves_and_runs_are_in_the_store(trained):
     _, store, _, sft, grpo = trained
     names = set(curves(store, grpo.training_run_id))
     assert {"reward", "format_reward", "accuracy_reward", "format_valid_rate", "accuracy",
-            "kl", "step_time_s", "loss"} <= names
+            "kl", "step_time_s", "loss", "peak_rss_mib", "steps_per_hour"} <= names
     runs = {r.id: r for r in training_runs(store)}
     assert runs[grpo.training_run_id].status == "finished"
     assert runs[grpo.training_run_id].steps == 40

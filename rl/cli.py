@@ -223,6 +223,41 @@ def eval_(
         console.print(f"report: {report}")
 
 
+@rl_app.command("report")
+def report_(
+    eval_id: Annotated[str, typer.Argument(help="An evaluation id (printed by vragent rl eval).")],
+    data: Annotated[Path, typer.Option(help="The RL data folder it evaluated (for its manifest).")],
+    results: Annotated[Path | None, typer.Option(help="Write the key figures into this file's "
+                                                 "own section (e.g. docs/results.md).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write every cell's table here.")] = None,
+    title: Annotated[str, typer.Option(help="The heading.")] = "US-agent evaluation",
+    command: Annotated[str | None, typer.Option(help="The command shown as the one that "
+                                                "regenerates the figures.")] = None,
+    db: DbOption = DEFAULT_DB_URL,
+) -> None:
+    """Render a stored evaluation again (no model runs): key figures and full tables."""
+    from rl.datasets import RLDataError, load_rl_data
+    from rl.policy_eval import headline_markdown, report_markdown, results_section, table_from_store
+    from sandbox.report_sections import write_section
+    from sandbox.store import Store
+
+    try:
+        table = table_from_store(Store(db), eval_id)
+        _, manifest = load_rl_data(data)
+    except (KeyError, RLDataError) as exc:
+        _fail(str(exc).strip("'\""), 2)
+    shown = command or _command_line("report")
+    console.print(headline_markdown(table), markup=False, highlight=False)
+    if results is not None:
+        write_section(results, f"rl-eval-{data.name}", results_section(table, title, shown,
+                                                                       manifest))
+        console.print(f"results: {results} (section rl-eval-{data.name})")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(report_markdown(table, title, shown), encoding="utf-8")
+        console.print(f"report: {report}")
+
+
 @rl_app.command("policies")
 def policies(registry: RegistryOption = None) -> None:
     """List the registered policies."""

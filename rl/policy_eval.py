@@ -237,3 +237,39 @@ def report_markdown(df: pd.DataFrame, title: str, command: str) -> str:
     return (f"{head}\n### Key figures\n\n{headline_markdown(df)}\n"
             f"Score mode for LLMs unless marked gen (sampled at temperature 0.8, top-p 0.95, "
             f"parsed as in the simulator).\n\n## {rest}")
+
+
+def table_from_store(store: Store, eval_id: str) -> pd.DataFrame:
+    """An evaluation's table rebuilt from ``policy_evals`` (the :func:`run_eval` layout).
+
+    Raises:
+        KeyError: no evaluation with this id in the store.
+    """
+    from rl.evaluation import COLUMNS
+    from sandbox.training_log import eval_rows
+
+    rows = eval_rows(store, eval_id)
+    if not rows:
+        raise KeyError(f"no evaluation {eval_id!r} in {store.url}")
+    keys = ["model", "mode", "task", "protocol", "m"]
+    long = pd.DataFrame(rows)
+    order = list(dict.fromkeys(long["model"]))
+    # Only the (model, mode, cell) combinations that exist; NaN metrics stay NaN.
+    wide = long.groupby([*keys, "metric"], sort=False)["value"].first().unstack(
+        "metric").reset_index()
+    for col in COLUMNS:
+        if col not in wide.columns:
+            wide[col] = float("nan")
+    wide["model"] = pd.Categorical(wide["model"], categories=order, ordered=True)
+    wide = wide.sort_values(keys).reset_index(drop=True)
+    wide["model"] = wide["model"].astype(str)
+    return wide[list(COLUMNS)].astype({"m": "int64", "n": "int64"})
+
+
+def results_section(df: pd.DataFrame, title: str, command: str, data_manifest: dict) -> str:
+    """The key figures of an evaluation as a section of docs/results.md."""
+    users = (data_manifest.get("users") or {}).get("eval")
+    return (f"### {title}\n\n```\n{command}\n```\n\n"
+            f"Held-out users in the data: {users}; per cell at most the users given by the "
+            f"command's caps. LLMs in score mode unless marked gen.\n\n"
+            f"{headline_markdown(df)}")

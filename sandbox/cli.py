@@ -401,9 +401,11 @@ def experiment_ip_agent(
     if report is not None:
         args = sys.argv[sys.argv.index("ip-agent") + 1:] if "ip-agent" in sys.argv else []
         command = " ".join(["vragent experiment ip-agent", *map(shlex.quote, args)])
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(results_markdown(results, command), encoding="utf-8")
-        console.print(f"report: {report}")
+        from sandbox.report_sections import write_section
+
+        # Its own section: the RL results and hand-written prose in the same file stay.
+        write_section(report, "ip-agent-experiment", results_markdown(results, command))
+        console.print(f"report: {report} (section ip-agent-experiment)")
 
 
 def _load_plugins() -> None:

@@ -211,6 +211,16 @@ def test_cli_builds_data_and_evaluates_a_policy(trained, tmp_path, monkeypatch):
     assert {("judgement", p, m) for p in ("random", "popular", "hard")
             for m in (1, 2, 3, 9)} <= cells
     assert load_policy("tiny-grpo", registry).manifest.metrics  # a summary was added
+    eval_id = next(w for line in res.output.splitlines() if line.startswith("eval ")
+                   for w in line.split()[1:2])
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n\nprose\n")
+    res = runner.invoke(app, ["rl", "report", eval_id, "--data", str(tmp_path / "data"),
+                              "--db", db, "--results", str(results), "--command", "cmd"])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in report.splitlines() if line.startswith("| tiny-grpo | ")
+               and "score" not in line and "generate" not in line)
+    assert row in results.read_text() and "prose" in results.read_text()
     res = runner.invoke(app, ["rl", "policies"])
     assert res.exit_code == 0 and "tiny-grpo" in res.output
     res = runner.invoke(app, ["rl", "eval", "--data", str(tmp_path / "missing")])

@@ -247,6 +247,9 @@ class LLMPolicy:
         seed: sampling seed; batch ``k`` (rows ``start:start+batch_size``) uses
             ``seed + start``, so the same rows, batch size and seed replay exactly.
         batch_size: prompts per ``generate`` call.
+        thinking: ``False`` for a policy trained without thinking (the paper's ablation): in
+            generate mode it gets the answer-only instruction and an ``<answer>`` opening
+            (:func:`rl.prompting.prompt_for`), as in training.
     """
 
     backend: LLMBackend
@@ -256,6 +259,17 @@ class LLMPolicy:
     top_p: float = EVAL_TOP_P
     seed: int = 0
     batch_size: int = 16
+    thinking: bool = True
+
+    def prompt(self, row: Row) -> ChatPrompt:
+        """The generate-mode prompt of a row for this policy (thinking or answer only)."""
+        if self.thinking:
+            return row_chat_prompt(row)
+        from rl.prompting import prompt_for
+
+        messages, prefix = prompt_for(row, thinking=False)
+        return ChatPrompt(messages=tuple((m["role"], m["content"]) for m in messages),
+                          assistant_prefix=prefix)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -272,7 +286,7 @@ class LLMPolicy:
         """
         texts: list[str] = []
         for start in range(0, len(rows), self.batch_size):
-            batch = [row_chat_prompt(r) for r in rows[start:start + self.batch_size]]
+            batch = [self.prompt(r) for r in rows[start:start + self.batch_size]]
             gens = self.backend.generate(batch, max_new_tokens=self.max_new_tokens,
                                          temperature=self.temperature, top_p=self.top_p,
                                          seed=self.seed + start)
@@ -316,7 +330,7 @@ def llm_judgement(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
                                     for p, s in zip(p_yes, scores, strict=True)]
         return judgement_metrics(_labels(rows), preds, p_yes, _groups(rows))
     texts = policy.generate(rows)
-    parsed = [parse_judgement(t, str(r.get("assistant_prefix") or ""))
+    parsed = [parse_judgement(t, policy.prompt(r).assistant_prefix)
               for t, r in zip(texts, rows, strict=True)]
     preds = [None if p.prediction is None else p.prediction == "Yes" for p in parsed]
     out = judgement_metrics(_labels(rows), preds, None, _groups(rows))
@@ -343,7 +357,7 @@ def llm_selection(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
                     picks[k] = int(np.argmax(probs))  # ties: the first letter
         return selection_metrics(correct, picks)
     texts = policy.generate(rows)
-    parsed = [parse_selection(t, list(r["candidates"]), str(r.get("assistant_prefix") or ""))
+    parsed = [parse_selection(t, list(r["candidates"]), policy.prompt(r).assistant_prefix)
               for t, r in zip(texts, rows, strict=True)]
     out = selection_metrics(correct, [p.index for p in parsed])
     out["format_rate"] = float(np.mean([p.format_ok for p in parsed])) if parsed else None

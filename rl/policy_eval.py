@@ -105,8 +105,10 @@ def _backend(path: Path, name: str, cfg: EvalConfig):
                      max_prompt_tokens=2048)
 
 
-def _llms(cfg: EvalConfig) -> dict[str, Any]:
+def _llms(cfg: EvalConfig) -> tuple[dict[str, Any], set[str]]:
+    """The LLMs to evaluate, and the names of those trained without thinking."""
     out: dict[str, Any] = {}
+    no_thinking: set[str] = set()
     if cfg.base_model:
         if cfg.base_model == "smollm2":
             from sandbox.assets import require_smollm2
@@ -117,8 +119,10 @@ def _llms(cfg: EvalConfig) -> dict[str, Any]:
     for name in cfg.policies:
         pol = load_policy(name, cfg.registry)
         out[name] = _backend(pol.model_dir, pol.manifest.model_id, cfg)
+        if not pol.manifest.thinking:
+            no_thinking.add(name)
     out.update(cfg.extra_models)
-    return out
+    return out, no_thinking
 
 
 def _per_m(models: dict[str, Any], rows: list[dict], groups: int | None, seed: int,
@@ -161,7 +165,7 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
     if cfg.baselines:
         frames += _per_m(_baselines(cfg, train_rows, eval_rows, popularity), eval_rows,
                          cfg.max_groups, cfg.seed, log)
-    llms = _llms(cfg)
+    llms, no_thinking = _llms(cfg)
     if llms:
         scoring = {n: LLMPolicy(b, modes=("score",), seed=cfg.seed, batch_size=cfg.batch_size)
                    for n, b in llms.items()}
@@ -169,7 +173,8 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
         if cfg.generate_groups > 0:
             sampling = {n: LLMPolicy(b, modes=("generate",), seed=cfg.seed,
                                      max_new_tokens=cfg.max_new_tokens,
-                                     batch_size=cfg.batch_size) for n, b in llms.items()}
+                                     batch_size=cfg.batch_size, thinking=n not in no_thinking)
+                        for n, b in llms.items()}
             gen_rows = [r for r in eval_rows if r["protocol"] in cfg.generate_protocols
                         and (r["task"] == "selection" or r["m"] in cfg.generate_ms)]
             frames += _per_m(sampling, gen_rows, cfg.generate_groups, cfg.seed, log)

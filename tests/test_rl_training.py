@@ -281,3 +281,13 @@ def test_lora_training_saves_the_adapter_and_a_merged_model(tmp_path):
     assert (pol.adapter_dir / "adapter_config.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(str(pol.model_dir))  # plain, merged weights
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_a_no_thinking_policy_is_evaluated_with_its_own_prompt(tiny_backend):
+    from rl.evaluation import LLMPolicy
+
+    row = _rows(1, lambda r: "Yes", 0)[0]
+    thinking = LLMPolicy(tiny_backend).prompt(row)
+    answer_only = LLMPolicy(tiny_backend, thinking=False).prompt(row)
+    assert thinking.assistant_prefix == "<think>" and answer_only.assistant_prefix == "<answer>"
+    assert "<think>" in thinking.messages[0][1] and "<think>" not in answer_only.messages[0][1]

@@ -5,7 +5,8 @@ the prompt, so nothing in an item title can inject tags into what we parse. Rule
 paper's reward code:
 
 * the tags ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` must each occur exactly once
-  and in that order, or ``format_ok`` is false;
+  and in that order, or ``format_ok`` is false (an answer-only turn, opened with ``<answer>``,
+  needs only the answer tags);
 * the prediction is read from the **last** ``<answer>`` block (``Prediction: Yes|No``);
 * with no readable prediction the documented fallback applies: the decision is ``skip``
   (``fallback="no_prediction"``). Nothing is ever raised.
@@ -51,11 +52,13 @@ def parse_judgement(completion: str, assistant_prefix: str = "<think>") -> Parse
     if not (completion or "").strip():
         problems.append("empty completion")
     lowered = text.lower()
-    for tag in TAGS:
+    # An answer-only turn (the no-thinking ablation, prefix "<answer>") needs no think tags.
+    tags = TAGS[2:] if lowered.lstrip().startswith("<answer>") else TAGS
+    for tag in tags:
         n = lowered.count(tag)
         if n != 1:
             problems.append(f"{tag} occurs {n} times")
-    firsts = [lowered.find(t) for t in TAGS]
+    firsts = [lowered.find(t) for t in tags]
     if all(i >= 0 for i in firsts) and firsts != sorted(firsts):
         problems.append("tags out of order")
 

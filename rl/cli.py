@@ -225,7 +225,9 @@ def eval_(
 
 @rl_app.command("report")
 def report_(
-    eval_id: Annotated[str, typer.Argument(help="An evaluation id (printed by vragent rl eval).")],
+    eval_id: Annotated[list[str], typer.Argument(help="Evaluation ids (printed by vragent rl "
+                                                  "eval); a later one's rows replace an "
+                                                  "earlier one's for the same model and cell.")],
     data: Annotated[Path, typer.Option(help="The RL data folder it evaluated (for its manifest).")],
     results: Annotated[Path | None, typer.Option(help="Write the key figures into this file's "
                                                  "own section (e.g. docs/results.md).")] = None,
@@ -235,14 +237,18 @@ def report_(
                                                 "regenerates the figures.")] = None,
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
-    """Render a stored evaluation again (no model runs): key figures and full tables."""
+    """Render stored evaluations again (no model runs): key figures and full tables."""
+    import pandas as pd
+
     from rl.datasets import RLDataError, load_rl_data
     from rl.policy_eval import headline_markdown, report_markdown, results_section, table_from_store
     from sandbox.report_sections import write_section
     from sandbox.store import Store
 
     try:
-        table = table_from_store(Store(db), eval_id)
+        store = Store(db)
+        table = pd.concat([table_from_store(store, e) for e in eval_id], ignore_index=True)
+        table = table.drop_duplicates(["model", "mode", "task", "protocol", "m"], keep="last")
         _, manifest = load_rl_data(data)
     except (KeyError, RLDataError) as exc:
         _fail(str(exc).strip("'\""), 2)

@@ -55,3 +55,13 @@ def test_tags_out_of_order():
 def test_prediction_case_insensitive():
     p = parse_judgement(" x </think><answer>(2) prediction: NO</answer>")
     assert p.prediction == "No"
+
+
+def test_an_answer_only_turn_needs_no_think_tags():
+    from agents.parsing import parse_judgement
+
+    ok = parse_judgement(" (1) User_preference: drama\n(2) Prediction: No </answer>", "<answer>")
+    assert ok.format_ok and ok.prediction == "No"
+    bad = parse_judgement(" (2) Prediction: No </answer></answer>", "<answer>")
+    assert not bad.format_ok and bad.prediction == "No"
+    assert not parse_judgement(" x </think> <answer> Prediction: Yes </answer>", "").format_ok

@@ -194,15 +194,25 @@ def eval_(
     seed: int = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write the markdown report here.")] = None,
+    results: Annotated[Path | None, typer.Option(help="Also write the key figures into this "
+                                                 "file's own section (docs/results.md).")
+                       ] = None,
     title: Annotated[str, typer.Option(help="The report's heading.")] = "US-agent evaluation",
     db: DbOption = DEFAULT_DB_URL,
     registry: RegistryOption = None,
 ) -> None:
     """Evaluate policies, the base model and baselines on held-out users."""
-    from rl.datasets import RLDataError
-    from rl.policy_eval import EvalConfig, headline_markdown, report_markdown, run_eval
+    from rl.datasets import RLDataError, load_rl_data
+    from rl.policy_eval import (
+        EvalConfig,
+        headline_markdown,
+        report_markdown,
+        results_section,
+        run_eval,
+    )
     from sandbox.assets import AssetError
     from sandbox.policies import PolicyError
+    from sandbox.report_sections import write_section
     from sandbox.store import Store
 
     cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
@@ -221,6 +231,10 @@ def eval_(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(report_markdown(table, title, _command_line("eval")), encoding="utf-8")
         console.print(f"report: {report}")
+    if results is not None:
+        section = results_section(table, title, _command_line("eval"), load_rl_data(data)[1])
+        write_section(results, f"rl-eval-{data.name}", section)
+        console.print(f"results: {results} (section rl-eval-{data.name})")
 
 
 @rl_app.command("report")

@@ -24,12 +24,12 @@ if stage ml-nothink; then
 fi
 if stage ml-eval; then
   pols=(--policy ml-sft --policy ml-grpo); [[ -d runs/policies/ml-grpo-nothink ]] && pols+=(--policy ml-grpo-nothink)
-  $V rl eval --data runs/rl/movielens-data "${pols[@]}" --max-groups 10 --generate-groups 8 --max-new-tokens 96 --title "US-agent evaluation: MovieLens-100K" --report docs/rl-eval-movielens.md $T
+  $V rl eval --data runs/rl/movielens-data "${pols[@]}" --max-groups 10 --generate-groups 8 --max-new-tokens 96 --title "US-agent evaluation: MovieLens-100K" --report docs/rl-eval-movielens.md --results docs/results.md $T
 fi
 if stage mic; then
   $V rl train --algo sft --data runs/rl/microlens-data --policy mic-sft --steps 20 --batch-size 4 --lr 5e-4 $T
   $V rl train --algo grpo --data runs/rl/microlens-data --policy mic-grpo --base-model policy:mic-sft --lr 5e-5 --steps 30 --prompts-per-step 1 --num-generations 4 --max-completion-length 112 $T
 fi
 if stage mic-eval; then
-  $V rl eval --data runs/rl/microlens-data --policy mic-sft --policy mic-grpo --max-groups 10 --generate-groups 8 --max-new-tokens 112 --title "US-agent evaluation: MicroLens-50k" --report docs/rl-eval-microlens.md $T
+  $V rl eval --data runs/rl/microlens-data --policy mic-sft --policy mic-grpo --max-groups 10 --generate-groups 8 --max-new-tokens 112 --title "US-agent evaluation: MicroLens-50k" --report docs/rl-eval-microlens.md --results docs/results.md $T
 fi

@@ -198,9 +198,11 @@ def test_cli_builds_data_and_evaluates_a_policy(trained, tmp_path, monkeypatch):
     res = runner.invoke(app, ["rl", "eval", "--data", str(tmp_path / "data"), "--policy",
                               "tiny-grpo", "--base-model", "none", "--max-groups", "2",
                               "--generate-groups", "1", "--max-new-tokens", "8", "--threads",
-                              "1", "--db", db, "--report", str(tmp_path / "report.md")])
+                              "1", "--db", db, "--report", str(tmp_path / "report.md"),
+                              "--results", str(tmp_path / "direct.md")])
     assert res.exit_code == 0, res.output
     report = (tmp_path / "report.md").read_text()
+    assert "BEGIN rl-eval-data" in (tmp_path / "direct.md").read_text()
     assert "vragent rl eval" in report and "| popularity |" in report
     stored = eval_rows(Store(db))
     models = {r["model"] for r in stored}

@@ -42,7 +42,7 @@ import pandas as pd
 
 from agents.backends.base import ChatPrompt
 from agents.ip_agent import ItemText
-from agents.persona import PROFILE_FIELDS, build_persona, item_line
+from agents.persona import build_persona, item_line
 from agents.prompts import (
     PersonaView,
     judgement_prompt,
@@ -64,6 +64,7 @@ from rl.negatives import (
     user_rng,
 )
 from sandbox.perception import item_texts
+from sandbox.world import user_profiles
 
 if TYPE_CHECKING:
     import datasets
@@ -296,30 +297,6 @@ def split_users(
     if train_users is not None:
         rest = rest[: int(train_users)]
     return sorted(rest.tolist()), sorted(order[:n_eval].tolist())
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe scalar: numpy scalars to Python, NaN to ``None``."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def user_profiles(users: pd.DataFrame, user_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """The persona fields (age, gender, occupation, activity) the simulation gives each user.
-
-    Users missing from ``users`` get an empty profile, as in the simulation.
-    """
-    ids = [int(u) for u in user_ids]
-    cols = [c for c in PROFILE_FIELDS if c in users.columns]
-    frame = users.drop_duplicates("user_id").set_index("user_id")
-    sub = frame.loc[frame.index.intersection(ids), cols]
-    out: dict[int, dict[str, Any]] = {u: {} for u in ids}
-    for u, rec in zip(sub.index.tolist(), sub.to_dict("records"), strict=True):
-        out[int(u)] = {k: _clean(v) for k, v in rec.items()}
-    return out
 
 
 # ------------------------------------------------------------------------------ rows

@@ -32,18 +32,7 @@ from sandbox.perception import (
 from sandbox.population import PopulationModel
 from sandbox.response_cache import wrap_backend
 from sandbox.store import Store
-from sandbox.world import load_world, make_split, sample_population
-
-PROFILE_COLUMNS = ("age", "gender", "occupation", "zip_code", "activity")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe scalar (numpy types and NaN out)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+from sandbox.world import load_world, make_split, sample_population, user_profiles
 
 
 class SimulationRuntime:
@@ -119,13 +108,7 @@ class SimulationRuntime:
     # ------------------------------------------------------------------ setup
 
     def _profiles(self, user_ids: list[int]) -> dict[int, dict[str, Any]]:
-        users = self.dataset.users.set_index("user_id")
-        cols = [c for c in PROFILE_COLUMNS if c in users.columns]
-        out = {}
-        for u in user_ids:
-            row = users.loc[u] if u in users.index else None
-            out[u] = {c: _clean(row[c]) for c in cols} if row is not None else {}
-        return out
+        return user_profiles(self.dataset.users, user_ids)
 
     def persona_for(self, user_id: int, arm: str):
         """The persona the US agent sees for ``user_id`` in ``arm``."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from environments.datasets import load_dataset
 from environments.schema import Dataset
@@ -62,3 +65,33 @@ def sample_population(split: Split, size: int, sampling: str, seed: int) -> list
 def make_split(sc: Scenario, ds: Dataset) -> Split:
     """The leave-one-out split the simulation is grounded in."""
     return leave_one_out(ds, min_len=sc.dataset.min_len, max_len=sc.dataset.max_len)
+
+
+# Profile columns a simulated user carries (the persona sentence reads age, gender, occupation
+# and activity; the rest is stored with the user).
+PROFILE_COLUMNS = ("age", "gender", "occupation", "zip_code", "activity")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar: numpy scalars to Python, NaN to ``None``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def user_profiles(users: pd.DataFrame, user_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Each user's profile fields (:data:`PROFILE_COLUMNS` the dataset has), JSON-safe.
+
+    The simulation and the RL data builder both call this, so a trained policy sees the same
+    persona in training as in the simulator. Users missing from ``users`` get ``{}``.
+    """
+    ids = [int(u) for u in user_ids]
+    cols = [c for c in PROFILE_COLUMNS if c in users.columns]
+    frame = users.drop_duplicates("user_id").set_index("user_id")
+    sub = frame.loc[frame.index.intersection(ids), cols]
+    out: dict[int, dict[str, Any]] = {u: {} for u in ids}
+    for u, rec in zip(sub.index.tolist(), sub.to_dict("records"), strict=True):
+        out[int(u)] = {k: _clean(v) for k, v in rec.items()}
+    return out

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The RL experiment of docs/results.md on a 2-core CPU: SmolLM2-135M + LoRA, SFT then GRPO, on
 # MovieLens-100K and MicroLens-50k, evaluated on held-out users against the baselines.
-# Usage: scripts/rl-cpu-experiment.sh [stage ...]   (stages: ml ml-eval ml-nothink mic mic-eval)
+# Usage: scripts/rl-cpu-experiment.sh [stage ...]   (default: all, about 1.5 h). Stages, run in
+# this order: data, ml, ml-nothink, ml-eval, mic, mic-eval. Reports: docs/rl-eval-*.md and the
+# generated sections of docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin/vragent
@@ -16,7 +18,7 @@ if stage data; then
   $V rl build-data --dataset microlens --path "$DATA/microlens-100k" --out runs/rl/microlens-data --eval-users 60 --train-users 1000 --history-len 5
 fi
 if stage ml; then
-  [[ -f runs/policies/ml-sft/manifest.json ]] || $V rl train --algo sft --data runs/rl/movielens-data --policy ml-sft --steps 20 --batch-size 4 --lr 5e-4 $T
+  $V rl train --algo sft --data runs/rl/movielens-data --policy ml-sft --steps 20 --batch-size 4 --lr 5e-4 $T
   $V rl train --algo grpo --data runs/rl/movielens-data --policy ml-grpo --base-model policy:ml-sft --lr 5e-5 --steps 50 --prompts-per-step 1 --num-generations 4 --max-completion-length 96 $T
 fi
 if stage ml-nothink; then

@@ -1,0 +1,113 @@
+"""What a recommender arm does to a population: coverage, diversity, novelty, bias, bubbles.
+
+Pure functions over item ids, so they can serve the A/B runner, the feedback-loop scenarios and
+the dashboard alike (issue 6). Each is checked against hand-computed cases in
+``tests/test_metrics_and_stats.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def catalogue_coverage(slates: Iterable[Sequence[int]], catalogue_size: int) -> float:
+    """Share of the catalogue recommended at least once.
+
+    Raises:
+        ValueError: ``catalogue_size`` is not positive.
+    """
+    if catalogue_size <= 0:
+        raise ValueError("catalogue_size must be positive")
+    shown = {int(i) for slate in slates for i in slate}
+    return len(shown) / catalogue_size
+
+
+def intra_list_diversity(slates: Iterable[Sequence[int]],
+                         embeddings: Mapping[int, np.ndarray]) -> float | None:
+    """Mean over slates of the mean pairwise cosine distance (1 − cos) of their items.
+
+    Items without an embedding are left out; slates with fewer than two embedded items do not
+    count. ``None`` when no slate counts.
+    """
+    values = []
+    for slate in slates:
+        vecs = [np.asarray(embeddings[i], dtype=np.float64) for i in slate if i in embeddings]
+        if len(vecs) < 2:
+            continue
+        m = np.stack(vecs)
+        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        unit = m / np.where(norms == 0, 1.0, norms)
+        cos = unit @ unit.T
+        iu = np.triu_indices(len(vecs), k=1)
+        values.append(float(np.mean(1.0 - cos[iu])))
+    return float(np.mean(values)) if values else None
+
+
+def novelty(slates: Iterable[Sequence[int]], popularity: Mapping[int, int],
+            n_users: int) -> float | None:
+    """Mean self-information ``-log2(p(i))`` of recommended items, ``p(i) = pop(i) / n_users``.
+
+    Popular items score low, long-tail items high. Items nobody watched get ``pop = 1`` (the
+    most novel finite value). ``None`` for no items.
+    """
+    if n_users <= 0:
+        raise ValueError("n_users must be positive")
+    bits = [-math.log2(max(popularity.get(int(i), 0), 1) / n_users)
+            for slate in slates for i in slate]
+    return float(np.mean(bits)) if bits else None
+
+
+def gini(counts: Sequence[float] | np.ndarray) -> float:
+    """Gini coefficient of exposure counts over the catalogue (0 equal, → 1 concentrated).
+
+    Pass one count per catalogue item, zeros included, or the index of never-shown items is
+    lost. Uses the sorted-values formula ``sum((2k − n − 1) x_k) / (n · sum(x))``.
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n = x.size
+    if n == 0 or x.sum() == 0:
+        return 0.0
+    k = np.arange(1, n + 1)
+    return float(np.sum((2 * k - n - 1) * x) / (n * x.sum()))
+
+
+def exposure_counts(slates: Iterable[Sequence[int]], catalogue: Sequence[int]) -> np.ndarray:
+    """How often each catalogue item was shown (catalogue order; zeros kept)."""
+    counts = Counter(int(i) for slate in slates for i in slate)
+    return np.array([counts.get(int(i), 0) for i in catalogue], dtype=np.float64)
+
+
+def profile_entropy(categories: Iterable[str]) -> float:
+    """Shannon entropy in bits of a user's consumed categories (``"a|b"`` counts both).
+
+    A filter bubble shows as this entropy falling over steps.
+    """
+    counts = Counter(c for cat in categories for c in str(cat).split("|") if c)
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0
+    p = np.array(list(counts.values()), dtype=np.float64) / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def like_rate_calibration(simulated: Mapping[int, tuple[int, int]],
+                          real: Mapping[int, float]) -> float | None:
+    """Impression-weighted mean |simulated like rate − real like rate| over shared items.
+
+    Args:
+        simulated: item → (likes, impressions) in the simulation.
+        real: item → real like rate (MicroLens: likes / views).
+
+    Returns:
+        The weighted mean absolute error, ``None`` when no item has both.
+    """
+    errs, weights = [], []
+    for item, (likes, shown) in simulated.items():
+        if shown > 0 and item in real:
+            errs.append(abs(likes / shown - float(real[item])))
+            weights.append(shown)
+    return float(np.average(errs, weights=weights)) if errs else None

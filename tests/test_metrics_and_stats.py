@@ -1,0 +1,102 @@
+"""A/B metrics against hand-computed cases; paired statistics against scipy."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from environments.metrics import (
+    catalogue_coverage,
+    exposure_counts,
+    gini,
+    intra_list_diversity,
+    like_rate_calibration,
+    novelty,
+    profile_entropy,
+)
+from sandbox.stats import paired_bootstrap, paired_permutation_p, power_table, users_needed
+
+
+def test_coverage_and_exposure():
+    slates = [[1, 2, 3], [2, 3, 4]]
+    assert catalogue_coverage(slates, 10) == 0.4
+    assert exposure_counts(slates, [1, 2, 3, 4, 5]).tolist() == [1, 2, 2, 1, 0]
+    with pytest.raises(ValueError):
+        catalogue_coverage(slates, 0)
+
+
+def test_intra_list_diversity_by_hand():
+    emb = {1: np.array([1.0, 0.0]), 2: np.array([0.0, 1.0]), 3: np.array([1.0, 0.0])}
+    # slate 1: pairs (1,2) distance 1, (1,3) 0, (2,3) 1 -> 2/3; slate 2: (1,3) -> 0
+    assert intra_list_diversity([[1, 2, 3], [1, 3]], emb) == pytest.approx((2 / 3 + 0) / 2)
+    assert intra_list_diversity([[1], [9, 8]], emb) is None
+
+
+def test_novelty_by_hand():
+    pop = {1: 50, 2: 25}
+    # -log2(50/100) = 1, -log2(25/100) = 2, unseen item: -log2(1/100)
+    assert novelty([[1, 2], [3]], pop, 100) == pytest.approx((1 + 2 + math.log2(100)) / 3)
+
+
+def test_gini_by_hand():
+    assert gini([5, 5, 5, 5]) == 0.0
+    assert gini([0, 0, 0, 10]) == pytest.approx(0.75)  # (n-1)/n for one item taking all
+    # x = 1,2,3: sum((2k-4) x_k) = -2*1 + 0*2 + 2*3 = 4; / (3*6) = 2/9
+    assert gini([3, 1, 2]) == pytest.approx(2 / 9)
+    assert gini([]) == 0.0
+
+
+def test_profile_entropy_by_hand():
+    assert profile_entropy(["Drama", "Drama"]) == 0.0
+    assert profile_entropy(["Drama|Comedy"]) == pytest.approx(1.0)
+    assert profile_entropy(["a", "b", "c", "d"]) == pytest.approx(2.0)
+    assert profile_entropy([]) == 0.0
+
+
+def test_like_rate_calibration_by_hand():
+    sim = {1: (1, 4), 2: (3, 4), 3: (1, 2)}  # rates 0.25, 0.75; item 3 has no real rate
+    assert like_rate_calibration(sim, {1: 0.05, 2: 0.5}) == pytest.approx((0.2 * 4 + 0.25 * 4) / 8)
+    assert like_rate_calibration(sim, {}) is None
+
+
+def test_paired_bootstrap_matches_scipy():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.3, 1, 200)
+    b = a - rng.normal(0.2, 0.5, 200)
+    ours = paired_bootstrap(a, b, n_resamples=20_000, seed=3)
+    ref = stats.bootstrap((a - b,), np.mean, n_resamples=20_000, method="percentile",
+                          random_state=4).confidence_interval
+    assert ours.mean == pytest.approx(np.mean(a - b))
+    assert ours.low == pytest.approx(ref.low, abs=0.01)
+    assert ours.high == pytest.approx(ref.high, abs=0.01)
+    assert ours.low < ours.mean < ours.high and ours.n == 200
+    with pytest.raises(ValueError):
+        paired_bootstrap([1, 2], [1])
+
+
+def test_paired_permutation_matches_scipy_exactly_and_by_sampling():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0.5, 1, 10), rng.normal(0, 1, 10)
+
+    def mean_diff(x, y):
+        return np.mean(x - y)
+
+    ref = stats.permutation_test((a, b), mean_diff, permutation_type="samples",
+                                 n_resamples=np.inf).pvalue
+    assert paired_permutation_p(a, b) == pytest.approx(ref)
+    a2, b2 = rng.normal(0.3, 1, 40), rng.normal(0, 1, 40)
+    ref2 = stats.permutation_test((a2, b2), mean_diff, permutation_type="samples",
+                                  n_resamples=20_000, random_state=5).pvalue
+    assert paired_permutation_p(a2, b2, n_resamples=20_000, seed=6) == pytest.approx(ref2,
+                                                                                    abs=0.01)
+
+
+def test_power_table():
+    # z_{0.975} + z_{0.8} = 1.95996 + 0.84162 = 2.80158; (2.80158 * 1 / 0.1)^2 = 784.9 -> 785
+    assert users_needed(1.0, 0.1) == 785
+    rows = power_table(1.0, [0.1, 0.2])
+    assert rows[0]["power 0.8"] == 785 and rows[1]["power 0.8"] == 197
+    assert rows[0]["power 0.9"] > rows[0]["power 0.8"]
+    with pytest.raises(ValueError):
+        users_needed(1.0, 0.0)

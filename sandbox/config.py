@@ -40,7 +40,9 @@ class PopulationConfig(_Strict):
     """Which real users become simulated users."""
 
     size: int = Field(8, ge=1)
-    sampling: Literal["random", "first"] = "random"
+    sampling: Literal["random", "first", "stratified"] = Field(
+        "random", description="stratified: equal shares of light, medium and heavy users "
+        "(terciles of real history length), so both ends of activity are simulated.")
     history_len: int = Field(10, ge=0, description="Real history titles shown in the prompt.")
     recent_len: int = Field(5, ge=0, description="Simulated watches shown in the prompt.")
 

@@ -59,7 +59,36 @@ def sample_population(split: Split, size: int, sampling: str, seed: int) -> list
     if sampling == "first":
         return users[:size].tolist()
     rng = np.random.default_rng([seed, 17])
+    if sampling == "stratified":
+        return _stratified(split, users, size, rng)
     return sorted(rng.choice(users, size=size, replace=False).tolist())
+
+
+ACTIVITY_STRATA = 3  # light, medium, heavy users
+
+
+def _stratified(split: Split, users: np.ndarray, size: int,
+                rng: np.random.Generator) -> list[int]:
+    """Equal shares of each activity tercile (by real history length).
+
+    The remainder goes to the heaviest strata; a stratum too small passes its share on.
+    """
+    lengths = np.array([len(split.train[int(u)]) for u in users])
+    order = users[np.argsort(lengths, kind="stable")]
+    strata = np.array_split(order, ACTIVITY_STRATA)
+    quota = [size // ACTIVITY_STRATA] * ACTIVITY_STRATA
+    for k in range(size % ACTIVITY_STRATA):
+        quota[-1 - k] += 1
+    picked: list[int] = []
+    spare = 0
+    for stratum, q in zip(strata, quota, strict=True):
+        take = min(len(stratum), q + spare)
+        spare = q + spare - take
+        picked += rng.choice(stratum, size=take, replace=False).tolist()
+    if spare:  # a small stratum early on: fill from whatever is left
+        rest = np.setdiff1d(users, picked)
+        picked += rng.choice(rest, size=spare, replace=False).tolist()
+    return sorted(int(u) for u in picked)
 
 
 def make_split(sc: Scenario, ds: Dataset) -> Split:

@@ -100,3 +100,19 @@ def test_power_table():
     assert rows[0]["power 0.9"] > rows[0]["power 0.8"]
     with pytest.raises(ValueError):
         users_needed(1.0, 0.0)
+
+
+def test_stratified_population_has_light_and_heavy_users():
+    from environments.splits import Split
+    from sandbox.world import sample_population
+
+    # 30 users with train histories of 1..30 items.
+    split = Split(train={u: list(range(u)) for u in range(1, 31)}, valid={}, test={},
+                  dropped_users=0)
+    picked = sample_population(split, 9, "stratified", seed=0)
+    assert len(picked) == len(set(picked)) == 9
+    lengths = sorted(len(split.train[u]) for u in picked)
+    assert sum(n <= 10 for n in lengths) == 3 and sum(n > 20 for n in lengths) == 3
+    assert picked == sample_population(split, 9, "stratified", seed=0)
+    assert picked != sample_population(split, 9, "stratified", seed=1)
+    assert len(sample_population(split, 10, "stratified", seed=0)) == 10

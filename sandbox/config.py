@@ -174,7 +174,9 @@ class IPAgentConfig(_Strict):
 class SocialConfig(_Strict):
     """The friendship graph over the population."""
 
-    graph: Literal["none", "watts_strogatz", "barabasi_albert"] = "watts_strogatz"
+    graph: Literal["none", "watts_strogatz", "barabasi_albert", "cowatch"] = Field(
+        "watts_strogatz", description="cowatch: each user befriends the k users whose real "
+        "watch histories overlap theirs most.")
     k: int = Field(4, ge=1)
     p: float = Field(0.1, ge=0, le=1)
     show_friends_likes: int = Field(0, ge=0, description="Friends' recent likes shown in the "

@@ -66,8 +66,9 @@ class PopulationModel(mesa.Model):
         arm_names: the run's arms.
         seed: the run's seed.
         activation_prob: chance a user is active in a step.
-        graph: ``"none"``, ``"watts_strogatz"`` or ``"barabasi_albert"``.
-        k: neighbours (Watts–Strogatz) or edges per new node (Barabási–Albert).
+        graph: ``"none"``, ``"watts_strogatz"``, ``"barabasi_albert"`` or ``"cowatch"``
+            (derived from the real logs, :func:`cowatch_graph`).
+        k: neighbours (Watts–Strogatz, co-watching) or edges per new node (Barabási–Albert).
         p: rewiring probability (Watts–Strogatz).
     """
 
@@ -107,6 +108,8 @@ class PopulationModel(mesa.Model):
             g = nx.watts_strogatz_graph(n, min(k, n - 1), p, seed=gseed)
         elif kind == "barabasi_albert":
             g = nx.barabasi_albert_graph(n, min(k, n - 1), seed=gseed)
+        elif kind == "cowatch":
+            return cowatch_graph({u: self.by_user[u].real_history for u in ids}, k)
         else:
             raise ValueError(f"unknown social graph {kind!r}")
         return nx.relabel_nodes(g, dict(enumerate(ids)))
@@ -129,3 +132,48 @@ class PopulationModel(mesa.Model):
         self.last_metrics = metrics
         self.datacollector.collect(self)
         self.steps += 1
+
+
+def cowatch_graph(histories: dict[int, Sequence[int]], k: int) -> nx.Graph:
+    """Friends from co-watching in the real logs.
+
+    Each user links to the ``k`` users whose watched sets overlap theirs most (Jaccard, ties to
+    the smaller id; no link without overlap). One sparse product (users × items), so it stays
+    cheap for large populations.
+
+    Args:
+        histories: user -> real watched items.
+        k: links each user makes (the graph is undirected, so degrees can exceed ``k``).
+
+    Returns:
+        An undirected graph over every user of ``histories``.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    ids = sorted(histories)
+    g = nx.Graph()
+    g.add_nodes_from(ids)
+    items = sorted({int(i) for h in histories.values() for i in h})
+    if not ids or not items or k <= 0:
+        return g
+    col = {item: c for c, item in enumerate(items)}
+    rows, cols = [], []
+    for r, u in enumerate(ids):
+        for item in set(histories[u]):
+            rows.append(r)
+            cols.append(col[int(item)])
+    x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), len(items)))
+    inter = (x @ x.T).tocsr()
+    sizes = np.asarray(x.sum(axis=1)).ravel()
+    for r in range(len(ids)):
+        start, end = inter.indptr[r], inter.indptr[r + 1]
+        others, shared = inter.indices[start:end], inter.data[start:end]
+        keep = others != r
+        others, shared = others[keep], shared[keep]
+        if not others.size:
+            continue
+        jacc = shared / (sizes[r] + sizes[others] - shared)
+        order = np.lexsort((others, -jacc))[:k]  # highest Jaccard, then smaller id
+        g.add_edges_from((ids[r], ids[int(o)]) for o in others[order])
+    return g

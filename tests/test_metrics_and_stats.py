@@ -116,3 +116,23 @@ def test_stratified_population_has_light_and_heavy_users():
     assert picked == sample_population(split, 9, "stratified", seed=0)
     assert picked != sample_population(split, 9, "stratified", seed=1)
     assert len(sample_population(split, 10, "stratified", seed=0)) == 10
+
+
+def test_cowatch_graph_links_users_who_watched_the_same_items():
+    from sandbox.population import cowatch_graph
+
+    hist = {1: [10, 11, 12], 2: [10, 11], 3: [11, 12, 13], 4: [50, 51], 5: [50, 51, 52], 6: [99]}
+    g = cowatch_graph(hist, k=1)
+    assert set(g.nodes) == {1, 2, 3, 4, 5, 6}
+    # 1: J(1,2)=2/3, J(1,3)=2/4 -> 2; 2: J(2,1)=2/3 -> 1; 3: J(3,1)=1/2 -> 1; 4 <-> 5; 6 alone.
+    assert {frozenset(e) for e in g.edges} == {frozenset((1, 2)), frozenset((1, 3)),
+                                               frozenset((4, 5))}
+    assert g.degree(6) == 0
+
+
+def test_population_model_builds_the_cowatch_graph():
+    from sandbox.population import PopulationModel
+
+    users = [(1, {}, [10, 11]), (2, {}, [10, 11, 12]), (3, {}, [40]), (4, {}, [40, 41])]
+    model = PopulationModel(users, ["a"], seed=0, graph="cowatch", k=1)
+    assert model.friends(1) == [2] and model.friends(3) == [4]

@@ -87,6 +87,19 @@ Progress = Callable[[str], None]
 # ---------------------------------------------------------------------------- metrics
 
 
+def _rank_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """The same pair mean from ranks (Mann-Whitney U), in O(n log n) instead of O(pos · neg)."""
+    if not pos.size or not neg.size:
+        return None
+    both = np.concatenate([pos, neg])
+    order = np.argsort(both, kind="mergesort")
+    _, first, counts = np.unique(both[order], return_index=True, return_counts=True)
+    ranks = np.empty(both.size)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0, counts)  # average ranks over ties
+    u = ranks[: pos.size].sum() - pos.size * (pos.size - 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
 def pairwise_auc(
     labels: Sequence[str | bool], scores: Sequence[float], groups: Sequence[str] | None = None
 ) -> float | None:
@@ -104,8 +117,9 @@ def pairwise_auc(
     s = np.asarray(scores, dtype=np.float64).ravel()
     if s.size != y.size:
         raise ValueError(f"{s.size} scores but {y.size} labels")
-    g = np.zeros(y.size, dtype=np.int64) if groups is None else \
-        pd.factorize(pd.Series(list(groups), dtype=object))[0]
+    if groups is None:
+        return _rank_auc(s[y], s[~y])
+    g = pd.factorize(pd.Series(list(groups), dtype=object))[0]
     # All within-group pairs at once: a merge of the positives with the negatives on the group.
     pos = pd.DataFrame({"g": g[y], "sp": s[y]})
     neg = pd.DataFrame({"g": g[~y], "sn": s[~y]})

@@ -32,6 +32,7 @@ import yaml
 from sqlalchemy import select
 
 from rl.configs import GRPORunConfig, SFTRunConfig
+from rl.evaluation import pairwise_auc
 from sandbox.config import Scenario, load_scenario
 from sandbox.runner import create_run, execute
 from sandbox.store import Decision, Store
@@ -119,22 +120,6 @@ def _data_config(sc: Scenario, cfg: LoopConfig, db: str, run_id: str):
         store_runs=(run_id,), store_unseen_negatives=cfg.unseen_negatives)
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties counting one half."""
-    if not len(pos) or not len(neg):
-        return None
-    both = np.concatenate([pos, neg])
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(len(both))
-    sorted_vals = both[order]
-    # Average ranks over ties (Mann-Whitney U).
-    _, first, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) - 1) / 2.0
-    return float(u / (len(pos) * len(neg)))
-
-
 def decision_fidelity(store: Store, run_id: str, sequences: dict[int, list[int]]) -> dict[
         str, float | None]:
     """How a run's simulated decisions line up with what the real users watched.
@@ -164,7 +149,7 @@ def decision_fidelity(store: Store, run_id: str, sequences: dict[int, list[int]]
     return {
         "decisions": float(len(rows)), "on_real_items": float(real.sum()),
         "positive_rate_real": rate(real), "positive_rate_other": rate(~real),
-        "auc": _auc(score[real], score[~real]),
+        "auc": pairwise_auc(real, score) if len(rows) else None,
     }
 
 

@@ -151,14 +151,14 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
         The long table (:func:`rl.evaluation.evaluate` columns) and the evaluation id under
         which it is stored (``policy_evals``).
     """
-    from rl.datasets import load_popularity, load_rl_data
+    from rl.datasets import RLDataError, load_popularity, load_rl_data
 
     dd, _ = load_rl_data(cfg.data)
     eval_rows = [dict(r) for r in dd["eval"]]
     train_rows = [dict(r) for r in dd["train"]] if "train" in dd else []
     try:
         popularity = load_popularity(cfg.data)
-    except Exception:  # an older folder without popularity.json: count histories instead
+    except RLDataError:  # an older folder without popularity.json: count histories instead
         popularity = None
     t0 = time.perf_counter()
     frames: list[pd.DataFrame] = []

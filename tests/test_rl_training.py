@@ -245,13 +245,17 @@ def test_decision_auc_matches_mann_whitney():
     import numpy as np
     from scipy.stats import mannwhitneyu
 
-    from rl.loop import _auc
+    from rl.evaluation import pairwise_auc
 
     rng = np.random.default_rng(0)
     pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 60).astype(float)
     u = mannwhitneyu(pos, neg).statistic
-    assert _auc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)))
-    assert _auc(pos, np.array([])) is None
+    labels = [True] * 40 + [False] * 60
+    scores = np.concatenate([pos, neg])
+    assert pairwise_auc(labels, scores) == pytest.approx(u / (len(pos) * len(neg)))
+    # One group holding everything: the pair-merge path gives the same number.
+    assert pairwise_auc(labels, scores, ["g"] * 100) == pytest.approx(u / (40 * 60))
+    assert pairwise_auc([True, True], [0.1, 0.2]) is None
 
 
 def test_run_with_a_missing_policy_fails_before_creating_a_run(tmp_path, monkeypatch):

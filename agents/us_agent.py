@@ -19,12 +19,12 @@ sees the same random stream for the same user: common random numbers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.backends.base import ChatPrompt, LLMBackend
+from agents.backends.base import ChatPrompt, LLMBackend, Score
 from agents.parsing import parse_judgement
 from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt, score_prompt
 
@@ -142,6 +142,9 @@ class USAgent:
         rules: how positive decisions become likes and when users leave.
         format_retries: generate mode: how often an unreadable answer is re-asked (with a
             new seed) before it is recorded as invalid.
+        response_model: score mode without the LLM: ``f(user_ids, item_ids) -> p(like)``
+            arrays (the synthetic world's ground truth, or a learned response model). The
+            backend then only writes the traced chains of thought.
     """
 
     backend: LLMBackend
@@ -152,6 +155,8 @@ class USAgent:
     temperature: float = 0.7
     rules: SessionRules = field(default_factory=SessionRules)
     format_retries: int = 2
+    response_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    response_model_id: str = "response-model"
 
     def __post_init__(self) -> None:
         if self.mode not in ("score", "generate"):
@@ -203,7 +208,10 @@ class USAgent:
             score_prompt(r.persona, c.text, friends_liked=r.friends_liked)
             for r, c in flat
         ]
-        scores = self.backend.score(prompts, ("Yes", "No"))
+        if self.response_model is not None:
+            scores = self._model_scores(flat)
+        else:
+            scores = self.backend.score(prompts, ("Yes", "No"))
         traced_idx = [
             i for i, (r, c) in enumerate(flat)
             if draws[(r.arm, r.user_id)]["trace"][c.position] < self.trace_rate
@@ -235,7 +243,8 @@ class USAgent:
                     # trace reports its own format.
                     format_ok=parsed.format_ok if parsed else s.found,
                     fallback=None if s.found else "options_not_in_top_logprobs",
-                    model_id=self.backend.model_id,
+                    model_id=(self.response_model_id if self.response_model is not None
+                              else self.backend.model_id),
                     tokens_in=s.tokens_in + (gen.tokens_in if gen else 0),
                     tokens_out=gen.tokens_out if gen else 0,
                     latency_ms=1000 * (s.latency_s + (gen.latency_s if gen else 0.0)),
@@ -245,6 +254,15 @@ class USAgent:
                 )
             )
         return out
+
+    def _model_scores(self, flat) -> list[Score]:
+        """p(like) from the response model, shaped like backend scores (no tokens, no LLM)."""
+        assert self.response_model is not None
+        users = np.array([r.user_id for r, _ in flat], dtype=np.int64)
+        items = np.array([c.item_id for _, c in flat], dtype=np.int64)
+        probs = np.asarray(self.response_model(users, items), dtype=np.float64)
+        return [Score(probs={"Yes": float(p), "No": 1.0 - float(p)}, tokens_in=0, latency_s=0.0)
+                for p in probs]
 
     def _generate(self, flat, draws, think_prompts: list[ChatPrompt], gen_seed: int):
         gens = self.backend.generate(

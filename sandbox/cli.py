@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
 app = typer.Typer(help="vragent: a short-video platform sandbox with LLM agents.",
@@ -18,17 +19,6 @@ assets_app = typer.Typer(help="Embedded assets (SmolLM2, MovieLens-100K).", no_a
 app.add_typer(assets_app, name="assets")
 experiment_app = typer.Typer(help="The paper's experiments.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
-# Wide enough for the per-arm table when the output is a pipe or a CI log.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the store.",
-                                       envvar="VRAGENT_DB")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @assets_app.command("fetch")
@@ -424,6 +414,13 @@ def _load_plugins() -> None:
             err.print(f"warning: the vragent plugin {ep.name!r} failed to load: {exc}")
 
 
+def _register_core() -> None:
+    from sandbox import cli_ab
+
+    cli_ab.register(app)
+
+
+_register_core()
 _load_plugins()
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class PopulationConfig(_Strict):
         "(terciles of real history length), so both ends of activity are simulated.")
     history_len: int = Field(10, ge=0, description="Real history titles shown in the prompt.")
     recent_len: int = Field(5, ge=0, description="Simulated watches shown in the prompt.")
+    history_cap: int | None = Field(
+        None, ge=1, description="Keep only each simulated user's first N real interactions, "
+        "for the prompt and for every recommender: a cold-start population.")
 
 
 class SessionConfig(_Strict):
@@ -74,6 +77,9 @@ class ArmConfig(_Strict):
     name: str = Field(min_length=1, max_length=100)
     recommender: str
     params: dict[str, Any] = Field(default_factory=dict)
+    inject_friends_likes: int | None = Field(
+        None, ge=0, description="This arm's social.inject_friends_likes (None: the scenario's), "
+        "so a social feed can be A/B tested against a plain one.")
     item_text: Literal["title", "profile", "title+profile"] = Field(
         "title", description="What a text-tower recommender (sasrec with tower: text) reads "
         "per item; items the IP agent has not profiled yet use their title.")
@@ -181,6 +187,20 @@ class SocialConfig(_Strict):
     p: float = Field(0.1, ge=0, le=1)
     show_friends_likes: int = Field(0, ge=0, description="Friends' recent likes shown in the "
                                     "prompt (0 = off).")
+    inject_friends_likes: int = Field(
+        0, ge=0, description="Slate slots (from the end) given to items a friend liked in the "
+        "same arm and the user has not seen; the prompt marks them 'a friend liked this'.")
+
+
+class MetricsConfig(_Strict):
+    """How the per-step A/B metrics read items (environments/metrics.py)."""
+
+    embeddings: Literal["auto", "minilm", "category", "none"] = Field(
+        "auto", description="Item vectors of intra-list diversity: minilm (title embeddings, "
+        "cached), category (multi-hot categories), none; auto is category for the synthetic "
+        "world and minilm otherwise.")
+    entropy_window: int = Field(20, ge=1, description="Profile entropy reads the categories "
+                                "of each user's last N consumed items (real, then simulated).")
 
 
 class Scenario(_Strict):
@@ -196,11 +216,25 @@ class Scenario(_Strict):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     ip_agent: IPAgentConfig = Field(default_factory=IPAgentConfig)
     social: SocialConfig = Field(default_factory=SocialConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    response_model: Literal["llm", "truth"] = Field(
+        "llm", description="Where score-mode p(like) comes from: llm (the backend), or truth "
+        "(the synthetic world's hidden like probability: a user model whose best arm is known "
+        "by construction; the LLM still writes traces and item profiles).")
     policy: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         description="A trained US-agent policy from the registry (runs/policies, or "
         "$VRAGENT_POLICIES). The US agents run it: hf loads its model folder, openai asks the "
         "server for a model served under this name. The IP agent keeps backend.model.")
+
+    @model_validator(mode="after")
+    def _truth_needs_synthetic(self) -> Scenario:
+        if self.response_model == "truth" and self.dataset.kind != "synthetic":
+            raise ValueError("response_model 'truth' needs dataset.kind 'synthetic' (only the "
+                             "synthetic world knows its users' true like probabilities)")
+        if self.response_model == "truth" and self.backend.decision_mode != "score":
+            raise ValueError("response_model 'truth' needs backend.decision_mode 'score'")
+        return self
 
     @model_validator(mode="after")
     def _unique_arms(self) -> Scenario:

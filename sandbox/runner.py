@@ -87,6 +87,110 @@ def create_run(store: Store, scenario: Scenario, yaml_text: str, source: str | N
     return run_id
 
 
+class RunDriver:
+    """Drives a stored run one simulation step at a time (what :func:`execute` loops over).
+
+    Building it loads the runtime (dataset, recommenders, LLM), replays what the store already
+    holds and opens the LangGraph checkpointer; :meth:`step` runs one step; :meth:`close` marks
+    the run finished when it is. Used as a context manager, a failure marks the run ``failed``
+    (``interrupted`` on Ctrl-C) and it stays resumable.
+
+    Args:
+        store: the run store.
+        run_id: a run created by :func:`create_run` (fresh or interrupted).
+        backend: an LLM backend to use instead of the scenario's.
+        progress: ``progress(event, done, total)``; events are ``"users"`` and ``"step"``.
+    """
+
+    def __init__(self, store: Store, run_id: str, *, backend: LLMBackend | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        run = store.get_run(run_id)
+        if run is None:
+            raise RunError(f"no run {run_id!r} in {store.url}")
+        if run.status == "finished":
+            raise RunError(f"run {run_id} is already finished")
+        self.store, self.run_id, self.progress = store, run_id, progress
+        self.scenario = parse_scenario(yaml.safe_load(run.scenario_yaml), f"run {run_id}")
+        self.t0 = time.perf_counter()
+        self.prior_wall = run.wall_s or 0.0
+        self.conn: sqlite3.Connection | None = None
+        sc = self.scenario
+        self.total_users = sc.population.size * len(sc.arms) * sc.simulation.steps
+        self.done_users = 0
+        store.update_run(run_id, status="running", error=None)
+        try:
+            self.rt = SimulationRuntime(sc, store, run_id, backend=backend,
+                                        on_progress=self._on_users)
+            self.rt.register()
+            n_done = self.rt.replay_from_store()
+            self.done_users = n_done * sc.population.size * len(sc.arms)
+            saver, self.conn = _saver(checkpoint_path(store))
+            self.graph = build_step_graph(self.rt, saver)
+            # In-process models share one set of cores and one global sampler RNG: run their
+            # fan-out tasks one at a time so results are reproducible. Servers take many.
+            concurrency = sc.backend.max_concurrency if self.rt.backend.kind == "openai" else 1
+            self.cfg = {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000,
+                        "max_concurrency": concurrency}
+            state = self.graph.get_state(self.cfg)
+            self._input: dict | None = None if state.values else {
+                "step": 0, "n_steps": sc.simulation.steps}
+            self.done = bool(state.values) and not state.next
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+
+    def _on_users(self, n: int) -> None:
+        faults.checkpoint("decide")
+        self.done_users += n
+        if self.progress:
+            self.progress("users", self.done_users, self.total_users)
+
+    def _wall(self) -> float:
+        return self.prior_wall + time.perf_counter() - self.t0
+
+    def step(self) -> int:
+        """Run the next simulation step; return the number of steps done."""
+        self.graph.invoke(self._input, self.cfg, durability="exit")
+        self._input = None
+        state = self.graph.get_state(self.cfg)
+        step = state.values.get("step", 0)
+        self.store.update_run(self.run_id, wall_s=self._wall())
+        if self.progress:
+            self.progress("step", step, self.scenario.simulation.steps)
+        self.done = not state.next
+        return step
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a failure (or an interrupt) and release the checkpointer."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.store.update_run(self.run_id, status="interrupted", wall_s=self._wall())
+        else:
+            self.store.update_run(self.run_id, status="failed",
+                                  error=f"{type(exc).__name__}: {exc}", wall_s=self._wall())
+        self._close_conn()
+
+    def _close_conn(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        """Release the checkpointer; mark the run finished when every step is done."""
+        self._close_conn()
+        if self.done:
+            self.store.update_run(self.run_id, status="finished",
+                                  finished_at=dt.datetime.now(dt.UTC), wall_s=self._wall())
+
+    def __enter__(self) -> RunDriver:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.fail(exc)
+        else:
+            self.close()
+
+
 def execute(
     store: Store,
     run_id: str,
@@ -105,62 +209,9 @@ def execute(
     Returns:
         Per-arm summary rows (see :meth:`Store.arm_summary`).
     """
-    run = store.get_run(run_id)
-    if run is None:
-        raise RunError(f"no run {run_id!r} in {store.url}")
-    if run.status == "finished":
-        raise RunError(f"run {run_id} is already finished")
-    scenario = parse_scenario(yaml.safe_load(run.scenario_yaml), f"run {run_id}")
-    t0 = time.perf_counter()
-    prior_wall = run.wall_s or 0.0
-    store.update_run(run_id, status="running", error=None)
-    total_users = scenario.population.size * len(scenario.arms) * scenario.simulation.steps
-    done_users = [0]
-
-    def on_users(n: int) -> None:
-        faults.checkpoint("decide")
-        done_users[0] += n
-        if progress:
-            progress("users", done_users[0], total_users)
-
-    saver = conn = None
-    try:
-        rt = SimulationRuntime(scenario, store, run_id, backend=backend, on_progress=on_users)
-        rt.register()
-        n_done = rt.replay_from_store()
-        done_users[0] = n_done * scenario.population.size * len(scenario.arms)
-        saver, conn = _saver(checkpoint_path(store))
-        graph = build_step_graph(rt, saver)
-        # In-process models share one set of cores and one global sampler RNG: run their
-        # fan-out tasks one at a time so results are reproducible. Servers take many at once.
-        concurrency = scenario.backend.max_concurrency if rt.backend.kind == "openai" else 1
-        cfg = {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000,
-               "max_concurrency": concurrency}
-        state = graph.get_state(cfg)
-        fresh = {"step": 0, "n_steps": scenario.simulation.steps}
-        inp: dict | None = None if state.values else fresh
-        while True:
-            graph.invoke(inp, cfg, durability="exit")
-            inp = None
-            state = graph.get_state(cfg)
-            step = state.values.get("step", 0)
-            store.update_run(run_id, wall_s=prior_wall + time.perf_counter() - t0)
-            if progress:
-                progress("step", step, scenario.simulation.steps)
-            if not state.next:
-                break
-    except KeyboardInterrupt:
-        store.update_run(run_id, status="interrupted", wall_s=prior_wall + time.perf_counter() - t0)
-        raise
-    except Exception as exc:
-        store.update_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                         wall_s=prior_wall + time.perf_counter() - t0)
-        raise
-    finally:
-        if conn is not None:
-            conn.close()
-    store.update_run(run_id, status="finished", finished_at=dt.datetime.now(dt.UTC),
-                     wall_s=prior_wall + time.perf_counter() - t0)
+    with RunDriver(store, run_id, backend=backend, progress=progress) as driver:
+        while not driver.done:
+            driver.step()
     return store.arm_summary(run_id)
 
 
@@ -185,4 +236,4 @@ def start(
     return run_id, execute(store, run_id, backend=backend, progress=progress)
 
 
-__all__ = ["RunError", "ScenarioError", "create_run", "execute", "start"]
+__all__ = ["RunDriver", "RunError", "ScenarioError", "create_run", "execute", "start"]

@@ -9,6 +9,7 @@ store already holds, so a resumed run continues from exactly the state an uninte
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -19,6 +20,7 @@ from agents.backends.base import LLMBackend
 from agents.ip_agent import ItemText
 from agents.persona import build_persona, item_line
 from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
+from environments import metrics as em
 from environments.platform import Platform
 from sandbox.backend_factory import make_backend, policy_backend
 from sandbox.config import Scenario
@@ -32,7 +34,16 @@ from sandbox.perception import (
 from sandbox.population import PopulationModel
 from sandbox.response_cache import wrap_backend
 from sandbox.store import Store
-from sandbox.world import load_world, make_split, sample_population, user_profiles
+from sandbox.world import (
+    item_vectors,
+    load_world,
+    make_split,
+    sample_population,
+    synthetic_world,
+    user_profiles,
+)
+
+SOCIAL_MARK = " (a friend liked this)"  # appended to injected items' lines in the prompt
 
 
 class SimulationRuntime:
@@ -62,11 +73,23 @@ class SimulationRuntime:
         self.split = make_split(scenario, self.dataset)
         items = self.dataset.items
         self.item_text: dict[int, ItemText] = item_texts(items, scenario.ip_agent.frames_dir)
+        pop_ids = sample_population(self.split, scenario.population.size,
+                                    scenario.population.sampling, scenario.seed)
+        cap = scenario.population.history_cap
+        if cap:
+            # Cold start: the simulated users' early history only, for prompts and recommenders.
+            self.split.train = {**self.split.train,
+                                **{u: self.split.train[u][:cap] for u in pop_ids}}
         train = self.split.train_interactions()
         # Most-watched first: the items slates will show most, so worth profiling first.
         self.popularity_order = most_popular_first(train, self.item_text)
-        pop_ids = sample_population(self.split, scenario.population.size,
-                                    scenario.population.sampling, scenario.seed)
+        self.item_popularity = Counter(train["item_id"].astype(int).tolist())
+        self.n_train_users = len(self.split.train)
+        self.item_vectors = item_vectors(scenario, self.dataset)
+        self.exposure: dict[str, Counter[int]] = {a.name: Counter() for a in scenario.arms}
+        self.social_slots = {a.name: (scenario.social.inject_friends_likes
+                                      if a.inject_friends_likes is None
+                                      else a.inject_friends_likes) for a in scenario.arms}
         profiles = self._profiles(pop_ids)
         self.arm_names = [a.name for a in scenario.arms]
         self.model = PopulationModel(
@@ -95,6 +118,7 @@ class SimulationRuntime:
             max_new_tokens=b.max_new_tokens, temperature=b.temperature,
             rules=SessionRules(s.like_share, s.base_leave_prob, s.bored_leave_prob),
             format_retries=b.format_retries,
+            **self._response_model(),
         )
         # A trained policy replaces the user model only; items are perceived by the base model.
         ip_backend = (wrap_backend(base, scenario.backend, store, run_id)
@@ -106,6 +130,13 @@ class SimulationRuntime:
         self.logged_steps: set[int] = set()
 
     # ------------------------------------------------------------------ setup
+
+    def _response_model(self) -> dict[str, Any]:
+        """USAgent arguments that replace the LLM's p(like) (``response_model: truth``)."""
+        if self.sc.response_model != "truth":
+            return {}
+        world = synthetic_world(self.sc)
+        return {"response_model": world.true_like_prob, "response_model_id": "synthetic-truth"}
 
     def _profiles(self, user_ids: list[int]) -> dict[int, dict[str, Any]]:
         return user_profiles(self.dataset.users, user_ids)
@@ -177,6 +208,7 @@ class SimulationRuntime:
 
     def _apply(self, arm: str, user: int, item: int, action: str) -> None:
         self.platform.record(arm, user, item, action)
+        self.exposure[arm][item] += 1
         if action != "skip" and user in self.model.by_user:
             self.model.by_user[user].sim_history[arm].append((item, action))
 
@@ -210,7 +242,32 @@ class SimulationRuntime:
             users = self.model.active_users(arm)
             slates = self.platform.slates(arm, users, k, step)
             out[arm] = {str(u): [[i, s] for i, s in slates[u]] for u in users if slates.get(u)}
+            if self.social_slots[arm]:
+                for u, slate in out[arm].items():
+                    out[arm][u] = self._inject_social(arm, int(u), slate, k)
         return out
+
+    def _inject_social(self, arm: str, user: int, slate: list[list[float]],
+                       k: int) -> list[list[float]]:
+        """Give the slate's last slots to items the user's friends liked in ``arm``.
+
+        Friends' most recent likes come first (friends in id order); items the user was shown
+        in ``arm``, has in the real history or already has in the slate are passed over. An
+        injected entry is ``[item, 0.0, 1]``: the third field marks it as social.
+        """
+        n = self.social_slots[arm]
+        agent = self.model.by_user[user]
+        seen = self.platform.arms[arm].shown.get(user, set())
+        exclude = set(seen) | set(agent.real_history) | {int(i) for i, *_ in slate}
+        picks: list[int] = []
+        for f in self.model.friends(user):
+            for item in reversed(self.model.by_user[f].liked(arm)):
+                if item not in exclude and item not in picks:
+                    picks.append(item)
+        picks = picks[: min(n, k)]
+        if not picks:
+            return slate
+        return [*slate[: k - len(picks)], *([i, 0.0, 1] for i in picks)]
 
     def tasks(self, step: int, slates: dict) -> list[dict[str, Any]]:
         """Fan-out payloads: groups of ``users_per_task`` users of one arm."""
@@ -232,13 +289,17 @@ class SimulationRuntime:
         arm, step = task["arm"], task["step"]
         show_profiles = self.sc.ip_agent.in_prompt
         requests = []
+        social: set[tuple[int, int]] = set()  # (user, position) of injected items
         for u_str, slate in sorted(task["slates"].items(), key=lambda kv: int(kv[0])):
             u = int(u_str)
-            cands = [
-                Candidate(int(i), item_line(self.item_text[int(i)], self.profile_text.get(int(i))
-                                            if show_profiles else None), pos, float(s))
-                for pos, (i, s) in enumerate(slate)
-            ]
+            cands = []
+            for pos, (i, s, *flag) in enumerate(slate):
+                line = item_line(self.item_text[int(i)],
+                                 self.profile_text.get(int(i)) if show_profiles else None)
+                if flag:
+                    social.add((u, pos))
+                    line += SOCIAL_MARK
+                cands.append(Candidate(int(i), line, pos, float(s)))
             requests.append(SlateRequest(arm, u, self.persona_for(u, arm), cands,
                                          self._friends_liked(u, arm)))
         with self.backend.meter() as calls:
@@ -248,7 +309,9 @@ class SimulationRuntime:
         out = [
             {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
              "wall_s": wall / max(1, len(outcomes)),
-             "decisions": [asdict(d) for d in o.decisions], "llm_calls": []}
+             "decisions": [{**asdict(d), "source": "social" if (o.user_id, d.position) in social
+                            else "rec"} for d in o.decisions],
+             "llm_calls": []}
             for o in outcomes
         ]
         if out:
@@ -283,8 +346,9 @@ class SimulationRuntime:
             for d in o["decisions"]:
                 impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
                                     "position": d["position"], "item_id": d["item_id"],
-                                    "rec_score": d["rec_score"]})
-                row = {k: v for k, v in d.items() if k != "rec_score"}
+                                    "rec_score": d["rec_score"],
+                                    "source": d.get("source", "rec")})
+                row = {k: v for k, v in d.items() if k not in ("rec_score", "source")}
                 row["step"] = step
                 decisions.append(row)
         metrics = self._metrics(step, outcomes)
@@ -314,25 +378,43 @@ class SimulationRuntime:
         return wrote
 
     def _metrics(self, step: int, outcomes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        """The step's per-arm metrics (before the step is applied to memory)."""
         n_items = len(self.item_text)
+        window = self.sc.metrics.entropy_window
         out = {}
         for arm in self.arm_names:
             arm_out = [o for o in outcomes if o["arm"] == arm]
             decs = [d for o in arm_out for d in o["decisions"]]
             n = len(decs)
-            shown = set().union(*self.platform.arms[arm].shown.values()) if self.platform.arms[
-                arm].shown else set()
-            shown |= {d["item_id"] for d in decs}
+            exposure = self.exposure[arm] + Counter(int(d["item_id"]) for d in decs)
+            slates = [[d["item_id"] for d in sorted(o["decisions"], key=lambda d: d["position"])]
+                      for o in arm_out]
             p = [d["p_like"] for d in decs if d["p_like"] is not None]
+            new_pos: dict[int, list[int]] = {}
+            for d in sorted(decs, key=lambda d: d["position"]):
+                if d["action"] != "skip":
+                    new_pos.setdefault(d["user_id"], []).append(d["item_id"])
             out[arm] = {
                 "active_users": len(arm_out),
                 "impressions": n,
                 "watch_rate": sum(d["action"] != "skip" for d in decs) / n if n else 0.0,
                 "like_rate": sum(d["action"] == "like" for d in decs) / n if n else 0.0,
                 "exit_rate": sum(o["left"] for o in arm_out) / len(arm_out) if arm_out else 0.0,
-                "coverage": len(shown) / n_items if n_items else 0.0,
+                "coverage": len(exposure) / n_items if n_items else 0.0,
                 "mean_p_like": float(np.mean(p)) if p else None,
                 "format_ok_rate": sum(d["format_ok"] for d in decs) / n if n else None,
+                "ild": em.intra_list_diversity(slates, self.item_vectors),
+                "novelty": (em.novelty(slates, self.item_popularity, self.n_train_users)
+                            if self.n_train_users else None),
+                "exposure_gini": em.gini(np.fromiter(
+                    (exposure.get(i, 0) for i in self.item_text), np.float64, n_items)),
+                "profile_entropy": float(np.mean([
+                    em.profile_entropy(self.item_text[i].category for i in
+                                      (a.history(arm) + new_pos.get(u, []))[-window:]
+                                      if i in self.item_text)
+                    for u, a in self.model.by_user.items()])) if self.model.by_user else None,
+                "social_share": (sum(d.get("source") == "social" for d in decs) / n
+                                 if n and self.social_slots[arm] else None),
             }
         return out
 

@@ -158,6 +158,9 @@ class Impression(Base):
     position: Mapped[int] = mapped_column(Integer)
     item_id: Mapped[int] = mapped_column(BigInteger)
     rec_score: Mapped[float] = mapped_column(Float)
+    # Who put the item in the slate: "rec" (the arm's recommender) or "social" (a friend's
+    # like injected by social.inject_friends_likes). NULL in older stores means "rec".
+    source: Mapped[str | None] = mapped_column(String(10), nullable=True)
     __table_args__ = (UniqueConstraint("run_id", "arm", "step", "user_id", "position"),)
 
 
@@ -262,12 +265,67 @@ class LlmCall(Base):
     __table_args__ = (UniqueConstraint("run_id", "agent", "arm", "step", "task", "seq"),)
 
 
+class AbExperiment(Base):
+    """A simulated A/B experiment: one run per seed of a scenario (``vragent ab``)."""
+
+    __tablename__ = "ab_experiments"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scenario_name: Mapped[str] = mapped_column(String(200))
+    scenario_yaml: Mapped[str] = mapped_column(Text)
+    baseline: Mapped[str] = mapped_column(String(100))  # the arm every other arm is compared to
+    arms: Mapped[list] = mapped_column(JSON)
+    seeds: Mapped[list] = mapped_column(JSON)
+    run_ids: Mapped[list] = mapped_column(JSON)  # aligned with seeds; filled as runs start
+    settings: Mapped[dict] = mapped_column(JSON)  # confidence, resamples, metrics options
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    report_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AbArmValue(Base):
+    """One arm's value of one metric, with its bootstrap interval (``seed`` NULL: pooled)."""
+
+    __tablename__ = "ab_arm_values"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("ab_experiments.id"))
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    arm: Mapped[str] = mapped_column(String(100))
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_units: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_ab_arm_values_exp", "experiment_id"),)
+
+
+class AbComparison(Base):
+    """Arm minus baseline for one metric: paired bootstrap interval and permutation p."""
+
+    __tablename__ = "ab_comparisons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("ab_experiments.id"))
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    metric: Mapped[str] = mapped_column(String(100))
+    arm: Mapped[str] = mapped_column(String(100))
+    baseline: Mapped[str] = mapped_column(String(100))
+    mean_arm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mean_baseline: Mapped[float | None] = mapped_column(Float, nullable=True)
+    diff: Mapped[float | None] = mapped_column(Float, nullable=True)
+    low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_units: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_ab_comparisons_exp", "experiment_id"),)
+
+
 IP_AGENT_LABEL = "ip-agent"  # the metering row of the IP agent
 METERING_COLUMNS = ("arm", "agent", "calls", "cache_hits", "tokens_in", "tokens_out",
                     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "cost")
 
 TABLES_IN_EXPORT = ("runs", "arms", "users", "items", "steps", "impressions", "decisions",
                     "sessions", "metrics", "llm_calls")
+AB_TABLES = ("ab_experiments", "ab_arm_values", "ab_comparisons")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -544,6 +602,64 @@ class Store:
                     ItemProfileRow.model_id == r["model_id"]))
                 if not exists:
                     s.add(ItemProfileRow(**r))
+
+    # ---------------------------------------------------------------- A/B experiments
+
+    def create_experiment(self, exp: AbExperiment) -> None:
+        """Insert an A/B experiment."""
+        with self.session() as s:
+            s.add(exp)
+
+    def get_experiment(self, experiment_id: str) -> AbExperiment | None:
+        """The experiment, or ``None``."""
+        with self.session() as s:
+            return s.get(AbExperiment, experiment_id)
+
+    def update_experiment(self, experiment_id: str, **fields: Any) -> None:
+        """Set fields on an experiment."""
+        with self.session() as s:
+            exp = s.get(AbExperiment, experiment_id)
+            if exp is None:
+                raise KeyError(experiment_id)
+            for k, v in fields.items():
+                setattr(exp, k, v)
+
+    def list_experiments(self) -> list[AbExperiment]:
+        """All A/B experiments, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(AbExperiment).order_by(AbExperiment.created_at.desc())))
+
+    def save_ab_results(self, experiment_id: str, arm_values: Sequence[dict],
+                        comparisons: Sequence[dict]) -> None:
+        """Replace an experiment's results in one transaction (a rerun of the analysis)."""
+        with self.session() as s:
+            for model in (AbArmValue, AbComparison):
+                s.execute(model.__table__.delete().where(
+                    model.__table__.c.experiment_id == experiment_id))
+            for model, rows in ((AbArmValue, arm_values), (AbComparison, comparisons)):
+                if rows:
+                    s.execute(insert(model), [{"experiment_id": experiment_id, **r}
+                                              for r in rows])
+
+    def ab_results(self, experiment_id: str) -> tuple[list[dict], list[dict]]:
+        """An experiment's arm values and comparisons as plain dicts."""
+        def rows(model: type[Base]) -> list[dict]:
+            cols = [c.name for c in model.__table__.columns if c.name not in ("id",)]
+            with self.session() as s:
+                res = s.execute(select(*[model.__table__.c[c] for c in cols]).where(
+                    model.__table__.c.experiment_id == experiment_id).order_by(
+                    model.__table__.c.id))
+                return [dict(zip(cols, r, strict=True)) for r in res]
+        return rows(AbArmValue), rows(AbComparison)
+
+    def metric_series(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Per-step metrics of runs: ``{run_id, arm, step, name, value}`` rows."""
+        with self.session() as s:
+            res = s.execute(select(Metric.run_id, Metric.arm, Metric.step, Metric.name,
+                                   Metric.value).where(Metric.run_id.in_(list(run_ids)))
+                            .order_by(Metric.run_id, Metric.arm, Metric.step, Metric.name))
+            return [{"run_id": r, "arm": a, "step": st, "name": n, "value": v}
+                    for r, a, st, n, v in res]
 
     # ---------------------------------------------------------------- summaries
 

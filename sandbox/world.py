@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from environments.datasets import load_dataset
+from environments.datasets import SyntheticWorld, load_dataset, make_synthetic_world
 from environments.schema import Dataset
 from environments.splits import Split, leave_one_out
 from sandbox.config import Scenario
@@ -38,10 +38,19 @@ def dataset_path(sc: Scenario) -> Path | None:
     )
 
 
+def _synthetic_params(sc: Scenario) -> dict[str, Any]:
+    return {"seed": sc.seed, **sc.dataset.synthetic}
+
+
+def synthetic_world(sc: Scenario) -> SyntheticWorld:
+    """The synthetic world of a ``dataset.kind: synthetic`` scenario, ground truth included."""
+    return make_synthetic_world(**_synthetic_params(sc))
+
+
 def load_world(sc: Scenario) -> tuple[Dataset, str]:
     """The scenario's dataset and a key naming it (used to cache item profiles)."""
     if sc.dataset.kind == "synthetic":
-        params = {"seed": sc.seed, **sc.dataset.synthetic}
+        params = _synthetic_params(sc)
         ds = load_dataset("synthetic", None, **params)
         key = "synthetic:" + ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         return ds, key
@@ -124,3 +133,32 @@ def user_profiles(users: pd.DataFrame, user_ids: Iterable[int]) -> dict[int, dic
     for u, rec in zip(sub.index.tolist(), sub.to_dict("records"), strict=True):
         out[int(u)] = {k: _clean(v) for k, v in rec.items()}
     return out
+
+
+def item_vectors(sc: Scenario, ds: Dataset) -> dict[int, np.ndarray]:
+    """Item vectors for intra-list diversity, as ``metrics.embeddings`` asks.
+
+    ``minilm`` embeds titles with all-MiniLM-L6-v2 (cached under ``$VRAGENT_HOME/embeddings``,
+    so a catalogue is embedded once); ``category`` is a multi-hot of the item's categories;
+    ``none`` gives no vectors (ILD is then not recorded).
+    """
+    kind = sc.metrics.embeddings
+    if kind == "auto":
+        kind = "category" if sc.dataset.kind == "synthetic" else "minilm"
+    ids = ds.items["item_id"].astype("int64").tolist()
+    if kind == "none" or not ids:
+        return {}
+    if kind == "category":
+        cats = [[c for c in str(v).split("|") if c] for v in ds.items["category"].fillna("")]
+        vocab = {c: j for j, c in enumerate(sorted({c for cs in cats for c in cs}))}
+        m = np.zeros((len(ids), max(1, len(vocab))), dtype=np.float32)
+        for r, cs in enumerate(cats):
+            for c in cs:
+                m[r, vocab[c]] = 1.0
+        return dict(zip(ids, m, strict=True))
+    from environments.text_embeddings import SentenceEncoder, encode_cached
+    from sandbox.paths import vragent_home
+
+    titles = ds.items["title"].fillna("").astype(str).tolist()
+    vecs = encode_cached(titles, SentenceEncoder(), vragent_home() / "embeddings")
+    return dict(zip(ids, vecs, strict=True))

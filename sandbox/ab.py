@@ -1,0 +1,209 @@
+"""Simulated A/B experiments: every arm, the same users, several seeds (``vragent ab``).
+
+One experiment is one run per seed of the same scenario (the scenario's ``seed`` replaced by
+each seed). Inside a run every arm sees the same sampled users and catalogue, and each user's
+random draws are keyed by (seed, step, user), never by arm: common random numbers, so the
+comparison is paired. The experiment is recorded in ``ab_experiments`` before its first run
+starts, and each run id as soon as it exists, so an interrupted experiment resumes
+(``vragent ab --resume ID``): finished runs are kept, an interrupted one is resumed, missing
+ones are started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.backends.base import LLMBackend
+from sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
+from sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
+from sandbox.runner import create_run, execute
+from sandbox.store import AbExperiment, Store
+
+
+class AbError(RuntimeError):
+    """An experiment cannot start or resume (unknown id, bad baseline …)."""
+
+
+@dataclass(frozen=True)
+class AbSettings:
+    """How an experiment is analysed.
+
+    Attributes:
+        baseline: the arm the others are compared with (default: the first arm).
+        confidence: level of every interval.
+        n_resamples: bootstrap and permutation resamples.
+    """
+
+    baseline: str | None = None
+    confidence: float = 0.95
+    n_resamples: int = 2000
+
+
+def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a scenario mapping.
+
+    A number in the path indexes a list: ``arms.1.params.epochs=2``.
+
+    Raises:
+        ScenarioError: an override is not ``key=value`` or walks into a non-mapping.
+    """
+    out = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for item in sets:
+        if "=" not in item:
+            raise ScenarioError(f"{source}: override {item!r} is not key.path=value")
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ScenarioError(f"{source}: override {item!r} has no key")
+        node: Any = out
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                node = node[_index(node, k, path, source)]
+            else:
+                node = node.setdefault(k, {})
+            if not isinstance(node, dict | list):
+                raise ScenarioError(f"{source}: override {path}: {k} is not a section")
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[_index(node, keys[-1], path, source)] = value
+        else:
+            node[keys[-1]] = value
+    return out
+
+
+def _index(node: list, key: str, path: str, source: str) -> int:
+    """A list position in an override path (``arms.1.params.epochs``)."""
+    if not key.isdigit() or int(key) >= len(node):
+        raise ScenarioError(f"{source}: override {path}: {key!r} is not an index below "
+                            f"{len(node)}")
+    return int(key)
+
+
+def scenario_for_seed(text: str, seed: int) -> tuple[Scenario, str]:
+    """The experiment's scenario with ``seed`` in place of its own, and its YAML text."""
+    data = yaml.safe_load(text)
+    data["seed"] = int(seed)
+    new_text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return parse_scenario(data, f"seed {seed}"), new_text
+
+
+def create_experiment(store: Store, scenario_ref: str, seeds: Sequence[int], *,
+                      overrides: Sequence[str] = (), settings: AbSettings = AbSettings(),
+                      command: str | None = None) -> str:
+    """Validate the scenario and record a new experiment; return its id.
+
+    Raises:
+        ScenarioError: the scenario or an override is invalid (one line).
+        AbError: no seeds, repeated seeds, or a baseline that is not an arm.
+    """
+    scenario, text, path = load_scenario(scenario_ref)
+    if overrides:
+        data = apply_overrides(yaml.safe_load(text), overrides, str(path))
+        scenario = parse_scenario(data, f"{path} (with overrides)")
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise AbError(f"seeds must be distinct and at least one, got {seeds}")
+    arms = [a.name for a in scenario.arms]
+    if len(arms) < 2:
+        raise AbError(f"{path}: an A/B experiment needs at least two arms, got {arms}")
+    baseline = settings.baseline or arms[0]
+    if baseline not in arms:
+        raise AbError(f"baseline {baseline!r} is not an arm of {path} ({', '.join(arms)})")
+    exp_id = "ab-" + uuid.uuid4().hex[:10]
+    store.create_experiment(AbExperiment(
+        id=exp_id, scenario_name=scenario.name, scenario_yaml=text, baseline=baseline,
+        arms=arms, seeds=seeds, run_ids=[None] * len(seeds),
+        settings={"confidence": settings.confidence, "n_resamples": settings.n_resamples,
+                  "scenario_path": str(path), "overrides": list(overrides),
+                  "command": command},
+        status="created"))
+    return exp_id
+
+
+def run_experiment(
+    store: Store,
+    experiment_id: str,
+    *,
+    backend: LLMBackend | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_run: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Run (or resume) every seed's run of an experiment.
+
+    Args:
+        store: the store.
+        experiment_id: from :func:`create_experiment`.
+        backend: one LLM backend for every run (loaded once) instead of the scenario's.
+        progress: passed to :func:`sandbox.runner.execute`.
+        on_run: called with ``(seed, run_id)`` before each run starts or resumes.
+
+    Returns:
+        The run ids, in seed order.
+    """
+    exp = store.get_experiment(experiment_id)
+    if exp is None:
+        raise AbError(f"no experiment {experiment_id!r} in {store.url}")
+    run_ids = list(exp.run_ids)
+    store.update_experiment(experiment_id, status="running")
+    try:
+        for k, seed in enumerate(exp.seeds):
+            run_id = run_ids[k]
+            run = store.get_run(run_id) if run_id else None
+            if run is None:
+                scenario, text = scenario_for_seed(exp.scenario_yaml, seed)
+                run_id = create_run(store, scenario, text, exp.settings.get("scenario_path"))
+                run_ids[k] = run_id
+                store.update_experiment(experiment_id, run_ids=list(run_ids))
+                run = store.get_run(run_id)
+            assert run is not None
+            if on_run:
+                on_run(seed, run_id)
+            if run.status != "finished":
+                execute(store, run_id, backend=backend, progress=progress)
+    except BaseException:
+        store.update_experiment(experiment_id, status="interrupted")
+        raise
+    return run_ids
+
+
+def analyse_experiment(store: Store, experiment_id: str,
+                       settings: AbSettings | None = None) -> AbAnalysis:
+    """Analyse a finished experiment and store its results (replacing earlier ones)."""
+    exp = store.get_experiment(experiment_id)
+    if exp is None:
+        raise AbError(f"no experiment {experiment_id!r} in {store.url}")
+    missing = [s for s, r in zip(exp.seeds, exp.run_ids, strict=True)
+               if not r or (store.get_run(r) or _Unfinished).status != "finished"]
+    if missing:
+        raise AbError(f"experiment {experiment_id} has unfinished runs for seeds {missing}; "
+                      f"resume it with `vragent ab --resume {experiment_id}`")
+    cfg = exp.settings or {}
+    settings = settings or AbSettings(baseline=exp.baseline,
+                                      confidence=cfg.get("confidence", 0.95),
+                                      n_resamples=cfg.get("n_resamples", 2000))
+    cache: dict = {}
+    runs = [load_run_data(store, r, cache) for r in exp.run_ids]
+    result = analyse(runs, baseline=settings.baseline or exp.baseline,
+                     confidence=settings.confidence, n_resamples=settings.n_resamples,
+                     seed=exp.seeds[0], steps=step_series(store, exp.run_ids))
+    store.save_ab_results(experiment_id, result.arm_values, result.comparisons)
+    store.update_experiment(experiment_id, status="finished",
+                            finished_at=dt.datetime.now(dt.UTC))
+    return result
+
+
+class _Unfinished:
+    status = "missing"
+
+
+def default_report_dir(experiment_id: str) -> Path:
+    """``runs/ab/<experiment id>``."""
+    return Path("runs") / "ab" / experiment_id

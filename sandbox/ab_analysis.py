@@ -1,0 +1,441 @@
+"""Statistics of a simulated A/B experiment: per-user metrics, intervals, tests, power.
+
+The unit of analysis is a simulated user in one seed's run, ``(seed, user)``. Every arm of a
+run sees the same users with the same random streams (common random numbers), so each unit
+gives one paired observation per arm.
+
+Two kinds of metric:
+
+* **user metrics** (:data:`USER_METRICS`): one value per unit and arm (its watch rate, whether
+  it left, the diversity of its slates …). Arm values are means over units, every user
+  counting once; differences get a paired bootstrap interval and a sign-flip permutation test
+  (:mod:`sandbox.stats`).
+* **arm metrics** (:data:`ARM_METRICS`): properties of everything an arm showed (catalogue
+  coverage, the Gini of exposure, like-rate calibration against the real logs). They are
+  recomputed on resampled units: a bootstrap resamples units with the same draws in both arms
+  (its interval re-centred on the estimate, see :func:`_recentred`), and the permutation test
+  swaps a unit's two arms at random.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import yaml
+from sqlalchemy import select
+
+from environments import metrics as em
+from sandbox.config import Scenario, parse_scenario
+from sandbox.stats import paired_bootstrap, paired_permutation_p, power_table
+from sandbox.store import Decision, Item, Run, SessionEvent, SimUser, Store
+from sandbox.world import item_vectors, load_world, make_split
+
+USER_METRICS = ("watch_rate", "like_rate", "session_length", "exit_rate", "ild", "novelty",
+                "profile_entropy")
+ARM_METRICS = ("coverage", "exposure_gini", "like_calibration_error")
+PRIMARY = ("watch_rate", "like_rate", "exit_rate")  # the power table's metrics
+POWER_EFFECTS = (0.01, 0.02, 0.05, 0.10)
+
+METRIC_HELP = {
+    "watch_rate": "share of a user's impressions watched or liked",
+    "like_rate": "share of a user's impressions liked",
+    "session_length": "steps a user stayed before leaving (or the run ended)",
+    "exit_rate": "share of users who left the session",
+    "ild": "intra-list diversity: mean pairwise cosine distance within a slate",
+    "novelty": "mean self-information -log2(popularity) of shown items, in bits",
+    "profile_entropy": "entropy (bits) of the categories of a user's last consumed items, "
+                       "at the end of the run; falling = filter bubble",
+    "coverage": "share of the catalogue shown at least once",
+    "exposure_gini": "Gini of exposure over the catalogue (1 = all on one item)",
+    "like_calibration_error": "impression-weighted |simulated − real like rate| per item "
+                              "(real: likes / views; datasets that have them)",
+}
+
+
+@dataclass
+class RunData:
+    """What the analysis needs from one finished run."""
+
+    seed: int
+    run_id: str
+    arms: list[str]
+    units: pd.DataFrame  # one row per (arm, user): the user metrics
+    exposure: dict[str, sp.csr_matrix]  # arm -> users x items impression counts
+    likes: dict[str, sp.csr_matrix]  # arm -> users x items like counts
+    users: list[int]  # row order of the matrices
+    items: list[int]  # column order of the matrices (the catalogue)
+    real_like_rate: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class AbAnalysis:
+    """An experiment's results, ready for the store, the terminal and the report."""
+
+    arms: list[str]
+    baseline: str
+    seeds: list[int]
+    arm_values: list[dict[str, Any]]
+    comparisons: list[dict[str, Any]]
+    power: list[dict[str, Any]]
+    units: pd.DataFrame  # every (seed, arm, user) row of user metrics
+    steps: pd.DataFrame  # per-step metrics averaged over seeds: arm, step, name, value
+    confidence: float = 0.95
+
+
+def _scenario(run: Run) -> Scenario:
+    return parse_scenario(yaml.safe_load(run.scenario_yaml), f"run {run.id}")
+
+
+def load_run_data(store: Store, run_id: str, world_cache: dict | None = None) -> RunData:
+    """Read a finished run and compute its per-user metrics and count matrices.
+
+    Args:
+        store: the store holding the run.
+        run_id: the run.
+        world_cache: a dict reused across runs of one experiment, so a dataset is loaded and
+            its items embedded once.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id!r} in {store.url}")
+    sc = _scenario(run)
+    cache = world_cache if world_cache is not None else {}
+    ds, key = load_world(sc)
+    if key not in cache:
+        split = make_split(sc, ds)
+        pop = pd.Series([i for h in split.train.values() for i in h]).value_counts()
+        real = {}
+        if {"likes", "views"} <= set(ds.items.columns):
+            it = ds.items[ds.items["views"].fillna(0) > 0]
+            real = dict(zip(it["item_id"].astype(int), (it["likes"] / it["views"]).astype(float),
+                            strict=True))
+        cache[key] = {"popularity": pop.to_dict(), "n_users": len(split.train),
+                      "vectors": item_vectors(sc, ds), "real": real}
+    world = cache[key]
+    arms = [a.name for a in store.arms(run_id)]
+    with store.session() as s:
+        dec = pd.DataFrame(s.execute(
+            select(Decision.arm, Decision.step, Decision.user_id, Decision.position,
+                   Decision.item_id, Decision.action).where(Decision.run_id == run_id)
+        ).all(), columns=["arm", "step", "user_id", "position", "item_id", "action"])
+        sess = pd.DataFrame(s.execute(
+            select(SessionEvent.arm, SessionEvent.step, SessionEvent.user_id, SessionEvent.left)
+            .where(SessionEvent.run_id == run_id)).all(),
+            columns=["arm", "step", "user_id", "left"])
+        hist = dict(s.execute(select(SimUser.user_id, SimUser.history).where(
+            SimUser.run_id == run_id)).all())
+        cats = dict(s.execute(select(Item.item_id, Item.category).where(
+            Item.run_id == run_id)).all())
+    users = sorted(int(u) for u in hist)
+    items = sorted(int(i) for i in cats)
+    units = _user_metrics(dec, sess, arms, users, hist, cats, world, sc.metrics.entropy_window)
+    row = {u: r for r, u in enumerate(users)}
+    col = {i: c for c, i in enumerate(items)}
+    exposure, likes = {}, {}
+    for arm in arms:
+        d = dec[dec["arm"] == arm]
+        r = d["user_id"].map(row).to_numpy()
+        c = d["item_id"].map(col).to_numpy()
+        shape = (len(users), len(items))
+        exposure[arm] = sp.csr_matrix((np.ones(len(d)), (r, c)), shape=shape)
+        liked = (d["action"] == "like").to_numpy(dtype=np.float64)
+        likes[arm] = sp.csr_matrix((liked, (r, c)), shape=shape)
+    return RunData(int(run.seed), run_id, arms, units, exposure, likes, users, items,
+                   world["real"])
+
+
+def _user_metrics(dec: pd.DataFrame, sess: pd.DataFrame, arms: Sequence[str],
+                  users: Sequence[int], hist: dict, cats: dict, world: dict,
+                  window: int) -> pd.DataFrame:
+    """One row per (arm, user) with every user metric (NaN where it is undefined)."""
+    vectors, pop, n_pop = world["vectors"], world["popularity"], world["n_users"]
+    rows = []
+    dec = dec.sort_values(["arm", "user_id", "step", "position"])
+    by = {k: g for k, g in dec.groupby(["arm", "user_id"], sort=False)}
+    sess_by = {k: g for k, g in sess.groupby(["arm", "user_id"], sort=False)}
+    for arm in arms:
+        for u in users:
+            g = by.get((arm, u))
+            s = sess_by.get((arm, u))
+            n = 0 if g is None else len(g)
+            acts = g["action"].to_numpy() if n else np.array([], dtype=object)
+            slates = ([grp["item_id"].tolist() for _, grp in g.groupby("step", sort=True)]
+                      if n else [])
+            consumed = [int(i) for i in hist[u]] + (
+                g.loc[g["action"] != "skip", "item_id"].astype(int).tolist() if n else [])
+            rows.append({
+                "arm": arm, "user_id": u, "impressions": n,
+                "watch_rate": float(np.mean(acts != "skip")) if n else np.nan,
+                "like_rate": float(np.mean(acts == "like")) if n else np.nan,
+                "session_length": float(0 if s is None else s["step"].nunique()),
+                "exit_rate": float(bool(s is not None and s["left"].any())),
+                "ild": _none_nan(em.intra_list_diversity(slates, vectors)) if vectors else np.nan,
+                "novelty": _none_nan(em.novelty(slates, pop, n_pop)) if n and n_pop else np.nan,
+                "profile_entropy": em.profile_entropy(
+                    cats.get(i, "") for i in consumed[-window:]),
+            })
+    return pd.DataFrame(rows)
+
+
+def _none_nan(x: float | None) -> float:
+    return np.nan if x is None else float(x)
+
+
+# ---------------------------------------------------------------------------- arm metrics
+
+def _gini_rows(x: np.ndarray, n_total: int) -> np.ndarray:
+    """Gini of each row of ``x`` (counts of the shown items) padded with zeros to ``n_total``."""
+    x = np.sort(x, axis=1)
+    m = x.shape[1]
+    k = np.arange(n_total - m + 1, n_total + 1, dtype=np.float64)
+    num = ((2 * k - n_total - 1) * x).sum(axis=1)
+    tot = x.sum(axis=1)
+    return np.where(tot > 0, num / (n_total * np.where(tot > 0, tot, 1)), 0.0)
+
+
+def _arm_stats(exposure: np.ndarray, likes: np.ndarray, n_items: int,
+               real: np.ndarray) -> dict[str, np.ndarray]:
+    """Arm metrics for each row (a resample) of item-level exposure and like counts."""
+    cov = (exposure > 0).sum(axis=1) / n_items
+    gini = _gini_rows(exposure, n_items)
+    known = ~np.isnan(real)
+    if known.any():
+        sh, lk = exposure[:, known], likes[:, known]
+        err = np.abs(np.divide(lk, sh, out=np.zeros_like(lk), where=sh > 0) - real[known])
+        tot = sh.sum(axis=1)
+        calib = np.where(tot > 0, (err * sh).sum(axis=1) / np.where(tot > 0, tot, 1), np.nan)
+    else:
+        calib = np.full(exposure.shape[0], np.nan)
+    return {"coverage": cov, "exposure_gini": gini, "like_calibration_error": calib}
+
+
+@dataclass
+class _Pooled:
+    """Units of several runs stacked: user metrics and count matrices per arm."""
+
+    n_items: int
+    exposure: dict[str, sp.csr_matrix]
+    likes: dict[str, sp.csr_matrix]
+    real: np.ndarray  # per column: the real like rate, NaN where unknown
+
+
+def _pool(runs: Sequence[RunData]) -> _Pooled:
+    items = runs[0].items
+    if any(r.items != items for r in runs):
+        # Synthetic worlds differ per seed; their ids still index one catalogue size.
+        items = sorted({i for r in runs for i in r.items})
+    col = {i: c for c, i in enumerate(items)}
+    exposure, likes = {}, {}
+    for arm in runs[0].arms:
+        mats_e, mats_l = [], []
+        for r in runs:
+            remap = np.array([col[i] for i in r.items])
+            mats_e.append(_recolumn(r.exposure[arm], remap, len(items)))
+            mats_l.append(_recolumn(r.likes[arm], remap, len(items)))
+        exposure[arm] = sp.vstack(mats_e).tocsr()
+        likes[arm] = sp.vstack(mats_l).tocsr()
+    real_map = runs[0].real_like_rate
+    real = np.array([real_map.get(i, np.nan) for i in items], dtype=np.float64)
+    return _Pooled(len(items), exposure, likes, real)
+
+
+def _recolumn(m: sp.csr_matrix, remap: np.ndarray, n: int) -> sp.csr_matrix:
+    coo = m.tocoo()
+    return sp.csr_matrix((coo.data, (coo.row, remap[coo.col])), shape=(m.shape[0], n))
+
+
+def _arm_level(pooled: _Pooled, arm: str, base: str, *, n_resamples: int, confidence: float,
+               seed: int) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
+    """Values, intervals and permutation p of the arm metrics, ``arm`` against ``base``."""
+    e_a, e_b = pooled.exposure[arm], pooled.exposure[base]
+    l_a, l_b = pooled.likes[arm], pooled.likes[base]
+    # Only columns shown in either arm matter; the rest are zeros the Gini pads back in.
+    shown = np.unique(np.concatenate([e_a.indices, e_b.indices]))
+    e_a, e_b, l_a, l_b = (m[:, shown] for m in (e_a, e_b, l_a, l_b))
+    real = pooled.real[shown]
+    n = e_a.shape[0]
+    rng = np.random.default_rng(seed)
+
+    def stats(w: np.ndarray, ea, eb, la, lb):
+        sa = _arm_stats(np.asarray((ea.T @ w.T).T), np.asarray((la.T @ w.T).T),
+                        pooled.n_items, real)
+        sb = _arm_stats(np.asarray((eb.T @ w.T).T), np.asarray((lb.T @ w.T).T),
+                        pooled.n_items, real)
+        return sa, sb
+
+    ones = np.ones((1, n))
+    obs_a, obs_b = stats(ones, e_a, e_b, l_a, l_b)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    w = np.zeros((n_resamples, n))
+    np.add.at(w, (np.repeat(np.arange(n_resamples), n), idx.ravel()), 1.0)
+    boot_a, boot_b = stats(w, e_a, e_b, l_a, l_b)
+    # Permutation: each unit's two arms swapped with probability 1/2.
+    flips = rng.integers(0, 2, size=(n_resamples, n)).astype(np.float64)
+    d_e, d_l = (e_b - e_a), (l_b - l_a)
+    perm_a = _arm_stats(np.asarray(e_a.sum(axis=0)) + np.asarray((d_e.T @ flips.T).T),
+                        np.asarray(l_a.sum(axis=0)) + np.asarray((d_l.T @ flips.T).T),
+                        pooled.n_items, real)
+    perm_b = _arm_stats(np.asarray(e_b.sum(axis=0)) - np.asarray((d_e.T @ flips.T).T),
+                        np.asarray(l_b.sum(axis=0)) - np.asarray((d_l.T @ flips.T).T),
+                        pooled.n_items, real)
+    alpha = (1 - confidence) / 2
+    values, diffs, ps = {}, {}, {}
+    for name in ARM_METRICS:
+        va, vb = float(obs_a[name][0]), float(obs_b[name][0])
+        if np.isnan(va) or np.isnan(vb):
+            continue
+        ba, bb = boot_a[name], boot_b[name]
+        values[name] = {arm: (va, *_recentred(ba, va, alpha)),
+                        base: (vb, *_recentred(bb, vb, alpha))}
+        diffs[name] = (va - vb, *_recentred(ba - bb, va - vb, alpha))
+        null = np.abs(perm_a[name] - perm_b[name])
+        ps[name] = float((np.sum(null >= abs(va - vb) - 1e-12) + 1) / (n_resamples + 1))
+    return values, diffs, ps
+
+
+def _recentred(x: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
+    """Percentile interval of ``x`` shifted so that its median sits on ``estimate``.
+
+    Coverage and Gini are biased under resampling with replacement (a resample repeats some
+    users and drops others, so it covers fewer items and looks more concentrated); the plain
+    percentile interval can then miss the estimate entirely. The spread is kept, the bias
+    removed.
+    """
+    x = x[~np.isnan(x)]
+    if not x.size:
+        return (np.nan, np.nan)
+    lo, mid, hi = np.quantile(x, [alpha, 0.5, 1 - alpha])
+    return float(estimate + lo - mid), float(estimate + hi - mid)
+
+
+# ---------------------------------------------------------------------------- the analysis
+
+def _mean_interval(x: np.ndarray, *, n_resamples: int, confidence: float,
+                   seed: int) -> tuple[float, float, float]:
+    x = x[~np.isnan(x)]
+    if not x.size:
+        return (np.nan, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def _paired(units: pd.DataFrame, arm: str, base: str, metric: str) -> tuple[np.ndarray, ...]:
+    a = units[units["arm"] == arm].set_index(["seed", "user_id"])[metric]
+    b = units[units["arm"] == base].set_index(["seed", "user_id"])[metric]
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    return both["a"].to_numpy(), both["b"].to_numpy()
+
+
+def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence: float = 0.95,
+            n_resamples: int = 2000, seed: int = 0,
+            steps: pd.DataFrame | None = None) -> AbAnalysis:
+    """Arm values, arm-vs-baseline comparisons and the power table, per seed and pooled.
+
+    Args:
+        runs: one finished run per seed, all with the same arms.
+        baseline: the arm others are compared with (default: the first arm).
+        confidence: level of every interval.
+        n_resamples: bootstrap and permutation resamples.
+        seed: seeds the resampling.
+        steps: per-step metrics averaged over seeds (kept as they are in the result).
+
+    Raises:
+        ValueError: no runs, or runs whose arms differ, or an unknown baseline.
+    """
+    if not runs:
+        raise ValueError("no runs to analyse")
+    arms = runs[0].arms
+    if any(r.arms != arms for r in runs):
+        raise ValueError("the runs of an experiment must have the same arms")
+    base = baseline or arms[0]
+    if base not in arms:
+        raise ValueError(f"baseline {base!r} is not an arm ({', '.join(arms)})")
+    units = pd.concat([r.units.assign(seed=r.seed) for r in runs], ignore_index=True)
+    groups: list[tuple[int | None, list[RunData]]] = [(None, list(runs))]
+    if len(runs) > 1:
+        groups += [(r.seed, [r]) for r in runs]
+    arm_values, comparisons = [], []
+    for g_seed, g_runs in groups:
+        g_units = units if g_seed is None else units[units["seed"] == g_seed]
+        for metric in USER_METRICS:
+            for arm in arms:
+                x = g_units.loc[g_units["arm"] == arm, metric].to_numpy(dtype=np.float64)
+                v, lo, hi = _mean_interval(x, n_resamples=n_resamples, confidence=confidence,
+                                           seed=seed)
+                arm_values.append({"seed": g_seed, "arm": arm, "metric": metric,
+                                   "value": _nan_none(v), "low": _nan_none(lo),
+                                   "high": _nan_none(hi),
+                                   "n_units": int(np.sum(~np.isnan(x)))})
+            for arm in arms:
+                if arm == base:
+                    continue
+                a, b = _paired(g_units, arm, base, metric)
+                if not a.size:
+                    continue
+                ci = paired_bootstrap(a, b, n_resamples=n_resamples, confidence=confidence,
+                                      seed=seed)
+                p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
+                comparisons.append({"seed": g_seed, "metric": metric, "arm": arm,
+                                    "baseline": base, "mean_arm": float(a.mean()),
+                                    "mean_baseline": float(b.mean()), "diff": ci.mean,
+                                    "low": ci.low, "high": ci.high, "p_value": p,
+                                    "n_units": ci.n})
+        pooled = _pool(g_runs)
+        n_units = pooled.exposure[arms[0]].shape[0]
+        done_base: set[str] = set()
+        for arm in arms:
+            if arm == base:
+                continue
+            values, diffs, ps = _arm_level(pooled, arm, base, n_resamples=n_resamples,
+                                           confidence=confidence, seed=seed)
+            for metric, per_arm in values.items():
+                for a_name, (v, lo, hi) in per_arm.items():
+                    if a_name == base and (metric in done_base):
+                        continue
+                    arm_values.append({"seed": g_seed, "arm": a_name, "metric": metric,
+                                       "value": v, "low": lo, "high": hi, "n_units": n_units})
+                d, lo, hi = diffs[metric]
+                comparisons.append({"seed": g_seed, "metric": metric, "arm": arm,
+                                    "baseline": base, "mean_arm": per_arm[arm][0],
+                                    "mean_baseline": per_arm[base][0], "diff": d, "low": lo,
+                                    "high": hi, "p_value": ps[metric], "n_units": n_units})
+            done_base |= set(values)
+    power = []
+    for arm in arms:
+        if arm == base:
+            continue
+        for metric in PRIMARY:
+            a, b = _paired(units, arm, base, metric)
+            if a.size < 2:
+                continue
+            sd = float(np.std(a - b, ddof=1))
+            observed = float(np.mean(a - b))
+            effects = [e for e in POWER_EFFECTS] + ([abs(observed)] if observed else [])
+            for row in power_table(max(sd, 1e-12), effects):
+                power.append({"arm": arm, "baseline": base, "metric": metric, "sd_diff": sd,
+                              "observed": row["effect"] == abs(observed) and bool(observed),
+                              **row})
+    steps = steps if steps is not None else pd.DataFrame(columns=["arm", "step", "name", "value"])
+    return AbAnalysis(list(arms), base, [r.seed for r in runs], arm_values, comparisons, power,
+                      units, steps, confidence)
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def step_series(store: Store, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Per-step metrics of the runs, averaged over runs: columns arm, step, name, value."""
+    rows = store.metric_series(run_ids)
+    frame = pd.DataFrame(rows, columns=["run_id", "arm", "step", "name", "value"])
+    if frame.empty:
+        return frame.drop(columns="run_id")
+    return frame.groupby(["arm", "step", "name"], as_index=False)["value"].mean()

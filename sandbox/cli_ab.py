@@ -1,0 +1,168 @@
+"""``vragent ab`` (simulated A/B experiments) and ``vragent sweep`` (Mesa batch_run)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import fail as _fail
+from sandbox.paths import DEFAULT_DB_URL
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a scenario key, e.g. --set population.size=20 (repeatable).")]
+
+
+def _command() -> str:
+    return "vragent " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ab`` and ``sweep`` to the CLI."""
+
+    @app.command()
+    def ab(
+        scenario: Annotated[str, typer.Argument(help="Scenario name or YAML path.")] = "",
+        db: DbOption = DEFAULT_DB_URL,
+        seeds: Annotated[int, typer.Option(help="Number of seeds: the scenario's seed, +1, …")]
+        = 1,
+        seed_list: Annotated[str | None, typer.Option(
+            "--seed-list", help="Explicit seeds, comma-separated (overrides --seeds).")] = None,
+        baseline: Annotated[str | None, typer.Option(help="Arm to compare with (default: the "
+                                                     "first arm).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Report folder (default runs/ab/ID).")]
+        = None,
+        resamples: Annotated[int, typer.Option(help="Bootstrap / permutation resamples.")]
+        = 2000,
+        confidence: Annotated[float, typer.Option(help="Interval level.")] = 0.95,
+        sets: SetOption = None,
+        resume: Annotated[str | None, typer.Option(help="Continue an interrupted experiment.")]
+        = None,
+    ) -> None:
+        """Run every arm on the same users for each seed; report paired intervals and tests."""
+        from agents.backends.base import BackendError
+        from environments.schema import DataFormatError
+        from sandbox.ab import (
+            AbError,
+            AbSettings,
+            analyse_experiment,
+            create_experiment,
+            default_report_dir,
+            run_experiment,
+        )
+        from sandbox.ab_report import terminal_table, write_report
+        from sandbox.assets import AssetError
+        from sandbox.config import ScenarioError, load_scenario
+        from sandbox.runner import RunError
+        from sandbox.store import Store
+
+        if not scenario and not resume:
+            _fail("give a SCENARIO or --resume EXPERIMENT_ID", 2)
+        if not 0 < confidence < 1 or resamples < 100 or seeds < 1:
+            _fail("--confidence must be in (0, 1), --resamples >= 100, --seeds >= 1", 2)
+        settings = AbSettings(baseline=baseline, confidence=confidence, n_resamples=resamples)
+        store = Store(db)
+        try:
+            if resume:
+                exp_id = resume
+            else:
+                base_seed = load_scenario(scenario)[0].seed
+                seed_values = ([int(s) for s in seed_list.split(",") if s.strip()] if seed_list
+                               else [base_seed + k for k in range(seeds)])
+                exp_id = create_experiment(store, scenario, seed_values, overrides=sets or (),
+                                           settings=settings, command=_command())
+        except ValueError as exc:  # ScenarioError, a bad --seed-list
+            _fail(str(exc), 2)
+        except AbError as exc:
+            _fail(str(exc), 2)
+        console.print(f"experiment [bold]{exp_id}[/] → {db}")
+
+        def on_run(seed: int, run_id: str) -> None:
+            err.print(f"seed {seed}: run {run_id}")
+
+        try:
+            run_ids = run_experiment(store, exp_id, on_run=on_run)
+            res = analyse_experiment(store, exp_id, settings if not resume else None)
+        except (AbError, RunError, ScenarioError) as exc:
+            _fail(str(exc), 2)
+        except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
+            _fail(f"{exc} (resumable: vragent ab --resume {exp_id} --db {db})")
+        exp = store.get_experiment(exp_id)
+        assert exp is not None
+        folder = out or default_report_dir(exp_id)
+        write_report(res, folder, title=exp.scenario_name, experiment_id=exp_id,
+                     run_ids=run_ids, command=(exp.settings or {}).get("command") or _command())
+        store.update_experiment(exp_id, report_dir=str(folder))
+        console.print(terminal_table(res))
+        console.print(f"report: {folder / 'report.md'}")
+
+    @app.command()
+    def fidelity(
+        scenario: Annotated[str, typer.Argument(help="Scenario with at least 3 arms.")],
+        db: DbOption = DEFAULT_DB_URL,
+        seeds: Annotated[int, typer.Option(help="Seeds of the simulated A/B experiment.")] = 1,
+        sets: SetOption = None,
+        max_eval_users: Annotated[int, typer.Option(help="Users in the offline evaluation "
+                                                    "(a seeded sample).")] = 5000,
+        resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+        results: Annotated[Path | None, typer.Option(help="Write the table into this "
+                                                     "markdown file's own section.")] = None,
+    ) -> None:
+        """Macro fidelity: simulated A/B ordering of the arms vs offline HR@10 (Spearman)."""
+        from agents.backends.base import BackendError
+        from sandbox.ab import AbError
+        from sandbox.assets import AssetError
+        from sandbox.config import ScenarioError, load_scenario
+        from sandbox.fidelity import fidelity_markdown, run_fidelity
+        from sandbox.report_sections import write_section
+        from sandbox.store import Store
+
+        try:
+            base_seed = load_scenario(scenario)[0].seed
+            res = run_fidelity(Store(db), scenario, seeds=[base_seed + k for k in range(seeds)],
+                               overrides=tuple(sets or ()), max_eval_users=max_eval_users,
+                               n_resamples=resamples)
+        except (ScenarioError, AbError) as exc:
+            _fail(str(exc), 2)
+        except (AssetError, FileNotFoundError, BackendError) as exc:
+            _fail(str(exc))
+        md = fidelity_markdown(res, _command())
+        console.print(md)
+        if results:
+            write_section(results, f"macro-fidelity-{res.scenario}", md)
+            console.print(f"written to {results}")
+
+    @app.command()
+    def sweep(
+        scenario: Annotated[str, typer.Argument(help="Scenario name or YAML path.")],
+        param: Annotated[list[str], typer.Option(
+            "--param", help="key.path=v1,v2,… : values to sweep (repeatable; the grid is "
+            "their product).")],
+        db: DbOption = DEFAULT_DB_URL,
+        iterations: Annotated[int, typer.Option(help="Seeds per grid point (seed, seed+1 …)")]
+        = 1,
+        sets: SetOption = None,
+        out: Annotated[Path | None, typer.Option(help="CSV of every step of every point.")]
+        = None,
+    ) -> None:
+        """Sweep scenario parameters with Mesa's batch_run; one run per point and seed."""
+        from sandbox.config import ScenarioError
+        from sandbox.sweep import parse_grid, run_sweep
+
+        try:
+            grid = parse_grid(param)
+            frame = run_sweep(scenario, grid, db, iterations=iterations, overrides=sets or ())
+        except (ScenarioError, ValueError) as exc:
+            _fail(str(exc), 2)
+        path = out or Path("runs") / "sweeps" / f"{Path(scenario).stem}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        last = frame.sort_values("Step").groupby(["RunId"], as_index=False).last()
+        cols = [c for c in last.columns if c in grid or c in ("seed", "run_id")] + [
+            c for c in last.columns if c.endswith(("/watch_rate", "/like_rate", "/coverage"))]
+        console.print(last[cols].to_string(index=False))
+        console.print(f"every step: {path}")

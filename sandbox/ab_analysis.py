@@ -31,7 +31,13 @@ from sqlalchemy import select
 
 from environments import metrics as em
 from sandbox.config import Scenario, parse_scenario
-from sandbox.stats import paired_bootstrap, paired_permutation_p, power_table
+from sandbox.stats import (
+    bootstrap_means,
+    paired_bootstrap,
+    paired_permutation_p,
+    power_table,
+    resample_blocks,
+)
 from sandbox.store import Decision, Item, Run, SessionEvent, SimUser, Store
 from sandbox.world import item_vectors, load_world, make_split
 
@@ -270,19 +276,26 @@ def _arm_level(pooled: _Pooled, arm: str, base: str, *, n_resamples: int, confid
 
     ones = np.ones((1, n))
     obs_a, obs_b = stats(ones, e_a, e_b, l_a, l_b)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    w = np.zeros((n_resamples, n))
-    np.add.at(w, (np.repeat(np.arange(n_resamples), n), idx.ravel()), 1.0)
-    boot_a, boot_b = stats(w, e_a, e_b, l_a, l_b)
-    # Permutation: each unit's two arms swapped with probability 1/2.
-    flips = rng.integers(0, 2, size=(n_resamples, n)).astype(np.float64)
     d_e, d_l = (e_b - e_a), (l_b - l_a)
-    perm_a = _arm_stats(np.asarray(e_a.sum(axis=0)) + np.asarray((d_e.T @ flips.T).T),
-                        np.asarray(l_a.sum(axis=0)) + np.asarray((d_l.T @ flips.T).T),
-                        pooled.n_items, real)
-    perm_b = _arm_stats(np.asarray(e_b.sum(axis=0)) - np.asarray((d_e.T @ flips.T).T),
-                        np.asarray(l_b.sum(axis=0)) - np.asarray((d_l.T @ flips.T).T),
-                        pooled.n_items, real)
+    sum_ea, sum_eb = np.asarray(e_a.sum(axis=0)), np.asarray(e_b.sum(axis=0))
+    sum_la, sum_lb = np.asarray(l_a.sum(axis=0)), np.asarray(l_b.sum(axis=0))
+    parts: dict[str, list] = {"boot_a": [], "boot_b": [], "perm_a": [], "perm_b": []}
+    # Blocks of resamples keep the (resamples x users) weights small for big populations.
+    for k in resample_blocks(n + shown.size, n_resamples):
+        idx = rng.integers(0, n, size=(k, n))
+        w = np.zeros((k, n))
+        np.add.at(w, (np.repeat(np.arange(k), n), idx.ravel()), 1.0)
+        ba, bb = stats(w, e_a, e_b, l_a, l_b)
+        # Permutation: each unit's two arms swapped with probability 1/2.
+        flips = rng.integers(0, 2, size=(k, n)).astype(np.float64)
+        fe, fl = np.asarray((d_e.T @ flips.T).T), np.asarray((d_l.T @ flips.T).T)
+        parts["boot_a"].append(ba)
+        parts["boot_b"].append(bb)
+        parts["perm_a"].append(_arm_stats(sum_ea + fe, sum_la + fl, pooled.n_items, real))
+        parts["perm_b"].append(_arm_stats(sum_eb - fe, sum_lb - fl, pooled.n_items, real))
+    boot_a, boot_b, perm_a, perm_b = (
+        {m: np.concatenate([p[m] for p in parts[key]]) for m in ARM_METRICS}
+        for key in ("boot_a", "boot_b", "perm_a", "perm_b"))
     alpha = (1 - confidence) / 2
     values, diffs, ps = {}, {}, {}
     for name in ARM_METRICS:
@@ -320,8 +333,7 @@ def _mean_interval(x: np.ndarray, *, n_resamples: int, confidence: float,
     x = x[~np.isnan(x)]
     if not x.size:
         return (np.nan, np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    means = bootstrap_means(x, n_resamples=n_resamples, seed=seed)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(x.mean()), float(lo), float(hi)

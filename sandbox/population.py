@@ -16,6 +16,10 @@ import networkx as nx
 
 from agents.us_agent import stable_int
 
+# What the DataCollector records per arm and step (sandbox/runtime.py computes them).
+STEP_METRICS = ("active_users", "watch_rate", "like_rate", "exit_rate", "coverage", "ild",
+                "novelty", "exposure_gini", "profile_entropy", "social_share")
+
 
 class SimulatedUserAgent(mesa.Agent):
     """One simulated user: a real user's history, then what they did in each arm.
@@ -95,7 +99,7 @@ class PopulationModel(mesa.Model):
         self.datacollector = mesa.DataCollector(model_reporters={
             f"{arm}/{name}": (lambda m, a=arm, n=name: m.last_metrics[a].get(n))
             for arm in self.arm_names
-            for name in ("active_users", "watch_rate", "like_rate", "exit_rate", "coverage")
+            for name in STEP_METRICS
         })
 
     def _make_graph(self, kind: str, k: int, p: float) -> nx.Graph:

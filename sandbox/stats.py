@@ -39,6 +39,22 @@ def _diffs(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     return a_ - b_
 
 
+BLOCK_CELLS = 4_000_000  # resample indices drawn per block: bounds memory for big populations
+
+
+def resample_blocks(n: int, n_resamples: int) -> list[int]:
+    """Block sizes that split ``n_resamples`` so each block has at most ``BLOCK_CELLS`` cells."""
+    per = max(1, BLOCK_CELLS // max(1, n))
+    return [min(per, n_resamples - start) for start in range(0, n_resamples, per)]
+
+
+def bootstrap_means(x: np.ndarray, *, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of ``n_resamples`` resamples (with replacement) of ``x``, drawn block by block."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([x[rng.integers(0, x.size, size=(k, x.size))].mean(axis=1)
+                           for k in resample_blocks(x.size, n_resamples)])
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000,
                      confidence: float = 0.95, seed: int = 0) -> PairedInterval:
     """Percentile bootstrap interval of ``mean(a − b)``, resampling users (pairs).
@@ -47,9 +63,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int
         ValueError: the samples are not paired 1-D arrays of equal length.
     """
     d = _diffs(a, b)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    means = d[idx].mean(axis=1)
+    means = bootstrap_means(d, n_resamples=n_resamples, seed=seed)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return PairedInterval(float(d.mean()), float(low), float(high), int(d.size), confidence)
@@ -74,9 +88,11 @@ def paired_permutation_p(a: Sequence[float], b: Sequence[float], *,
         stats = np.abs((signs * d).mean(axis=1))
         return float(np.mean(stats >= observed - tol))
     rng = np.random.default_rng(seed)
-    signs = rng.choice((1.0, -1.0), size=(n_resamples, d.size))
-    stats = np.abs((signs * d).mean(axis=1))
-    return float((np.sum(stats >= observed - tol) + 1) / (n_resamples + 1))
+    hits = 0
+    for k in resample_blocks(d.size, n_resamples):
+        signs = rng.choice((1.0, -1.0), size=(k, d.size))
+        hits += int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed - tol))
+    return float((hits + 1) / (n_resamples + 1))
 
 
 def users_needed(sd_diff: float, effect: float, *, alpha: float = 0.05,

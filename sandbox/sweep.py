@@ -19,11 +19,9 @@ import yaml
 
 from sandbox.ab import apply_overrides
 from sandbox.config import ScenarioError, load_scenario, parse_scenario
+from sandbox.population import STEP_METRICS
 from sandbox.runner import RunDriver, create_run
 from sandbox.store import Store
-
-SWEPT_METRICS = ("watch_rate", "like_rate", "exit_rate", "coverage", "ild", "novelty",
-                 "exposure_gini", "profile_entropy", "social_share")
 
 
 def parse_grid(params: Sequence[str]) -> dict[str, list[Any]]:
@@ -69,7 +67,7 @@ class SweepModel(mesa.Model):
         self.last: dict[str, dict[str, float]] = {a: {} for a in self.arms}
         reporters: dict[str, Any] = {"run_id": lambda m: m.run_id}
         for arm in self.arms:
-            for name in SWEPT_METRICS:
+            for name in STEP_METRICS:
                 reporters[f"{arm}/{name}"] = (lambda m, a=arm, n=name: m.last[a].get(n))
         self.datacollector = mesa.DataCollector(model_reporters=reporters)
 

@@ -142,9 +142,9 @@ class USAgent:
         rules: how positive decisions become likes and when users leave.
         format_retries: generate mode: how often an unreadable answer is re-asked (with a
             new seed) before it is recorded as invalid.
-        response_model: score mode without the LLM: ``f(user_ids, item_ids) -> p(like)``
-            arrays (the synthetic world's ground truth, or a learned response model). The
-            backend then only writes the traced chains of thought.
+        response_model: score mode without the LLM: ``f(user_ids, item_ids, arms) ->
+            p(like)`` arrays (the synthetic world's ground truth, or a learned response
+            model). The backend then only writes the traced chains of thought.
     """
 
     backend: LLMBackend
@@ -155,7 +155,7 @@ class USAgent:
     temperature: float = 0.7
     rules: SessionRules = field(default_factory=SessionRules)
     format_retries: int = 2
-    response_model: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    response_model: Callable[[np.ndarray, np.ndarray, list[str]], np.ndarray] | None = None
     response_model_id: str = "response-model"
 
     def __post_init__(self) -> None:
@@ -260,7 +260,8 @@ class USAgent:
         assert self.response_model is not None
         users = np.array([r.user_id for r, _ in flat], dtype=np.int64)
         items = np.array([c.item_id for _, c in flat], dtype=np.int64)
-        probs = np.asarray(self.response_model(users, items), dtype=np.float64)
+        arms = [r.arm for r, _ in flat]
+        probs = np.asarray(self.response_model(users, items, arms), dtype=np.float64)
         return [Score(probs={"Yes": float(p), "No": 1.0 - float(p)}, tokens_in=0, latency_s=0.0)
                 for p in probs]
 

@@ -217,10 +217,12 @@ class Scenario(_Strict):
     ip_agent: IPAgentConfig = Field(default_factory=IPAgentConfig)
     social: SocialConfig = Field(default_factory=SocialConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    response_model: Literal["llm", "truth"] = Field(
-        "llm", description="Where score-mode p(like) comes from: llm (the backend), or truth "
+    response_model: Literal["llm", "truth", "learned"] = Field(
+        "llm", description="Where score-mode p(like) comes from: llm (the backend); truth "
         "(the synthetic world's hidden like probability: a user model whose best arm is known "
-        "by construction; the LLM still writes traces and item profiles).")
+        "by construction); learned (a logistic model fitted on the real train split over item "
+        "vectors (metrics.embeddings) and popularity: fast, for big populations). The LLM "
+        "still writes traces and item profiles.")
     policy: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         description="A trained US-agent policy from the registry (runs/policies, or "

@@ -22,6 +22,7 @@ from agents.persona import build_persona, item_line
 from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
 from environments import metrics as em
 from environments.platform import Platform
+from environments.response_model import LogisticResponseModel
 from sandbox.backend_factory import make_backend, policy_backend
 from sandbox.config import Scenario
 from sandbox.perception import (
@@ -133,10 +134,23 @@ class SimulationRuntime:
 
     def _response_model(self) -> dict[str, Any]:
         """USAgent arguments that replace the LLM's p(like) (``response_model: truth``)."""
-        if self.sc.response_model != "truth":
-            return {}
-        world = synthetic_world(self.sc)
-        return {"response_model": world.true_like_prob, "response_model_id": "synthetic-truth"}
+        if self.sc.response_model == "truth":
+            world = synthetic_world(self.sc)
+            return {"response_model": lambda users, items, _arms: world.true_like_prob(
+                users, items), "response_model_id": "synthetic-truth"}
+        if self.sc.response_model == "learned":
+            model = LogisticResponseModel(self.item_vectors, self.item_popularity,
+                                          seed=self.sc.seed)
+            model.fit(self.split.train)
+
+            def learned(users: np.ndarray, items: np.ndarray, arms: list[str]) -> np.ndarray:
+                # The user vector reads the memory: real history, then simulated watches.
+                vecs = np.stack([model.user_vector(self.model.by_user[int(u)].history(a))
+                                 for u, a in zip(users, arms, strict=True)])
+                return model.predict(vecs, items)
+
+            return {"response_model": learned, "response_model_id": "learned-logistic"}
+        return {}
 
     def _profiles(self, user_ids: list[int]) -> dict[int, dict[str, Any]]:
         return user_profiles(self.dataset.users, user_ids)

@@ -171,6 +171,8 @@ class SimulationRuntime:
             users.append({
                 "user_id": uid, "persona": persona.description, "profile": agent.profile,
                 "history": agent.real_history, "friends": self.model.friends(uid),
+                "heldout": [int(i) for i in (self.split.valid.get(uid), self.split.test.get(uid))
+                            if i is not None],
             })
         items = [{"item_id": it.item_id, "title": it.title, "category": it.category,
                   "tags": it.tags} for it in self.item_text.values()]

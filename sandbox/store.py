@@ -95,6 +95,9 @@ class SimUser(Base):
     profile: Mapped[dict] = mapped_column(JSON)
     history: Mapped[list] = mapped_column(JSON)  # real train-split item ids
     friends: Mapped[list] = mapped_column(JSON)
+    # The real items held out of the simulation (validation, then test): what the real user
+    # went on to watch. NULL in older stores.
+    heldout: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Item(Base):

@@ -1,0 +1,41 @@
+"""The vragent dashboard: ``vragent dashboard`` or ``streamlit run dashboards/app.py -- --db URL``.
+
+A read-only view of the run store: runs, A/B experiments, reasoning traces, feedback loops,
+item profiles and RL training. Pages live in ``dashboards/views/`` and are wired here with
+``st.navigation``; the store URL comes from ``--db`` after ``--``, else ``VRAGENT_DB``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboards import common, data
+
+HERE = Path(__file__).resolve().parent
+
+PAGES = [
+    st.Page(HERE / "views" / "runs.py", title="Runs", icon=":material/table_rows:", url_path="runs",
+            default=True),
+    st.Page(HERE / "views" / "ab.py", title="A/B", icon=":material/compare_arrows:", url_path="ab"),
+    st.Page(HERE / "views" / "traces.py", title="Trace explorer", icon=":material/manage_search:",
+            url_path="traces"),
+    st.Page(HERE / "views" / "feedback.py", title="Feedback loops", icon=":material/autorenew:",
+            url_path="feedback"),
+    st.Page(HERE / "views" / "items.py", title="Items", icon=":material/movie:", url_path="items"),
+    st.Page(HERE / "views" / "training.py", title="Training", icon=":material/model_training:",
+            url_path="training"),
+]
+
+st.set_page_config(page_title="vragent dashboard", page_icon=":material/movie:", layout="wide")
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    url = common.db_url()
+    st.caption(f"Store (read-only): `{data.display_url(url)}`")
+    if st.button("↻ Refresh data", help=f"Cached reads refresh by themselves every "
+                 f"{data.TTL_S} s; this reloads now."):
+        st.cache_data.clear()
+
+page.run()

@@ -1,0 +1,162 @@
+"""Shared pieces of the dashboard's pages: the store URL, pickers, labels, charts."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboards import data
+
+# Actions are told apart by an icon and a word, never by colour alone.
+ACTION_LABELS = {"skip": "↷ skip", "watch": "▶ watch", "like": "❤ like"}
+LEAVE_LABEL = "⏏ leave"
+PAGE_SIZE = 50
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~$<])")
+
+
+def db_url() -> str:
+    """The store URL: ``session_state['db_url']``, then ``--db`` after ``--``, then env.
+
+    Under ``AppTest`` the process's arguments belong to the test runner, not to the app, so
+    only the environment (``VRAGENT_DB``) and the session state count.
+    """
+    url = st.session_state.get("db_url")
+    if url:
+        return str(url)
+    argv = [] if st.config.get_option("global.appTest") else sys.argv[1:]
+    return data.resolve_db_url(argv)
+
+
+def require_store() -> str:
+    """The store URL, or stop the page with a message when the store cannot be read."""
+    url = db_url()
+    try:
+        data.schema(url)
+    except data.StoreUnavailableError as exc:
+        st.info(f"{exc}. Run a scenario first (`vragent run quickstart`), or point the "
+                "dashboard at a store with `vragent dashboard --db URL`.")
+        st.stop()
+    except Exception as exc:  # a server that is down, a file that is not a database
+        st.error(f"cannot read the store {data.display_url(url)}: {exc}")
+        st.stop()
+    return url
+
+
+def require_runs(url: str) -> list[tuple[str, str, str]]:
+    """The store's runs, or stop the page with a hint to make one."""
+    runs = data.run_ids(url)
+    if not runs:
+        st.info("No runs in this store yet — run `vragent run quickstart` (or any scenario).")
+        st.stop()
+    return runs
+
+
+def seed_from_query(key: str, param: str, options: Sequence[Any],
+                    cast: type = str) -> None:
+    """Preselect a widget from a URL query parameter (when the parameter is new or changed).
+
+    A link such as ``/traces?run=ID&arm=A&user=U`` opens that selection; a parameter already
+    applied is not applied again, so the widgets stay free to change.
+    """
+    flag = f"_seeded_{key}"
+    raw = st.query_params.get(param)
+    if raw is None or st.session_state.get(flag) == raw:
+        return
+    st.session_state[flag] = raw
+    try:
+        value = cast(raw)
+    except (TypeError, ValueError):
+        return
+    if value in options:
+        st.session_state[key] = value
+
+
+def sync_query(widgets: dict[str, tuple[str, object]]) -> None:
+    """Write the current selection to the URL (``{widget key: (param, value)}``).
+
+    The values written count as applied, so :func:`seed_from_query` leaves the widgets alone
+    on the next run; the URL can be copied to share the view.
+    """
+    for key, (param, value) in widgets.items():
+        st.query_params[param] = str(value)
+        st.session_state[f"_seeded_{key}"] = str(value)
+
+
+def pick_run(runs: Sequence[tuple[str, str, str]], key: str, label: str = "Run") -> str:
+    """A run selectbox (``?run=ID`` preselects); returns the run id."""
+    ids = [r[0] for r in runs]
+    names = {r[0]: f"{r[0]} · {r[1]} · {r[2]}" for r in runs}
+    seed_from_query(key, "run", ids)
+    if st.session_state.get(key) not in ids:
+        st.session_state.pop(key, None)
+    return st.selectbox(label, ids, format_func=lambda r: names.get(r, r), key=key)
+
+
+def pager(total: int, key: str, page_size: int = PAGE_SIZE) -> int:
+    """A page picker for ``total`` rows; returns the offset of the chosen page."""
+    pages = max(1, (total + page_size - 1) // page_size)
+    if pages == 1:
+        return 0
+    if st.session_state.get(key, 1) > pages:
+        st.session_state[key] = 1
+    page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages,
+                           step=1, key=key)
+    return (int(page) - 1) * page_size
+
+
+def clean_text(text: str | None) -> str:
+    """Text as stored, minus control characters a model may have produced."""
+    return _CONTROL.sub("", text or "")
+
+
+def escape_md(text: str | None) -> str:
+    """``text`` (control characters removed) escaped so Markdown shows it literally."""
+    return _MARKDOWN.sub(r"\\\1", clean_text(text))
+
+
+def quote_block(text: str | None) -> str:
+    """Markdown that shows ``text`` literally as a block quote."""
+    body = escape_md((text or "").strip()) or "*(empty)*"
+    return "\n".join("> " + line if line.strip() else ">" for line in body.splitlines())
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell (``—`` when missing)."""
+    v = data.finite(value)
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def line_chart(df: pd.DataFrame, *, x: str, y: str, series: str, title: str,
+               band: tuple[str, str] | None = None, height: int = 240,
+               subtitle: str = "") -> alt.Chart:
+    """Lines per series, told apart by colour, dash and point shape (not by colour alone)."""
+    base = alt.Chart(df).encode(
+        x=alt.X(f"{x}:Q", title=x, axis=alt.Axis(tickMinStep=1)),
+        color=alt.Color(f"{series}:N", title=series),
+    )
+    tooltip = [alt.Tooltip(f"{series}:N"), alt.Tooltip(f"{x}:Q"),
+               alt.Tooltip(f"{y}:Q", format=".4f")]
+    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", title=title,
+                                           scale=alt.Scale(zero=False)),
+                                   strokeDash=alt.StrokeDash(f"{series}:N", title=series))
+    points = base.mark_point(filled=True, size=60).encode(
+        y=f"{y}:Q", shape=alt.Shape(f"{series}:N", title=series), tooltip=tooltip)
+    layers = [line, points]
+    if band is not None:
+        layers.insert(0, base.mark_area(opacity=0.15).encode(
+            y=f"{band[0]}:Q", y2=f"{band[1]}:Q"))
+    heading = alt.TitleParams(title, subtitle=subtitle) if subtitle else title
+    return alt.layer(*layers).properties(title=heading, height=height)
+
+
+def show_chart(chart: alt.Chart) -> None:
+    """Render an Altair chart at the container's width."""
+    st.altair_chart(chart, width="stretch")

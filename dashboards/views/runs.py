@@ -1,0 +1,89 @@
+"""Runs: every run of the store with its totals; open one to read its scenario and config."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboards import common, data
+
+
+def main() -> None:
+    """Render the page."""
+    st.title(":material/table_rows: Runs")
+    url = common.require_store()
+    total = data.count_runs(url)
+    if total == 0:
+        st.info("No runs in this store yet — run `vragent run quickstart` (or any scenario).")
+        return
+    st.caption(f"{total} run(s), newest first. Cost is estimated from the tokens sent to the "
+               "LLM when the scenario sets `backend.prices`; cache hits cost nothing.")
+    offset = common.pager(total, "runs_page")
+    table = data.runs_page(url, common.PAGE_SIZE, offset)
+    st.dataframe(
+        table, hide_index=True,
+        column_config={
+            "run": st.column_config.TextColumn("run"),
+            "cost": st.column_config.NumberColumn("cost ($)", format="%.4f"),
+            "wall_s": st.column_config.NumberColumn("wall time (s)", format="%.1f"),
+            "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+        },
+    )
+
+    st.subheader("Open a run")
+    run_id = common.pick_run(data.run_ids(url), key="runs_run")
+    detail = data.run_detail(url, run_id)
+    if detail is None:
+        st.info(f"run {run_id} is gone from the store")
+        return
+    c = st.columns(5)
+    c[0].metric("status", detail["status"])
+    c[1].metric("steps", f"{detail['steps_done'] or 0}/{detail['n_steps'] or 0}")
+    c[2].metric("seed", str(detail["seed"]))
+    c[3].metric("wall time", f"{float(detail['wall_s'] or 0):.1f} s")
+    c[4].metric("git revision", (detail.get("git_revision") or "—")[:10])
+    if detail.get("error"):
+        st.error(f"run error: {detail['error']}")
+    st.page_link("views/traces.py", label="Open this run in the trace explorer",
+                 icon=":material/manage_search:", query_params={"run": run_id})
+
+    st.markdown("**Arms**")
+    arms = detail["arms"]
+    if arms:
+        st.dataframe([{"arm": a["name"], "recommender": a["recommender"],
+                       "params": json.dumps(a["params"] or {}, sort_keys=True)} for a in arms],
+                     hide_index=True)
+    overview = data.arm_overview(url, run_id)
+    if overview.empty or not overview["slates"].any():
+        st.info("No steps logged for this run yet.")
+    else:
+        st.markdown("**Per arm** (rates are averages of the per-step metrics, weighted by "
+                    "impressions)")
+        st.dataframe(overview, hide_index=True, column_config={
+            c: st.column_config.NumberColumn(c, format="%.3f")
+            for c in ("watch_rate", "like_rate", "mean_p_like", "format_ok_rate")
+        } | {"wall_s": st.column_config.NumberColumn("wall time (s)", format="%.1f")})
+    meter = data.metering_totals(url, run_id)
+    if not meter.empty:
+        st.markdown("**LLM metering** (calls sent, cache hits, tokens and latency of the calls "
+                    "sent; cost when `backend.prices` is set)")
+        if st.toggle("Latency percentiles (p50/p95/p99)", key="runs_pct",
+                     help="Reads the latency of every LLM call of the run: slower on big runs."):
+            meter = data.metering(url, run_id)
+        st.dataframe(meter, hide_index=True, column_config={
+            "cost": st.column_config.NumberColumn("cost ($)", format="%.4f")})
+
+    tabs = st.tabs(["Scenario (YAML)", "Config (JSON)", "Environment"])
+    with tabs[0]:
+        st.code(detail.get("scenario_yaml") or "", language="yaml")
+    with tabs[1]:
+        st.json(detail.get("config") or {}, expanded=2)
+    with tabs[2]:
+        st.json({"versions": detail.get("versions") or {},
+                 "scenario_path": detail.get("scenario_path"),
+                 "created_at": str(detail.get("created_at")),
+                 "finished_at": str(detail.get("finished_at"))}, expanded=1)
+
+
+main()

@@ -1,0 +1,62 @@
+"""Training: RL curves (reward, format rate, accuracy, KL) and policy evaluations."""
+
+from __future__ import annotations
+
+import altair as alt
+import streamlit as st
+
+from dashboards import common, data
+
+CURVES = ("reward", "format_reward", "format_valid_rate", "accuracy_reward", "accuracy", "kl",
+          "loss")
+
+
+def main() -> None:
+    """Render the page."""
+    st.title(":material/model_training: Training")
+    url = common.require_store()
+    runs = data.training_runs(url)
+    st.subheader("Training runs")
+    if runs.empty:
+        st.info("No training runs yet — run `vragent rl train --algo grpo …` (docs/rl.md).")
+    else:
+        st.dataframe(runs, hide_index=True, column_config={
+            "wall_s": st.column_config.NumberColumn("wall time (s)", format="%.1f")})
+        ids = list(runs["id"])
+        label = {r.id: f"{r.id} · {r.policy} · {r.algo} · {r.status}" for r in runs.itertuples()}
+        run_id = st.selectbox("Training run", ids, key="tr_run", format_func=label.get)
+        curves = data.training_curves(url, run_id)
+        if curves.empty:
+            st.info("This run has logged no curve yet.")
+        else:
+            names = sorted(curves["name"].unique())
+            default = [n for n in CURVES if n in names] or names[:4]
+            chosen = st.multiselect("Curves", names, default=default, key="tr_curves")
+            cols = st.columns(2)
+            for i, name in enumerate(chosen):
+                df = curves[curves["name"] == name]
+                chart = alt.Chart(df).mark_line(point=True).encode(
+                    x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1)),
+                    y=alt.Y("value:Q", title=name),
+                    tooltip=["step", alt.Tooltip("value:Q", format=".4f")],
+                ).properties(title=name, height=220)
+                with cols[i % 2]:
+                    common.show_chart(chart)
+        with st.expander("Config and data manifest"):
+            st.json(data.training_config(url, run_id), expanded=1)
+
+    st.subheader("Policy evaluations")
+    evals = data.evaluations(url)
+    if evals.empty:
+        st.info("No policy evaluations yet — run `vragent rl eval --data … --policy …`.")
+        return
+    label = {r.eval_id: f"{r.eval_id} · {r.data} · {r.rows} values" for r in evals.itertuples()}
+    eval_id = st.selectbox("Evaluation", list(evals["eval_id"]), key="tr_eval",
+                           format_func=label.get)
+    table = data.evaluation_table(url, eval_id)
+    st.caption("One row per model, mode, task, protocol and m (candidates per judgement); "
+               "one column per metric.")
+    st.dataframe(table, hide_index=True)
+
+
+main()

@@ -1,0 +1,226 @@
+"""End to end: ``streamlit run dashboards/app.py`` on 127.0.0.1, every page in headless Chromium.
+
+Needs ``chromium`` and ``chromedriver`` (Debian: ``apt-get install chromium chromium-driver``).
+Without them the test skips, except in CI (``CI=true``), where it fails. Screenshots go to
+``test-artifacts/dashboard-<page>.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.dashboard_fixture import DashboardStore, build, think_snippet
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CI = os.environ.get("CI") == "true"
+
+
+def _find(name: str, fallback: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    return fallback if Path(fallback).is_file() else None
+
+
+CHROMIUM = _find("chromium", "/usr/bin/chromium")
+CHROMEDRIVER = _find("chromedriver", "/usr/bin/chromedriver")
+MISSING = [n for n, p in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not p]
+
+if MISSING and not CI:
+    pytest.skip(f"{' and '.join(MISSING)} not installed (apt-get install chromium "
+                "chromium-driver); CI=true makes this a failure", allow_module_level=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> DashboardStore:
+    return build(tmp_path_factory.getbasetemp() / "dashboard-store")
+
+
+@pytest.fixture(scope="module")
+def server(store: DashboardStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``vragent dashboard --db URL --port P`` (the real command), stopped with SIGTERM."""
+    port = _free_port()
+    exe = Path(sys.executable).parent / "vragent"
+    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "sandbox.cli"]
+    cmd = [*cli, "dashboard", "--db", store.url, "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "VRAGENT_DB"}
+    env |= {"VRAGENT_COVERS_DIR": str(store.covers), "OMP_NUM_THREADS": "1"}
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()  # SIGTERM: the command passes it on to the Streamlit server
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        deadline = time.monotonic() + 15
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _listening(port):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the Streamlit server outlived `vragent dashboard`")
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--disable-quic", "--window-size=1280,900"):
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def _main_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+
+
+def _open(driver, url: str, title: str, expect: tuple[str, ...] = (),
+          timeout: float = 60) -> str:
+    """Open a page, wait for its run to end and for ``expect`` to show; return the text."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    wait = WebDriverWait(driver, timeout)
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1"), title))
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="stApp"]')
+               .get_attribute("data-test-script-state") == "notRunning")
+    try:
+        wait.until(lambda d: all(e in _main_text(d) for e in expect))
+    except TimeoutException:
+        text = _main_text(driver)
+        missing = [e for e in expect if e not in text]
+        pytest.fail(f"{url}: {missing} not on the page:\n{text}")
+    return _main_text(driver)
+
+
+def _grid_text(driver) -> str:
+    """The cells of the page's data frames (drawn on a canvas; read from the a11y table)."""
+    from selenium.webdriver.common.by import By
+
+    cells = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td')
+    return "\n".join(c.get_attribute("textContent") or "" for c in cells)
+
+
+def _wait_for(driver, css: str, count: int = 1, timeout: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, css)) >= count)
+
+
+def _shot(driver, page: str) -> None:
+    """Screenshot of the whole page (the window grows to the content's height)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    time.sleep(0.5)  # let charts and data grids paint
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]');"
+        "return Math.max(900, m ? m.scrollHeight + 80 : 900);")
+    driver.set_window_size(1280, min(int(height), 6000))
+    time.sleep(0.5)
+    driver.save_screenshot(str(ARTIFACTS / f"dashboard-{page}.png"))
+    driver.set_window_size(1280, 900)
+
+
+def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> None:
+    from selenium.webdriver.common.by import By
+
+    traced, second = store.runs
+
+    _open(driver, f"{server}/", "Runs", ("Open a run", "finished", "3/3", "Per arm"))
+    _wait_for(driver, '[data-testid="stDataFrame"] td', 2)
+    cells = _grid_text(driver)
+    assert traced in cells and second in cells and "popular, cooc, random" in cells
+    _shot(driver, "runs")
+
+    _open(driver, f"{server}/ab", "A/B", ("Per-arm metrics", "Arms against the baseline",
+                                          "popular", "Over steps"))
+    _wait_for(driver, '[data-testid="stVegaLiteChart"]', 2)
+    _shot(driver, "ab")
+
+    query = urlencode({"run": traced, "arm": "popular", "user": store.traced_user})
+    snippet = think_snippet(store.think)
+    assert snippet
+    _open(driver, f"{server}/traces?{query}", "Trace explorer",
+          (f"User {store.traced_user}", "Step 0", "think", "answer", snippet))
+    _wait_for(driver, '[data-testid="stDataFrame"] td', 4)
+    assert any(label in _grid_text(driver) for label in ("↷ skip", "▶ watch", "❤ like"))
+    assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')
+    _shot(driver, "traces")
+
+    _open(driver, f"{server}/feedback", "Feedback loops", ("Source",))
+    _wait_for(driver, '[data-testid="stVegaLiteChart"]', 3)
+    _shot(driver, "feedback")
+
+    _open(driver, f"{server}/items", "Items", ("Stage by stage", "perception", "original title"))
+    _wait_for(driver, '[data-testid="stImage"]')
+    _shot(driver, "items")
+
+    _open(driver, f"{server}/training", "Training", ("Training runs", "Policy evaluations"))
+    _wait_for(driver, '[data-testid="stVegaLiteChart"]', 2)
+    assert "fixture-users" in _grid_text(driver)
+    _shot(driver, "training")
+
+    for page in ("runs", "ab", "traces", "feedback", "items", "training"):
+        assert (ARTIFACTS / f"dashboard-{page}.png").stat().st_size > 10_000

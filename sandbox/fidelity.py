@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
 from environments.evaluation import evaluate
@@ -43,6 +44,7 @@ class FidelityResult:
     rows: list[dict[str, Any]]  # arm, HR@10, NDCG@10, like_rate (+ CI), watch_rate (+ CI)
     spearman: dict[str, float]  # simulated metric -> rho against HR@10
     kendall: dict[str, float]
+    spearman_ci: dict[str, tuple[float, float]]  # bootstrap over simulated users
     n_eval_users: int
     n_sim_units: int
     wall_s: float
@@ -115,8 +117,38 @@ def run_fidelity(store: Store, scenario_ref: str, *, seeds: list[int],
     rho = {m: float(spearmanr(hr, [r[m] for r in rows]).statistic) for m in SIM_METRICS}
     tau = {m: float(kendalltau(hr, [r[m] for r in rows]).statistic) for m in SIM_METRICS}
     n_units = int(res.units[res.units["arm"] == exp.arms[0]].shape[0])
-    return FidelityResult(exp.scenario_name, sc.dataset.kind, exp_id, rows, rho, tau, n_eval,
-                          n_units, time.perf_counter() - t0)
+    ci = {m: spearman_interval(res.units, exp.arms, hr, m, n_resamples=n_resamples,
+                               seed=seeds[0]) for m in SIM_METRICS}
+    return FidelityResult(exp.scenario_name, sc.dataset.kind, exp_id, rows, rho, tau, ci,
+                          n_eval, n_units, time.perf_counter() - t0)
+
+
+def spearman_interval(units: pd.DataFrame, arms: list[str], offline: list[float], metric: str,
+                      *, n_resamples: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of Spearman's ρ, resampling simulated users (the same in every arm).
+
+    The offline scores are held fixed: the question is how much the simulated ordering would
+    move with other users. Resamples where an arm's values tie everywhere give ``nan`` and are
+    dropped.
+    """
+    wide = units.pivot_table(index=["seed", "user_id"], columns="arm", values=metric)
+    wide = wide[arms].dropna()
+    if len(wide) < 2:
+        return (float("nan"), float("nan"))
+    x = wide.to_numpy()
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(n_resamples):
+        means = x[rng.integers(0, len(x), size=len(x))].mean(axis=0)
+        rhos.append(spearmanr(offline, means).statistic)
+    rhos = np.asarray(rhos, dtype=np.float64)
+    rhos = rhos[~np.isnan(rhos)]
+    if not rhos.size:
+        return (float("nan"), float("nan"))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(rhos, [alpha, 1 - alpha])
+    return float(lo), float(hi)
 
 
 def fidelity_markdown(res: FidelityResult, command: str) -> str:
@@ -136,8 +168,11 @@ def fidelity_markdown(res: FidelityResult, command: str) -> str:
         lines.append(f"| {r['arm']} | {f(r['HR@10'])} | {f(r['NDCG@10'])} | {ro} | "
                      f"{f(r['like_rate'])} [{f(r['like_rate_low'])}, {f(r['like_rate_high'])}]"
                      f" | {f(r['watch_rate'])} | {rs} |")
+    lo, hi = res.spearman_ci["like_rate"]
+    wlo, whi = res.spearman_ci["watch_rate"]
     lines += ["", f"Spearman ρ (HR@10 vs simulated like rate) = **{res.spearman['like_rate']:.2f}**"
-              f", vs watch rate = {res.spearman['watch_rate']:.2f}; Kendall τ = "
+              f" (95% bootstrap interval over simulated users [{lo:.2f}, {hi:.2f}]), vs watch "
+              f"rate = {res.spearman['watch_rate']:.2f} [{wlo:.2f}, {whi:.2f}]; Kendall τ = "
               f"{res.kendall['like_rate']:.2f} / {res.kendall['watch_rate']:.2f}. "
               f"SimUSER's anchor: ρ = {SIMUSER_ANCHOR}.", "", f"Command: `{command}`"]
     return "\n".join(lines)

@@ -429,9 +429,11 @@ def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence:
             if a.size < 2:
                 continue
             sd = float(np.std(a - b, ddof=1))
+            if sd == 0:
+                continue  # the arms never differ for any user: no test to power
             observed = float(np.mean(a - b))
             effects = [e for e in POWER_EFFECTS] + ([abs(observed)] if observed else [])
-            for row in power_table(max(sd, 1e-12), effects):
+            for row in power_table(sd, effects):
                 power.append({"arm": arm, "baseline": base, "metric": metric, "sd_diff": sd,
                               "observed": row["effect"] == abs(observed) and bool(observed),
                               **row})

@@ -920,8 +920,9 @@ def evaluation_table(url: str, eval_id: str) -> pd.DataFrame:
                               p.c.value).where(p.c.eval_id == eval_id))
     if long.empty:
         return long
+    # dropna=False would also build every model × mode × … combination that never ran.
     wide = long.pivot_table(index=["model", "mode", "task", "protocol", "m"], columns="metric",
-                            values="value", aggfunc="first", dropna=False).reset_index()
+                            values="value", aggfunc="first").reset_index()
     wide.columns.name = None
     return wide
 

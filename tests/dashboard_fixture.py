@@ -1,9 +1,9 @@
 """A small store for the dashboard tests, written by the real simulator.
 
 An A/B experiment of the tiny synthetic scenario over seeds 11 and 12, run and analysed by
-``sandbox.ab`` (every decision traced, so each has a ``<think>`` text), a training run with
-curves and a policy evaluation (``sandbox.training_log``), and a cover image for one profiled
-item. Built once per directory; a second call reuses it.
+``sandbox.ab`` (every decision traced, so each has a ``<think>`` text), a real tiny GRPO run
+with its curves and a held-out evaluation (``rl``), and a cover image for one profiled item.
+Built once per directory; a second call reuses it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from sandbox import training_log
 from sandbox.ab import AbSettings, analyse_experiment, create_experiment, run_experiment
 from sandbox.store import Decision, ItemProfileRow, Store
 from tests.conftest import tiny_scenario, write_scenario
 
 SEEDS = (11, 12)
-TRAINING_RUN = "train0000000000000000000000000001"
-EVAL_ID = "eval00000000000000000000000000001"
+POLICY = "fixture-users"
 DONE = "complete.txt"
 
 
@@ -40,22 +38,57 @@ class DashboardStore:
     think: str  # that decision's <think> text
 
 
-def _training(store: Store) -> None:
-    rid = training_log.start_training_run(
-        store, policy="fixture-users", algo="grpo", base_model="tiny-random", config={"lr": 1e-4},
-        data_manifest={"rows": 64}, seed=0, git_revision=None, versions={}, run_id=TRAINING_RUN)
-    for step in range(1, 11):
-        training_log.log_curve(store, rid, step, {
-            "reward": 0.2 + 0.05 * step, "format_reward": min(1.0, 0.1 * step),
-            "format_valid_rate": min(1.0, 0.1 * step), "accuracy": 0.5 + 0.02 * step,
-            "kl": 0.01 * step, "loss": 1.0 / step})
-    training_log.finish_training_run(store, rid, status="finished", steps=10, wall_s=12.5)
-    rows = [
-        {"model": model, "mode": "score", "task": "judgement", "protocol": "random", "m": 4,
-         "auc": auc, "accuracy": acc}
-        for model, auc, acc in (("popularity", 0.61, 0.55), ("fixture-users", 0.66, 0.58))
-    ]
-    training_log.log_eval(store, EVAL_ID, rows, policy="fixture-users", data="runs/rl/fixture")
+def _training(store: Store, folder: Path) -> tuple[str, str]:
+    """A real (tiny) GRPO run and a real held-out evaluation, written to the store.
+
+    The data is a small judgement set built like ``tests/test_rl_training.py``'s; the trainer
+    is TRL's GRPO on the tiny random model, and the evaluation runs the popularity prior and the
+    trained policy through ``rl.policy_eval.run_eval``.
+    """
+    import random
+
+    from datasets import Dataset, DatasetDict
+
+    from agents.prompts import PersonaView, judgement_prompt
+    from rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
+    from rl.datasets import save_rl_data
+    from rl.policy_eval import EvalConfig, run_eval
+    from rl.trainers import train_policy
+
+    rng = random.Random(0)
+    titles = ["Quick pasta #cooking", "Street food tour #travel", "Gaming highlights #gaming",
+              "Funny cat compilation #pets #comedy"]
+    rows = []
+    for i in range(32):
+        cand = rng.choice(titles)
+        chat = judgement_prompt(PersonaView("A platform user.", ("Quick pasta [cooking]",)), cand)
+        rows.append({
+            "task": "judgement", "protocol": "random", "m": 1, "group_id": f"g{i}",
+            "user_id": i, "item_ids": [i % 4 + 1], "history_ids": [1],
+            "prompt": chat.as_dicts(), "assistant_prefix": chat.assistant_prefix,
+            "candidates": [cand], "label": "Yes" if "cooking" in cand or "travel" in cand
+            else "No", "correct_index": -1, "source": "real", "split": "train",
+        })
+    data = save_rl_data(DatasetDict({"train": Dataset.from_list(rows),
+                                     "eval": Dataset.from_list(rows[:12])}),
+                        folder / "rl-data", {"seed": 0, "sizes": {"train": len(rows)}})
+    registry = folder / "policies"
+    common = {"lora": LoraSettings(r=0), "threads": 1, "output_dir": str(folder / "scratch"),
+              "thinking": False}
+    # SFT first, so the GRPO rollouts sometimes parse and its curves move.
+    train_policy(SFTRunConfig(policy=f"{POLICY}-sft", data=str(data), base_model="tiny-random",
+                              lr=3e-3, max_steps=30, batch_size=8, **common),
+                 store, registry=registry, log=lambda *a: None)
+    res = train_policy(GRPORunConfig(policy=POLICY, data=str(data),
+                                     base_model=f"policy:{POLICY}-sft",
+                                     lr=5e-4, max_steps=6, num_generations=4, prompts_per_step=1,
+                                     max_completion_length=16, **common),
+                       store, registry=registry, log=lambda *a: None)
+    _, eval_id = run_eval(EvalConfig(data=str(data), policies=(POLICY,), base_model=None,
+                                     recommender="popular", max_groups=12, generate_groups=0,
+                                     registry=str(registry), threads=1),
+                          store, log=lambda *a: None)
+    return res.training_run_id, eval_id
 
 
 def _cover(store: Store, folder: Path) -> int:
@@ -85,11 +118,11 @@ def build(folder: Path) -> DashboardStore:
                                        settings=AbSettings(n_resamples=500))
         runs = run_experiment(store, experiment)
         analyse_experiment(store, experiment)
-        _training(store)
+        training_run, eval_id = _training(store, folder)
         cover_item = _cover(store, folder / "covers")
         store.engine.dispose()
-        done.write_text("\n".join([experiment, *runs, str(cover_item)]))
-    experiment, *runs, cover_item = done.read_text().split("\n")
+        done.write_text("\n".join([training_run, eval_id, str(cover_item), experiment, *runs]))
+    training_run, eval_id, cover_item, experiment, *runs = done.read_text().split("\n")
     store = Store(url, create=False)
     with store.session() as s:
         user, think = s.execute(
@@ -99,7 +132,7 @@ def build(folder: Path) -> DashboardStore:
             .order_by(Decision.user_id, Decision.step, Decision.position).limit(1)).one()
     store.engine.dispose()
     return DashboardStore(url=url, path=db, runs=tuple(runs), experiment=experiment,
-                          training_run=TRAINING_RUN, eval_id=EVAL_ID, covers=folder / "covers",
+                          training_run=training_run, eval_id=eval_id, covers=folder / "covers",
                           cover_item=int(cover_item), traced_user=int(user), think=think or "")
 
 

@@ -190,7 +190,14 @@ def _read_titles(folder: Path, report: LoadReport) -> tuple[pd.DataFrame, str]:
         rows = read_delimited(
             path, ",", 2, report, int_cols=(0,), rest_in_last=not full, quoted=full, header=None
         )
+        seen: set[int] = set()
         for line_no, (item, title) in rows:
+            # The same item twice in one file is a duplicate row (the first is kept); the
+            # same item in a later file is the expected overlap between releases.
+            if item in seen:
+                report.skip(name, "duplicate row", line_no)
+                continue
+            seen.add(item)
             # An earlier (better) source wins; a later one only fills gaps, including
             # titles the better source left empty.
             if item not in titles or not titles[item].strip():

@@ -9,6 +9,7 @@ resumed run that replays a step finds it already there and skips it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     case,
     create_engine,
@@ -48,6 +50,36 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_NUL, _ESC = "\x00", "\ue000"  # NUL, and a private-use character that escapes it
+_UNESCAPE = re.compile("\ue000([\ue001\ue002])")
+
+
+class NulSafeText(TypeDecorator):
+    """``TEXT`` that round-trips NUL characters on PostgreSQL too.
+
+    PostgreSQL text cannot hold NUL (psycopg raises ``DataError``), and a model's raw
+    completion can contain it (the tiny random model emits it). On PostgreSQL NUL is stored as
+    ``U+E000 U+E002`` and a literal ``U+E000`` as ``U+E000 U+E001`` (a reversible escape, so
+    rows read back equal to what SQLite stores); other databases store the text unchanged.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        """Escape NUL (and the escape character) for PostgreSQL."""
+        if value is None or dialect.name != "postgresql" or (
+                _NUL not in value and _ESC not in value):
+            return value
+        return value.replace(_ESC, _ESC + "\ue001").replace(_NUL, _ESC + "\ue002")
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        """Undo :meth:`process_bind_param`."""
+        if value is None or dialect.name != "postgresql" or _ESC not in value:
+            return value
+        return _UNESCAPE.sub(lambda m: _NUL if m.group(1) == "\ue002" else _ESC, value)
+
+
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
@@ -58,14 +90,14 @@ class Run(Base):
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     scenario_name: Mapped[str] = mapped_column(String(200))
-    scenario_path: Mapped[str | None] = mapped_column(Text)
-    scenario_yaml: Mapped[str] = mapped_column(Text)
+    scenario_path: Mapped[str | None] = mapped_column(NulSafeText)
+    scenario_yaml: Mapped[str] = mapped_column(NulSafeText)
     config: Mapped[dict] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(BigInteger)
     versions: Mapped[dict] = mapped_column(JSON)
     git_revision: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20), default="created")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(NulSafeText)
     n_steps: Mapped[int] = mapped_column(Integer)
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
@@ -91,7 +123,7 @@ class SimUser(Base):
     __tablename__ = "users"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    persona: Mapped[str] = mapped_column(Text)
+    persona: Mapped[str] = mapped_column(NulSafeText)
     profile: Mapped[dict] = mapped_column(JSON)
     history: Mapped[list] = mapped_column(JSON)  # real train-split item ids
     friends: Mapped[list] = mapped_column(JSON)
@@ -106,9 +138,9 @@ class Item(Base):
     __tablename__ = "items"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    title: Mapped[str] = mapped_column(Text)
-    category: Mapped[str] = mapped_column(Text, default="")
-    tags: Mapped[str] = mapped_column(Text, default="")
+    title: Mapped[str] = mapped_column(NulSafeText)
+    category: Mapped[str] = mapped_column(NulSafeText, default="")
+    tags: Mapped[str] = mapped_column(NulSafeText, default="")
 
 
 class ItemProfileRow(Base):
@@ -119,10 +151,10 @@ class ItemProfileRow(Base):
     dataset: Mapped[str] = mapped_column(String(200))
     item_id: Mapped[int] = mapped_column(BigInteger)
     model_id: Mapped[str] = mapped_column(String(200))
-    profile: Mapped[str] = mapped_column(Text)
-    tags: Mapped[str] = mapped_column(Text)
-    prompt: Mapped[str] = mapped_column(Text)
-    completion: Mapped[str] = mapped_column(Text)
+    profile: Mapped[str] = mapped_column(NulSafeText)
+    tags: Mapped[str] = mapped_column(NulSafeText)
+    prompt: Mapped[str] = mapped_column(NulSafeText)
+    completion: Mapped[str] = mapped_column(NulSafeText)
     format_ok: Mapped[bool] = mapped_column(Boolean)
     problems: Mapped[list] = mapped_column(JSON)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0)
@@ -131,7 +163,7 @@ class ItemProfileRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     # The staged pipeline's record: one dict per stage (prompt, completion, output, skipped).
-    title: Mapped[str] = mapped_column(Text, default="", server_default="")
+    title: Mapped[str] = mapped_column(NulSafeText, default="", server_default="")
     stages: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     __table_args__ = (UniqueConstraint("dataset", "item_id", "model_id"),)
 
@@ -180,10 +212,10 @@ class Decision(Base):
     item_id: Mapped[int] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(10))
     p_like: Mapped[float | None] = mapped_column(Float)
-    prompt: Mapped[str] = mapped_column(Text)
-    completion: Mapped[str | None] = mapped_column(Text)
-    think: Mapped[str | None] = mapped_column(Text)
-    answer: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(NulSafeText)
+    completion: Mapped[str | None] = mapped_column(NulSafeText)
+    think: Mapped[str | None] = mapped_column(NulSafeText)
+    answer: Mapped[str | None] = mapped_column(NulSafeText)
     format_ok: Mapped[bool] = mapped_column(Boolean)
     fallback: Mapped[str | None] = mapped_column(String(50))
     traced: Mapped[bool] = mapped_column(Boolean)
@@ -237,7 +269,7 @@ class LlmCacheEntry(Base):
     model_id: Mapped[str] = mapped_column(String(200))
     prompt_hash: Mapped[str] = mapped_column(String(64))
     call: Mapped[str] = mapped_column(String(10))  # score | generate
-    params: Mapped[str] = mapped_column(Text)  # canonical JSON
+    params: Mapped[str] = mapped_column(NulSafeText)  # canonical JSON
     seed: Mapped[int | None] = mapped_column(BigInteger)
     prompt_index: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[dict] = mapped_column(JSON)
@@ -274,14 +306,14 @@ class AbExperiment(Base):
     __tablename__ = "ab_experiments"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     scenario_name: Mapped[str] = mapped_column(String(200))
-    scenario_yaml: Mapped[str] = mapped_column(Text)
+    scenario_yaml: Mapped[str] = mapped_column(NulSafeText)
     baseline: Mapped[str] = mapped_column(String(100))  # the arm every other arm is compared to
     arms: Mapped[list] = mapped_column(JSON)
     seeds: Mapped[list] = mapped_column(JSON)
     run_ids: Mapped[list] = mapped_column(JSON)  # aligned with seeds; filled as runs start
     settings: Mapped[dict] = mapped_column(JSON)  # confidence, resamples, metrics options
     status: Mapped[str] = mapped_column(String(20), default="running")
-    report_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_dir: Mapped[str | None] = mapped_column(NulSafeText, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -598,13 +630,9 @@ class Store:
             return
         with self.session() as s:
             insert_ignore(s, LlmCall, llm_calls)
-            for r in rows:
-                exists = s.scalar(select(func.count()).select_from(ItemProfileRow).where(
-                    ItemProfileRow.dataset == r["dataset"],
-                    ItemProfileRow.item_id == r["item_id"],
-                    ItemProfileRow.model_id == r["model_id"]))
-                if not exists:
-                    s.add(ItemProfileRow(**r))
+            # No read-then-insert: two runs profiling the same item at once (a shared
+            # PostgreSQL store) would both miss it and the second would hit the unique key.
+            insert_ignore(s, ItemProfileRow, rows)
 
     # ---------------------------------------------------------------- A/B experiments
 

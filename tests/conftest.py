@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,3 +62,62 @@ def write_scenario(tmp_path: Path, sc: dict, name: str = "scenario.yaml") -> Pat
     path = tmp_path / name
     path.write_text(yaml.safe_dump(sc, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------- store backends
+
+PG_ENV = "VRAGENT_PG_URL"  # a PostgreSQL URL whose role may CREATE DATABASE (docs/scaling.md)
+
+
+def pg_admin_url() -> str:
+    """``$VRAGENT_PG_URL``; skip when unset, but fail in CI (``CI=true``), which must test it."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        why = (f"{PG_ENV} is not set; start a server with "
+               f"export {PG_ENV}=$(scripts/postgres-ci.sh start)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {why}", pytrace=False)
+        pytest.skip(why)
+    return url
+
+
+@contextmanager
+def fresh_pg_database(prefix: str = "vragent_t") -> Iterator[str]:
+    """A new, empty PostgreSQL database on ``$VRAGENT_PG_URL``'s server; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(pg_admin_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_urls(request, tmp_path, monkeypatch) -> Iterator[Callable[[str], str]]:
+    """A factory of fresh, empty store URLs, for SQLite and for PostgreSQL.
+
+    ``store_urls(name)`` gives a new database each call: a file under ``tmp_path`` or a new
+    PostgreSQL database (dropped after the test). For PostgreSQL, ``VRAGENT_HOME`` points at a
+    private folder, so the LangGraph checkpoint file (``runner.checkpoint_path``) is the test's.
+    """
+    if request.param == "sqlite":
+        yield lambda name: f"sqlite:///{tmp_path}/{name}.sqlite"
+        return
+    pg_admin_url()
+    monkeypatch.setenv("VRAGENT_HOME", str(tmp_path / "vragent-home"))
+    with ExitStack() as stack:
+        yield lambda name: stack.enter_context(fresh_pg_database())
+
+
+@pytest.fixture
+def store_url(store_urls) -> str:
+    """One fresh, empty store URL (SQLite, then PostgreSQL)."""
+    return store_urls("store")

@@ -51,15 +51,16 @@ SASREC_ARMS = [
 @pytest.mark.parametrize(("kill_at", "arms"), [("decide:4", None), ("log:2", None),
                                                ("log:2", SASREC_ARMS)],
                          ids=["decide", "log", "log-sasrec-text"])
-def test_killed_run_resumes_to_the_same_store(tmp_path, kill_at, arms):
+def test_killed_run_resumes_to_the_same_store(tmp_path, store_urls, kill_at, arms):
     sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
                                    "refit_every": 1},
                        ip_agent={"enabled": True, "items_per_step": 2, "in_prompt": True})
     if arms:
         sc["arms"] = arms
     path = write_scenario(tmp_path, sc)
-    clean = f"sqlite:///{tmp_path}/clean.sqlite"
-    crashed = f"sqlite:///{tmp_path}/crashed.sqlite"
+    # SQLite files, or two PostgreSQL databases (VRAGENT_HOME is private: the checkpoints).
+    clean = store_urls("clean")
+    crashed = store_urls("crashed")
 
     assert _cli(["run", str(path), "--db", clean]).returncode == 0
 

@@ -29,8 +29,8 @@ def _step_rows(step):
     )
 
 
-def test_round_trip_and_no_double_logging(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+def test_round_trip_and_no_double_logging(store_url):
+    store = Store(store_url)
     _run(store)
     assert store.log_step("r1", 0, **_step_rows(0))
     assert not store.log_step("r1", 0, **_step_rows(0))  # replay after a crash: skipped
@@ -50,11 +50,26 @@ def test_sqlite_uses_wal(tmp_path):
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
-def test_profiles_are_cached_once(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/s.sqlite")
+def test_profiles_are_cached_once(store_url):
+    store = Store(store_url)
     row = {"dataset": "d", "item_id": 1, "model_id": "m", "profile": "p #t", "tags": "#t",
            "prompt": "x", "completion": "y", "format_ok": True, "problems": []}
     store.add_profiles([row])
     store.add_profiles([{**row, "profile": "other"}])
     cached = store.cached_profiles("d", "m", [1, 2])
     assert list(cached) == [1] and cached[1].profile == "p #t"
+
+
+def test_text_with_nul_round_trips(store_url):
+    # A raw completion can hold NUL, which PostgreSQL text cannot: it must read back unchanged.
+    store = Store(store_url)
+    _run(store)
+    rows = _step_rows(0)
+    weird = "\x00\x17q pory \ue000\ue001 food\ue000\x00"
+    rows["decisions"][0].update(completion=weird, think=weird[:5])
+    assert store.log_step("r1", 0, **rows)
+    with store.session() as s:
+        d = s.scalars(select(Decision)).one()
+        assert (d.completion, d.think) == (weird, weird[:5])
+        assert s.scalar(select(func.count()).select_from(Decision).where(
+            Decision.completion == weird)) == 1

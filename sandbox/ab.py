@@ -181,7 +181,7 @@ def analyse_experiment(store: Store, experiment_id: str,
     if exp is None:
         raise AbError(f"no experiment {experiment_id!r} in {store.url}")
     missing = [s for s, r in zip(exp.seeds, exp.run_ids, strict=True)
-               if not r or (store.get_run(r) or _Unfinished).status != "finished"]
+               if not _finished(store, r)]
     if missing:
         raise AbError(f"experiment {experiment_id} has unfinished runs for seeds {missing}; "
                       f"resume it with `vragent ab --resume {experiment_id}`")
@@ -200,8 +200,9 @@ def analyse_experiment(store: Store, experiment_id: str,
     return result
 
 
-class _Unfinished:
-    status = "missing"
+def _finished(store: Store, run_id: str | None) -> bool:
+    run = store.get_run(run_id) if run_id else None
+    return run is not None and run.status == "finished"
 
 
 def default_report_dir(experiment_id: str) -> Path:

@@ -24,7 +24,14 @@ from scipy.stats import kendalltau, spearmanr
 
 from environments.evaluation import evaluate
 from environments.recommenders import make_recommender
-from sandbox.ab import analyse_experiment, create_experiment, run_experiment
+from sandbox.ab import (
+    AbError,
+    AbSettings,
+    analyse_experiment,
+    create_experiment,
+    run_experiment,
+    scenario_for_seed,
+)
 from sandbox.ab_report import pooled
 from sandbox.config import Scenario
 from sandbox.store import Store
@@ -89,8 +96,6 @@ def run_fidelity(store: Store, scenario_ref: str, *, seeds: list[int],
         ScenarioError: the scenario or an override is invalid.
         AbError: fewer than three arms, or a bad seed list.
     """
-    from sandbox.ab import AbError, AbSettings
-
     t0 = time.perf_counter()
     exp_id = create_experiment(store, scenario_ref, seeds, overrides=overrides,
                                settings=AbSettings(n_resamples=n_resamples))
@@ -98,8 +103,6 @@ def run_fidelity(store: Store, scenario_ref: str, *, seeds: list[int],
     assert exp is not None
     if len(exp.arms) < 3:
         raise AbError(f"macro fidelity needs at least 3 arms, {scenario_ref} has {exp.arms}")
-    from sandbox.ab import scenario_for_seed
-
     sc, _ = scenario_for_seed(exp.scenario_yaml, seeds[0])
     offline, n_eval = offline_scores(sc, max_users=max_eval_users)
     run_experiment(store, exp_id)

@@ -15,6 +15,7 @@ it into ``docs/results.md``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,9 +143,11 @@ def spearman_interval(units: pd.DataFrame, arms: list[str], offline: list[float]
     x = wide.to_numpy()
     rng = np.random.default_rng(seed)
     rhos = []
-    for _ in range(n_resamples):
-        means = x[rng.integers(0, len(x), size=len(x))].mean(axis=0)
-        rhos.append(spearmanr(offline, means).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample where every arm ties gives nan, dropped
+        for _ in range(n_resamples):
+            means = x[rng.integers(0, len(x), size=len(x))].mean(axis=0)
+            rhos.append(spearmanr(offline, means).statistic)
     rhos = np.asarray(rhos, dtype=np.float64)
     rhos = rhos[~np.isnan(rhos)]
     if not rhos.size:

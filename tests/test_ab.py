@@ -385,6 +385,10 @@ def test_every_bundled_scenario_runs_one_small_step(tmp_path, name, data_dir):
     for arm in data["arms"]:
         if "epochs" in arm.get("params", {}):
             arm["params"]["epochs"] = 1
+    if data["dataset"]["kind"] == "microlens":
+        # Fitting SASRec and MF on 50k MicroLens users costs minutes even for one epoch; both
+        # are covered on MovieLens here and on MicroLens by the IP-agent experiment's test.
+        data["arms"] = [a for a in data["arms"] if a["recommender"] not in ("sasrec", "mf")]
     path = write_scenario(tmp_path, data)
     _run_id, rows = start(str(path), f"sqlite:///{tmp_path}/s.sqlite")
     assert [r["arm"] for r in rows] == [a["name"] for a in data["arms"]]

@@ -13,25 +13,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
 rl_app = typer.Typer(help="RL alignment of the US agent: data, SFT/GRPO, evaluation.",
                      no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the store.",
-                                       envvar="VRAGENT_DB")]
 RegistryOption = Annotated[str | None, typer.Option(
     "--registry", help="Policy registry folder (default $VRAGENT_POLICIES or runs/policies).")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _command_line(marker: str) -> str:

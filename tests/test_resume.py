@@ -83,3 +83,33 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, store_urls, kill_at, arm
 def test_resume_of_unknown_run_fails_cleanly(tmp_path):
     res = _cli(["run", "--resume", "nope", "--db", f"sqlite:///{tmp_path}/x.sqlite"])
     assert res.returncode == 2 and "no run 'nope'" in res.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_run_killed_twice_at_random_points_resumes_to_the_same_store(tmp_path, seed):
+    """Two SIGKILLs at seeded random points (a fan-out task or a store commit), then a resume."""
+    import random
+
+    sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
+                                   "refit_every": 1})
+    path = write_scenario(tmp_path, sc)
+    clean, crashed = f"sqlite:///{tmp_path}/clean.sqlite", f"sqlite:///{tmp_path}/crashed.sqlite"
+    assert _cli(["run", str(path), "--db", clean]).returncode == 0
+    rng = random.Random(seed)
+    # 3 arms x 3 tasks of 2 users = 9 fan-out tasks a step, one store commit a step.
+    points = [rng.choice([f"decide:{rng.randint(1, 9)}", f"log:{rng.randint(1, 2)}"])
+              for _ in range(2)]
+    first = _cli(["run", str(path), "--db", crashed], {"VRAGENT_FAULT_KILL_AT": points[0]})
+    assert first.returncode == -9, (points, first.stderr[-2000:])
+    run, _ = _snapshot(crashed)
+    # The second kill counts from the resumed process's own start; it may come after the end.
+    second = _cli(["run", "--resume", run.id, "--db", crashed],
+                  {"VRAGENT_FAULT_KILL_AT": points[1]})
+    assert second.returncode in (0, -9), (points, second.stderr[-2000:])
+    if second.returncode == -9:
+        assert _cli(["run", "--resume", run.id, "--db", crashed]).returncode == 0
+    _, want = _snapshot(clean)
+    run_r, got = _snapshot(crashed)
+    assert run_r.status == "finished"
+    for table in want:
+        assert got[table] == want[table], f"{table} differs after kills at {points}"

@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         from sandbox.ab_report import terminal_table, write_report
         from sandbox.assets import AssetError
         from sandbox.config import ScenarioError, load_scenario
+        from sandbox.policies import PolicyError, load_policy
         from sandbox.runner import RunError
         from sandbox.store import Store
 
@@ -70,7 +71,10 @@ def register(app: typer.Typer) -> None:
             if resume:
                 exp_id = resume
             else:
-                base_seed = load_scenario(scenario)[0].seed
+                sc = load_scenario(scenario)[0]
+                if sc.policy:
+                    load_policy(sc.policy)  # fail before anything is created
+                base_seed = sc.seed
                 seed_values = ([int(s) for s in seed_list.split(",") if s.strip()] if seed_list
                                else [base_seed + k for k in range(seeds)])
                 exp_id = create_experiment(store, scenario, seed_values, overrides=sets or (),
@@ -79,6 +83,8 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc), 2)
         except AbError as exc:
             _fail(str(exc), 2)
+        except PolicyError as exc:
+            _fail(f"{scenario}: policy: {exc}", 2)
         console.print(f"experiment [bold]{exp_id}[/] → {db}")
 
         def on_run(seed: int, run_id: str) -> None:
@@ -87,7 +93,7 @@ def register(app: typer.Typer) -> None:
         try:
             run_ids = run_experiment(store, exp_id, on_run=on_run)
             res = analyse_experiment(store, exp_id, settings if not resume else None)
-        except (AbError, RunError, ScenarioError) as exc:
+        except (AbError, RunError, ScenarioError, PolicyError) as exc:
             _fail(str(exc), 2)
         except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
             _fail(f"{exc} (resumable: vragent ab --resume {exp_id} --db {db})")

@@ -212,6 +212,10 @@ def test_ab_cli_rejects_bad_input_with_one_line(tmp_path):
     assert bad.returncode == 2 and "population.size" in bad.stderr
     bad = _cli(["ab", "--resume", "ab-nope", "--db", db])
     assert bad.returncode == 2 and "no experiment 'ab-nope'" in bad.stderr
+    missing = write_scenario(tmp_path, {**truth_scenario(), "policy": "no-such-policy"}, "p.yaml")
+    bad = _cli(["ab", str(missing), "--db", db], {"VRAGENT_POLICIES": str(tmp_path / "reg")})
+    assert bad.returncode == 2 and "policy" in bad.stderr and "no-such-policy" in bad.stderr
+    assert Store(db).list_experiments() == []  # nothing was created
 
 
 @pytest.mark.slow

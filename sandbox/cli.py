@@ -79,6 +79,7 @@ def run(
 ) -> None:
     """Run a scenario (or resume a run) and print the per-arm table."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from agents.backends.base import BackendError
     from environments.schema import DataFormatError
@@ -101,6 +102,8 @@ def run(
             run_id = create_run(store, sc, text, str(path))
     except (ScenarioError, PolicyError) as exc:
         _fail(f"{scenario}: policy: {exc}" if isinstance(exc, PolicyError) else str(exc), 2)
+    except SQLAlchemyError as exc:
+        _fail(f"store {db} unavailable: {_db_reason(exc)}; nothing was started")
     console.print(f"run [bold]{run_id}[/] → {db}")
     progress = Progress("[progress.description]{task.description}", BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err,
@@ -120,7 +123,15 @@ def run(
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
         _fail(f"{exc} (run {run_id} is resumable: vragent run --resume {run_id} --db {db})")
+    except SQLAlchemyError as exc:
+        _fail(f"store {db} unavailable: {_db_reason(exc)} (run {run_id} is resumable: "
+              f"vragent run --resume {run_id} --db {db})")
     console.print(_summary_table(rows, f"run {run_id}"))
+
+
+def _db_reason(exc: Exception) -> str:
+    """The database's own one-line reason, without SQLAlchemy's statement dump."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 @app.command()

@@ -161,13 +161,23 @@ class RunDriver:
         return step
 
     def fail(self, exc: BaseException) -> None:
-        """Record a failure (or an interrupt) and release the checkpointer."""
-        if isinstance(exc, KeyboardInterrupt):
-            self.store.update_run(self.run_id, status="interrupted", wall_s=self._wall())
-        else:
-            self.store.update_run(self.run_id, status="failed",
-                                  error=f"{type(exc).__name__}: {exc}", wall_s=self._wall())
-        self._close_conn()
+        """Record a failure (or an interrupt) and release the checkpointer.
+
+        When the store itself is what failed (locked, full, gone), the status cannot be
+        written either; the run then stays ``running`` in the store, which resumes the same way.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                self.store.update_run(self.run_id, status="interrupted", wall_s=self._wall())
+            else:
+                self.store.update_run(self.run_id, status="failed",
+                                      error=f"{type(exc).__name__}: {exc}", wall_s=self._wall())
+        except SQLAlchemyError:
+            pass  # the original error is the one to report
+        finally:
+            self._close_conn()
 
     def _close_conn(self) -> None:
         if self.conn is not None:

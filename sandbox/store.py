@@ -363,11 +363,20 @@ TABLES_IN_EXPORT = ("runs", "arms", "users", "items", "steps", "impressions", "d
 AB_TABLES = ("ab_experiments", "ab_arm_values", "ab_comparisons")
 
 
+def sqlite_busy_ms() -> int:
+    """``$VRAGENT_SQLITE_BUSY_MS`` (default 30,000): SQLite's wait for a lock, in ms."""
+    import os
+
+    raw = os.environ.get("VRAGENT_SQLITE_BUSY_MS", "30000")
+    return int(raw) if raw.isdigit() else 30000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable at each commit boundary
-    cur.execute("PRAGMA busy_timeout=30000")
+    # How long a write waits for a lock another connection holds before it fails.
+    cur.execute(f"PRAGMA busy_timeout={sqlite_busy_ms()}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -113,3 +113,56 @@ def test_run_killed_twice_at_random_points_resumes_to_the_same_store(tmp_path, s
     assert run_r.status == "finished"
     for table in want:
         assert got[table] == want[table], f"{table} differs after kills at {points}"
+
+
+def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
+    """Another connection takes SQLite's write lock mid-run: the run stops with a clear error,
+    and once the lock is gone it resumes to the same store as an uninterrupted run."""
+    import sqlite3
+    import threading
+    import time
+
+    sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
+                                   "refit_every": 1})
+    path = write_scenario(tmp_path, sc)
+    clean, locked = f"sqlite:///{tmp_path}/clean.sqlite", tmp_path / "locked.sqlite"
+    assert _cli(["run", str(path), "--db", clean]).returncode == 0
+    release, holding = threading.Event(), threading.Event()
+
+    def hold_the_lock_after_the_first_step():
+        while not release.is_set():
+            try:
+                conn = sqlite3.connect(locked, timeout=0.05, isolation_level=None)
+                if conn.execute("SELECT count(*) FROM steps").fetchone()[0] > 0:
+                    conn.execute("BEGIN EXCLUSIVE")
+                    holding.set()
+                    release.wait(120)
+                    conn.execute("ROLLBACK")
+                    conn.close()
+                    return
+                conn.close()
+            except sqlite3.OperationalError:
+                pass  # no tables yet, or the run holds the lock this instant
+            time.sleep(0.02)
+
+    locker = threading.Thread(target=hold_the_lock_after_the_first_step, daemon=True)
+    locker.start()
+    try:
+        first = _cli(["run", str(path), "--db", f"sqlite:///{locked}"],
+                     {"VRAGENT_SQLITE_BUSY_MS": "300"})
+    finally:
+        release.set()
+        locker.join(10)
+    assert holding.is_set(), "the lock was never taken"
+    assert first.returncode == 1, first.stderr[-2000:]
+    err_lines = [line for line in first.stderr.splitlines() if "error:" in line]
+    assert len(err_lines) == 1 and "database is locked" in err_lines[0], first.stderr[-2000:]
+    assert "Traceback" not in first.stderr
+    (run_id,) = [w for w in err_lines[0].split() if len(w) == 12 and w.isalnum()][:1]
+    again = _cli(["run", "--resume", run_id, "--db", f"sqlite:///{locked}"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    _, want = _snapshot(clean)
+    run_r, got = _snapshot(f"sqlite:///{locked}")
+    assert run_r.status == "finished"
+    for table in want:
+        assert got[table] == want[table], f"{table} differs after the lock"

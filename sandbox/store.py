@@ -375,8 +375,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable at each commit boundary
-    # How long a write waits for a lock another connection holds before it fails.
-    cur.execute(f"PRAGMA busy_timeout={sqlite_busy_ms()}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -440,7 +438,10 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder created and WAL turned on."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True)
+    # sqlite3's timeout is SQLite's busy timeout: how long a write waits for a lock another
+    # connection holds before it fails ("database is locked").
+    connect_args = ({"timeout": sqlite_busy_ms() / 1000} if url.startswith("sqlite") else {})
+    engine = create_engine(url, future=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

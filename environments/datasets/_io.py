@@ -262,12 +262,15 @@ def read_delimited(
     for line_no, fields in rows:
         if first_row:
             first_row = False
-            auto = header is None and fields is not None and _looks_like_header(fields, int_cols)
+            auto = (header is None and isinstance(fields, list)
+                    and _looks_like_header(fields, int_cols))
             if header is True or auto:
                 continue
         n_rows += 1
         if fields is None:
             problem: tuple[str, str] | None = ("unparseable row", "not valid CSV")
+        elif isinstance(fields, str):
+            problem = (fields, "a quoted field is never closed")
         else:
             problem = _check_row(fields, ncols, sep, int_cols, float_cols)
             if problem is None and check is not None:
@@ -283,38 +286,66 @@ def read_delimited(
         raise DataFormatError(f"{first_bad} ({n_bad} of {n_rows} rows bad)")
 
 
+UNCLOSED_QUOTE = "unclosed quote"
+
+
 def _split_rows(
     lines: Iterator[tuple[int, str]], sep: str, ncols: int, rest_in_last: bool, quoted: bool
-) -> Iterator[tuple[int, list[str] | None]]:
-    """Split decoded lines into fields; ``None`` marks a row the CSV parser rejected."""
+) -> Iterator[tuple[int, list[str] | str | None]]:
+    """Split decoded lines into fields.
+
+    ``None`` marks a row the CSV parser rejected, :data:`UNCLOSED_QUOTE` a quoted field that
+    never closes.
+    """
     if quoted:
-        # csv tracks quoted fields across physical lines; remember where each record began.
-        starts: list[int] = []
-
-        def feed() -> Iterator[str]:
-            for line_no, text in lines:
-                starts.append(line_no)
-                yield text + "\n"  # keeps newlines inside quoted fields
-
-        reader = csv.reader(feed(), delimiter=sep)
-        consumed = 0
-        while True:
-            try:
-                fields: list[str] | None = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                fields = None  # e.g. a NUL byte; the reader resets and goes on
-            start = starts[consumed] if consumed < len(starts) else 0
-            consumed = len(starts)
-            if fields is None:
-                yield start, None
-            elif fields:
-                yield start, fields
+        yield from _quoted_records(lines, sep)
+        return
     maxsplit = ncols - 1 if rest_in_last else -1
     for line_no, text in lines:
         if text.strip():
             yield line_no, text.split(sep, maxsplit)
+
+
+def _quoted_records(lines: Iterator[tuple[int, str]],
+                    sep: str) -> Iterator[tuple[int, list[str] | str | None]]:
+    """CSV records with quoted fields that may span lines, each with its first line's number.
+
+    A record is complete once its quotes pair up (``""`` inside a field is a pair too). A quote
+    that never closes would swallow every later row into one field, so a record stops being
+    continued at a line that starts like a new row (an integer id, then the separator); it is
+    reported as :data:`UNCLOSED_QUOTE` and that line starts the next record.
+    """
+    row_start = re.compile(r"\s*-?\d+" + re.escape(sep))
+    pending: tuple[int, str] | None = None
+    source = iter(lines)
+    while True:
+        first = pending or next(source, None)
+        pending = None
+        if first is None:
+            return
+        start, text = first
+        parts = [text]
+        quotes = text.count('"')
+        while quotes % 2:
+            nxt = next(source, None)
+            if nxt is None or row_start.match(nxt[1]):
+                pending = nxt
+                break
+            parts.append(nxt[1])
+            quotes += nxt[1].count('"')
+        if quotes % 2:
+            yield start, UNCLOSED_QUOTE
+            continue
+        if not "".join(parts).strip():
+            continue
+        try:
+            records = list(csv.reader(["\n".join(parts) + "\n"], delimiter=sep))
+        except csv.Error:
+            yield start, None  # e.g. a NUL byte
+            continue
+        for fields in records:
+            if fields:
+                yield start, fields
 
 
 def read_numeric_table(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from agents.ip_agent import ItemText
 from agents.prompts import PersonaView
@@ -15,6 +16,14 @@ _GENDER = {"M": "male", "F": "female"}
 
 def item_line(item: ItemText, profile_text: str | None = None) -> str:
     """How an item appears in prompts: sanitised title, then its category."""
+    return _item_line(item, profile_text)
+
+
+# Sanitising is the costly part of a prompt line and an item's text never changes, so every
+# slate and history that shows the item again reuses the line (bounded: hostile titles can be
+# long).
+@lru_cache(maxsize=1 << 16)
+def _item_line(item: ItemText, profile_text: str | None) -> str:
     title = clean_item_text(item.title).text or f"item {item.item_id}"
     cat = clean_item_text(item.category.replace("|", ", "), max_chars=60).text
     line = f"{title} [{cat}]" if cat else title

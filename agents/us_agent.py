@@ -47,9 +47,19 @@ class SlateRequest:
 
     arm: str
     user_id: int
-    persona: PersonaView
+    persona: PersonaView | Callable[[], PersonaView]
     candidates: list[Candidate]
     friends_liked: tuple[str, ...] = ()
+
+    def view(self) -> PersonaView:
+        """The persona; given as a function, it is built on first use and kept.
+
+        A response model decides without reading a prompt, so at population scale most
+        personas are never built (they cost more than the decision itself).
+        """
+        if callable(self.persona):
+            self.persona = self.persona()
+        return self.persona
 
 
 @dataclass
@@ -77,6 +87,10 @@ class DecisionRecord:
     prompt_truncated: bool = False
     cache_hit: bool = False  # every LLM result behind the decision came from the response cache
     attempts: int = 1  # generate mode: completions asked for (format retries included)
+
+    def as_row(self) -> dict:
+        """The fields as a plain dict (every field is a scalar; ``asdict`` would deep-copy)."""
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -124,7 +138,7 @@ def user_uniforms(seed: int, step: int, user_id: int, slate_size: int) -> dict[s
 
 
 def _think_prompt(request: SlateRequest, cand: Candidate) -> ChatPrompt:
-    return judgement_prompt(request.persona, cand.text, think=True,
+    return judgement_prompt(request.view(), cand.text, think=True,
                             friends_liked=request.friends_liked)
 
 
@@ -204,13 +218,14 @@ class USAgent:
         return "watch" if u < p else "skip"
 
     def _score(self, flat, draws, gen_seed: int):
-        prompts = [
-            score_prompt(r.persona, c.text, friends_liked=r.friends_liked)
-            for r, c in flat
-        ]
         if self.response_model is not None:
+            # No model reads a score prompt, so none is built or stored: a response-model
+            # decision keeps a prompt only when it is traced (the chain-of-thought prompt).
+            prompts = None
             scores = self._model_scores(flat)
         else:
+            prompts = [score_prompt(r.view(), c.text, friends_liked=r.friends_liked)
+                       for r, c in flat]
             scores = self.backend.score(prompts, ("Yes", "No"))
         traced_idx = [
             i for i, (r, c) in enumerate(flat)
@@ -235,7 +250,8 @@ class USAgent:
                 DecisionRecord(
                     arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
                     rec_score=c.rec_score, action=action, p_like=p,
-                    prompt=(think_prompts[i] if gen else prompts[i]).flat_text(),
+                    prompt=(think_prompts[i].flat_text() if gen
+                            else prompts[i].flat_text() if prompts else ""),
                     completion=gen.text if gen else None,
                     think=parsed.think if parsed else None,
                     answer=parsed.answer if parsed else None,

@@ -70,7 +70,9 @@ def main() -> None:
                          run_ids=run_ids, command="bench")
             t_rep = time.perf_counter() - t0
             decisions = n * 2 * args.steps * args.slate
-            db_mb = Path(f"{tmp}/ab.sqlite").stat().st_size / 2**20
+            store.engine.dispose()
+            # The WAL file too: a store not yet checkpointed keeps its newest pages there.
+            db_mb = sum(f.stat().st_size for f in Path(tmp).glob("ab.sqlite*")) / 2**20
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rows.append((n, decisions, t_sim, t_an, t_rep, rss, db_mb))
     print(f"steps={args.steps} slate={args.slate} arms=2 resamples={args.resamples}")

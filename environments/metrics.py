@@ -33,18 +33,25 @@ def intra_list_diversity(slates: Iterable[Sequence[int]],
     Items without an embedding are left out; slates with fewer than two embedded items do not
     count. ``None`` when no slate counts.
     """
-    values = []
+    # Slates of one length are done together as a (slates, length, dim) block: a population
+    # step has a slate per user, and one numpy call per slate would dominate the step.
+    by_len: dict[int, list[list[np.ndarray]]] = {}
     for slate in slates:
-        vecs = [np.asarray(embeddings[i], dtype=np.float64) for i in slate if i in embeddings]
-        if len(vecs) < 2:
-            continue
-        m = np.stack(vecs)
-        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        vecs = [embeddings[i] for i in slate if i in embeddings]
+        if len(vecs) >= 2:
+            by_len.setdefault(len(vecs), []).append(vecs)
+    if not by_len:
+        return None
+    total, count = 0.0, 0
+    for length, group in by_len.items():
+        m = np.asarray(group, dtype=np.float64)
+        norms = np.linalg.norm(m, axis=2, keepdims=True)
         unit = m / np.where(norms == 0, 1.0, norms)
-        cos = unit @ unit.T
-        iu = np.triu_indices(len(vecs), k=1)
-        values.append(float(np.mean(1.0 - cos[iu])))
-    return float(np.mean(values)) if values else None
+        cos = np.einsum("nid,njd->nij", unit, unit)
+        iu = np.triu_indices(length, k=1)
+        total += float(np.sum(np.mean(1.0 - cos[:, iu[0], iu[1]], axis=1)))
+        count += len(group)
+    return total / count
 
 
 def novelty(slates: Iterable[Sequence[int]], popularity: Mapping[int, int],

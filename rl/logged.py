@@ -227,7 +227,11 @@ def rows_from_store(
     source = f"run:{run_id}"
     by_user: dict[int, list[tuple[int, str, str, ChatPrompt]]] = {}
     for did, user, item in kept:
-        layout = _parse_logged(texts.get(did, ""))
+        text = texts.get(did, "")
+        if not text:  # a response model decided: no prompt was logged, nothing to learn from
+            counts["no_prompt"] = counts.get("no_prompt", 0) + 1
+            continue
+        layout = _parse_logged(text)
         if layout is None:
             counts["unparsed_prompt"] = counts.get("unparsed_prompt", 0) + 1
             continue

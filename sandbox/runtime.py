@@ -8,6 +8,7 @@ store already holds, so a resumed run continues from exactly the state an uninte
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -144,10 +145,13 @@ class SimulationRuntime:
             model.fit(self.split.train)
 
             def learned(users: np.ndarray, items: np.ndarray, arms: list[str]) -> np.ndarray:
-                # The user vector reads the memory: real history, then simulated watches.
-                vecs = np.stack([model.user_vector(self.model.by_user[int(u)].history(a))
-                                 for u, a in zip(users, arms, strict=True)])
-                return model.predict(vecs, items)
+                # The user vector reads the memory: real history, then simulated watches. One
+                # per (user, arm), not per impression: a slate shares it.
+                keys = list(zip(users.tolist(), arms, strict=True))
+                unique = {k: n for n, k in enumerate(dict.fromkeys(keys))}
+                table = np.stack([model.user_vector(self.model.by_user[u].history(a))
+                                  for u, a in unique])
+                return model.predict(table[[unique[k] for k in keys]], items)
 
             return {"response_model": learned, "response_model_id": "learned-logistic"}
         return {}
@@ -316,8 +320,9 @@ class SimulationRuntime:
                     social.add((u, pos))
                     line += SOCIAL_MARK
                 cands.append(Candidate(int(i), line, pos, float(s)))
-            requests.append(SlateRequest(arm, u, self.persona_for(u, arm), cands,
-                                         self._friends_liked(u, arm)))
+            # Built only if a prompt needs it (a response model decides without one).
+            persona = functools.partial(self.persona_for, u, arm)
+            requests.append(SlateRequest(arm, u, persona, cands, self._friends_liked(u, arm)))
         with self.backend.meter() as calls:
             outcomes = self.us_agent.decide(requests, step, batch_key=task["batch_key"])
         wall = time.perf_counter() - t0
@@ -325,8 +330,8 @@ class SimulationRuntime:
         out = [
             {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
              "wall_s": wall / max(1, len(outcomes)),
-             "decisions": [{**asdict(d), "source": "social" if (o.user_id, d.position) in social
-                            else "rec"} for d in o.decisions],
+             "decisions": [self._decision_row(d, (o.user_id, d.position) in social)
+                           for d in o.decisions],
              "llm_calls": []}
             for o in outcomes
         ]
@@ -337,6 +342,12 @@ class SimulationRuntime:
                 for seq, c in enumerate(calls)
             ]
         return out
+
+    @staticmethod
+    def _decision_row(d, social: bool) -> dict[str, Any]:
+        row = d.as_row()
+        row["source"] = "social" if social else "rec"
+        return row
 
     def _friends_liked(self, user_id: int, arm: str) -> tuple[str, ...]:
         n = self.sc.social.show_friends_likes
@@ -351,6 +362,7 @@ class SimulationRuntime:
     def log(self, step: int, outcomes: list[dict[str, Any]]) -> bool:
         """Write the step in one transaction, then update memory; ``False`` if already logged."""
         outcomes = sorted(outcomes, key=lambda o: (self.arm_names.index(o["arm"]), o["user_id"]))
+        metrics = self._metrics(step, outcomes)
         impressions, decisions, sessions = [], [], []
         for o in outcomes:
             acts = [d["action"] for d in o["decisions"]]
@@ -360,14 +372,14 @@ class SimulationRuntime:
                 "left": o["left"], "leave_prob": o["leave_prob"],
             })
             for d in o["decisions"]:
+                # The outcome dicts are this step's own and dropped after it: each becomes its
+                # decision row in place (a population step would otherwise copy a million).
                 impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
                                     "position": d["position"], "item_id": d["item_id"],
-                                    "rec_score": d["rec_score"],
-                                    "source": d.get("source", "rec")})
-                row = {k: v for k, v in d.items() if k not in ("rec_score", "source")}
-                row["step"] = step
-                decisions.append(row)
-        metrics = self._metrics(step, outcomes)
+                                    "rec_score": d.pop("rec_score"),
+                                    "source": d.pop("source", "rec")})
+                d["step"] = step
+                decisions.append(d)
         steps = []
         for arm in self.arm_names:
             arm_out = [o for o in outcomes if o["arm"] == arm]

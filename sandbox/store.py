@@ -54,6 +54,14 @@ _NUL, _ESC = "\x00", "\ue000"  # NUL, and a private-use character that escapes i
 _UNESCAPE = re.compile("\ue000([\ue001\ue002])")
 
 
+#: Surrogate row ids: 64-bit (``bigserial``) on PostgreSQL, where one database collects many
+#: runs and a population run alone writes tens of millions of rows; on SQLite an ``INTEGER``
+#: primary key is already the 64-bit rowid (and only that exact type autoincrements there).
+RowId = BigInteger().with_variant(Integer, "sqlite")
+
+#: Rows per INSERT statement when a step is logged (all in the step's one transaction).
+LOG_CHUNK_ROWS = 20_000
+
 class NulSafeText(TypeDecorator):
     """``TEXT`` that round-trips NUL characters on PostgreSQL too.
 
@@ -109,7 +117,7 @@ class Arm(Base):
     """One recommender arm of a run."""
 
     __tablename__ = "arms"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
     name: Mapped[str] = mapped_column(String(100))
     recommender: Mapped[str] = mapped_column(String(100))
@@ -147,7 +155,7 @@ class ItemProfileRow(Base):
     """An IP-agent profile, cached per dataset, item and model across runs."""
 
     __tablename__ = "item_profiles"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     dataset: Mapped[str] = mapped_column(String(200))
     item_id: Mapped[int] = mapped_column(BigInteger)
     model_id: Mapped[str] = mapped_column(String(200))
@@ -185,7 +193,7 @@ class Impression(Base):
     """One slot of a slate shown to a user."""
 
     __tablename__ = "impressions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
     arm: Mapped[str] = mapped_column(String(100))
     step: Mapped[int] = mapped_column(Integer)
@@ -203,7 +211,7 @@ class Decision(Base):
     """What the simulated user did with one impression, and why."""
 
     __tablename__ = "decisions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
     arm: Mapped[str] = mapped_column(String(100))
     step: Mapped[int] = mapped_column(Integer)
@@ -263,7 +271,7 @@ class LlmCacheEntry(Base):
     """A cached LLM result, shared by every run of the store (agents/backends/caching.py)."""
 
     __tablename__ = "llm_cache"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)  # CacheKey.digest
     backend_kind: Mapped[str] = mapped_column(String(50))
     model_id: Mapped[str] = mapped_column(String(200))
@@ -285,7 +293,7 @@ class LlmCall(Base):
     """
 
     __tablename__ = "llm_calls"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
     agent: Mapped[str] = mapped_column(String(10))  # "us" | "ip"
     arm: Mapped[str] = mapped_column(String(100))  # "" for the IP agent
@@ -322,7 +330,7 @@ class AbArmValue(Base):
     """One arm's value of one metric, with its bootstrap interval (``seed`` NULL: pooled)."""
 
     __tablename__ = "ab_arm_values"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     experiment_id: Mapped[str] = mapped_column(ForeignKey("ab_experiments.id"))
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     arm: Mapped[str] = mapped_column(String(100))
@@ -338,7 +346,7 @@ class AbComparison(Base):
     """Arm minus baseline for one metric: paired bootstrap interval and permutation p."""
 
     __tablename__ = "ab_comparisons"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     experiment_id: Mapped[str] = mapped_column(ForeignKey("ab_experiments.id"))
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     metric: Mapped[str] = mapped_column(String(100))
@@ -563,8 +571,12 @@ class Store:
                 (StepRow, steps), (Impression, impressions), (Decision, decisions),
                 (SessionEvent, sessions), (Metric, metrics), (LlmCall, llm_calls),
             ):
-                if rows:
-                    s.execute(insert(model), [{"run_id": run_id, **r} for r in rows])
+                # Core inserts on the table: the ORM's bulk path costs several times more per
+                # row. A population step can hold a million rows, so they go in slices: the
+                # driver's copies of the parameters then never hold the whole step at once.
+                for start in range(0, len(rows), LOG_CHUNK_ROWS):
+                    s.execute(model.__table__.insert(),
+                              [{"run_id": run_id, **r} for r in rows[start:start + LOG_CHUNK_ROWS]])
             s.execute(
                 Run.__table__.update().where(Run.id == run_id).values(steps_done=step + 1)
             )

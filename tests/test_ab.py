@@ -271,7 +271,8 @@ def test_friends_likes_are_injected_into_one_arms_slates(tmp_path):
               {"name": "social", "recommender": "random"}],
         social={"graph": "watts_strogatz", "k": 6, "p": 0.1, "inject_friends_likes": 2,
                 "show_friends_likes": 3},
-        backend={"kind": "tiny", "trace_rate": 0.0})
+        # Every decision traced: a response-model decision stores a prompt only then.
+        backend={"kind": "tiny", "trace_rate": 1.0, "max_new_tokens": 4})
     store, exp_id, _ = _experiment(tmp_path, sc, [1])
     run_id = store.get_experiment(exp_id).run_ids[0]
     with store.session() as s:
@@ -393,6 +394,9 @@ def test_every_bundled_scenario_runs_one_small_step(tmp_path, name, data_dir):
         # Fitting SASRec and MF on 50k MicroLens users costs minutes even for one epoch; both
         # are covered on MovieLens here and on MicroLens by the IP-agent experiment's test.
         data["arms"] = [a for a in data["arms"] if a["recommender"] not in ("sasrec", "mf")]
+    synthetic = data["dataset"].get("synthetic", {})
+    if synthetic.get("n_users", 0) > 2000:  # population_scale's world: 100k users to fit on
+        synthetic["n_users"] = 2000
     path = write_scenario(tmp_path, data)
     _run_id, rows = start(str(path), f"sqlite:///{tmp_path}/s.sqlite")
     assert [r["arm"] for r in rows] == [a["name"] for a in data["arms"]]

@@ -81,3 +81,23 @@ def test_simulation_runs_on_the_learned_model_without_llm_calls(tmp_path):
     assert decs and {d[0] for d in decs} == {"learned-logistic"}
     assert all(d[1] == 0 and 0 < d[2] < 1 for d in decs)
     assert len({round(d[2], 6) for d in decs}) > 10  # personal, not one constant
+
+
+def test_response_model_decisions_store_a_prompt_only_when_one_was_read(tmp_path):
+    """With a response model no LLM reads the score prompt, so none is built or stored; the
+    traced decisions keep the chain-of-thought prompt the LLM did read."""
+    sc = tiny_scenario(response_model="learned", backend={"kind": "tiny", "trace_rate": 0.4},
+                       ip_agent={"enabled": False})
+    path = write_scenario(tmp_path, sc)
+    url = f"sqlite:///{tmp_path}/s.sqlite"
+    run_id, _rows = start(str(path), url)
+    with Store(url).session() as s:
+        decs = s.execute(select(Decision.traced, Decision.prompt, Decision.completion)
+                         .where(Decision.run_id == run_id)).all()
+    traced = [d for d in decs if d.traced]
+    untraced = [d for d in decs if not d.traced]
+    assert traced and untraced
+    assert all(d.prompt == "" and d.completion is None for d in untraced)
+    assert all(d.prompt.startswith("<|system|>") and "User profile:" in d.prompt
+               and d.completion is not None for d in traced)
+

@@ -73,3 +73,28 @@ def test_text_with_nul_round_trips(store_url):
         assert (d.completion, d.think) == (weird, weird[:5])
         assert s.scalar(select(func.count()).select_from(Decision).where(
             Decision.completion == weird)) == 1
+
+
+def test_row_ids_are_64_bit_and_autoincrement(store_url):
+    """Surrogate ids hold more than 2**31 rows (PostgreSQL ``bigint``; SQLite's rowid already
+    is 64-bit) and still number new rows themselves."""
+    from sqlalchemy import insert, inspect, select
+
+    from sandbox.store import Impression, Run
+
+    store = Store(store_url)
+    with store.session() as s:
+        s.add(Run(id="r1", scenario_name="s", scenario_yaml="", config={}, seed=0, versions={},
+                  status="created", n_steps=1))
+    cols = {c["name"]: c for c in inspect(store.engine).get_columns("decisions")}
+    kind = str(cols["id"]["type"]).upper()
+    assert kind == ("BIGINT" if store.engine.dialect.name == "postgresql" else "INTEGER"), kind
+    with store.session() as s:
+        big = 2**31 + 5
+        row = {"run_id": "r1", "arm": "a", "user_id": 1, "position": 0, "item_id": 3,
+               "rec_score": 0.5}
+        s.execute(insert(Impression), [{**row, "id": big, "step": 0}])
+        s.execute(insert(Impression), [{**row, "step": 1}])
+    with store.session() as s:
+        ids = sorted(s.scalars(select(Impression.id)), key=lambda i: i != big)
+    assert ids[0] == big and ids[1] > 0 and ids[1] != big

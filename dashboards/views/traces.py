@@ -106,7 +106,8 @@ def decision_heading(row: pd.Series) -> str:
 def show_texts(prompt: str, completion: str | None) -> None:
     """A decision's full prompt and raw completion."""
     st.caption("prompt")
-    st.code(common.clean_text(prompt), language=None, wrap_lines=True)
+    st.code(common.clean_text(prompt) or "(none: a response model decided, no LLM read a "
+            "prompt)", language=None, wrap_lines=True)
     st.caption("raw completion")
     st.code(common.clean_text(completion) if completion is not None
             else "(none: this decision was scored, not generated)", language=None,

@@ -78,6 +78,8 @@ def run(
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run.")] = None,
 ) -> None:
     """Run a scenario (or resume a run) and print the per-arm table."""
+    import sqlite3
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,7 +88,7 @@ def run(
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError, load_scenario
     from sandbox.policies import PolicyError, load_policy
-    from sandbox.runner import RunError, create_run, execute
+    from sandbox.runner import RunError, checkpoint_path, create_run, execute
     from sandbox.store import Store
 
     if not scenario and not resume:
@@ -121,11 +123,15 @@ def run(
             rows = execute(store, run_id, progress=on_progress)
     except (ScenarioError, RunError, PolicyError) as exc:
         _fail(str(exc), 2)
-    except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
+    except (AssetError, DataFormatError, BackendError, OSError) as exc:
+        # OSError: a missing file, or a full disk or quota while writing one.
         _fail(f"{exc} (run {run_id} is resumable: vragent run --resume {run_id} --db {db})")
     except SQLAlchemyError as exc:
         _fail(f"store {db} unavailable: {_db_reason(exc)} (run {run_id} is resumable: "
               f"vragent run --resume {run_id} --db {db})")
+    except sqlite3.Error as exc:  # only the LangGraph checkpointer talks to sqlite3 directly
+        _fail(f"checkpoint file {checkpoint_path(store)} unavailable: {exc} (run {run_id} is "
+              f"resumable: vragent run --resume {run_id} --db {db})")
     console.print(_summary_table(rows, f"run {run_id}"))
 
 

@@ -166,3 +166,133 @@ def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
     assert run_r.status == "finished"
     for table in want:
         assert got[table] == want[table], f"{table} differs after the lock"
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 64 MiB tmpfs of its own, so filling it fills nothing else (needs root to mount)."""
+    mount = tmp_path / "tinyfs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs in CI: {made.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path, tiny_filesystem):
+    """The store's filesystem fills up after the first step: the run stops with a one-line
+    error naming the store and the resume command (exit 1), loses nothing, and once space is
+    freed it resumes to the same store as an uninterrupted run."""
+    import sqlite3
+    import threading
+    import time
+
+    sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
+                                   "refit_every": 1})
+    path = write_scenario(tmp_path, sc)
+    clean, full = f"sqlite:///{tmp_path}/clean.sqlite", tiny_filesystem / "full.sqlite"
+    assert _cli(["run", str(path), "--db", clean]).returncode == 0
+    filler, stop, filled = tiny_filesystem / "filler.bin", threading.Event(), threading.Event()
+
+    def fill_the_disk_after_the_first_step():
+        while not stop.is_set():
+            try:
+                conn = sqlite3.connect(f"file:{full}?mode=ro", uri=True, timeout=0.05)
+                logged = conn.execute("SELECT count(*) FROM steps").fetchone()[0]
+                conn.close()
+            except sqlite3.OperationalError:
+                logged = 0  # no store or no tables yet
+            if logged:
+                with open(filler, "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * (1 << 16))
+                            f.flush()
+                    except OSError:
+                        pass  # ENOSPC: the filesystem is full
+                filled.set()
+                return
+            time.sleep(0.01)
+
+    filling = threading.Thread(target=fill_the_disk_after_the_first_step, daemon=True)
+    filling.start()
+    try:
+        first = _cli(["run", str(path), "--db", f"sqlite:///{full}"])
+    finally:
+        stop.set()
+        filling.join(10)
+    assert filled.is_set(), "the disk was never filled"
+    assert first.returncode == 1, first.stderr[-2000:]
+    err_lines = [line for line in first.stderr.splitlines() if "error:" in line]
+    assert len(err_lines) == 1, first.stderr[-2000:]
+    assert "full" in err_lines[0] or "No space left" in err_lines[0], err_lines[0]
+    assert "Traceback" not in first.stderr
+    (run_id,) = [w for w in err_lines[0].split() if len(w) == 12 and w.isalnum()][:1]
+    assert f"vragent run --resume {run_id}" in err_lines[0]
+    # Nothing half-written: whole steps only, and fewer than all of them.
+    conn = sqlite3.connect(f"file:{full}?mode=ro", uri=True)
+    per_step = conn.execute("SELECT step, count(*) FROM decisions GROUP BY step").fetchall()
+    conn.close()
+    assert len(per_step) < 3, per_step  # the run stopped before its end
+    filler.unlink()
+    again = _cli(["run", "--resume", run_id, "--db", f"sqlite:///{full}"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    _, want = _snapshot(clean)
+    run_r, got = _snapshot(f"sqlite:///{full}")
+    assert run_r.status == "finished"
+    for table in want:
+        assert got[table] == want[table], f"{table} differs after the full disk"
+    clean_per_step = dict(sqlite3.connect(f"{tmp_path}/clean.sqlite").execute(
+        "SELECT step, count(*) FROM decisions GROUP BY step").fetchall())
+    # Every step the failed run left behind was whole.
+    assert all(clean_per_step[s] == n for s, n in per_step), (per_step, clean_per_step)
+
+
+def test_a_failing_checkpoint_file_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    """The LangGraph checkpoint file (beside the store, written through sqlite3 directly) fails
+    as a full disk would: one line naming that file and the resume command, exit 1, and the
+    resumed run equals an uninterrupted one."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    import sandbox.runner as runner
+    from sandbox.cli import app
+
+    sc = tiny_scenario(simulation={"steps": 2, "slate_size": 3, "users_per_task": 2},
+                       backend={"trace_rate": 0.0}, ip_agent={"enabled": False})
+    path = write_scenario(tmp_path, sc)
+    clean, broken = f"sqlite:///{tmp_path}/clean.sqlite", f"sqlite:///{tmp_path}/broken.sqlite"
+    assert CliRunner().invoke(app, ["run", str(path), "--db", clean]).exit_code == 0
+    real_saver = runner._saver
+
+    def saver_whose_disk_fills_at_the_first_write(ckpt_path):
+        saver, conn = real_saver(ckpt_path)
+
+        def put_on_a_full_disk(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        saver.put = put_on_a_full_disk
+        return saver, conn
+
+    monkeypatch.setattr(runner, "_saver", saver_whose_disk_fills_at_the_first_write)
+    first = CliRunner().invoke(app, ["run", str(path), "--db", broken])
+    assert first.exit_code == 1, first.output
+    lines = [line for line in first.output.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "checkpoint file" in lines[0], first.output
+    assert "broken.checkpoints.sqlite unavailable: database or disk is full" in first.output
+    assert "is resumable: vragent run --resume" in first.output
+    monkeypatch.setattr(runner, "_saver", real_saver)
+    (run_id,) = [r.id for r in Store(broken).list_runs()]
+    assert CliRunner().invoke(app, ["run", "--resume", run_id, "--db", broken]).exit_code == 0
+    _, want = _snapshot(clean)
+    run_r, got = _snapshot(broken)
+    assert run_r.status == "finished"
+    for table in want:
+        assert got[table] == want[table], f"{table} differs after the checkpoint failure"

@@ -139,6 +139,41 @@ class LogisticResponseModel:
         return 1 / (1 + np.exp(-z))
 
 
+def collaborative_item_vectors(histories: Mapping[int, Sequence[int]], dim: int = 32,
+                               seed: int = 0) -> dict[int, np.ndarray]:
+    """Item vectors from the logs alone: a truncated SVD of the binary user × item matrix.
+
+    For when no text or category vector is at hand (an RL data folder holds only ids). Items
+    watched by the same users get close vectors, which is what the response model's history
+    features need.
+
+    Args:
+        histories: user -> items (the logs the model may see, never evaluation targets).
+        dim: vector width (capped below the matrix's smaller side).
+        seed: seeds the SVD's start vector.
+
+    Returns:
+        item -> vector, for every item in the histories (empty when there are none).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    items = sorted({int(i) for h in histories.values() for i in h})
+    if not items:
+        return {}
+    col = {i: k for k, i in enumerate(items)}
+    pairs = {(r, col[int(i)]) for r, u in enumerate(sorted(histories)) for i in histories[u]}
+    rows, cols = (np.fromiter((p[j] for p in pairs), np.int64, len(pairs)) for j in (0, 1))
+    m = sp.csr_matrix((np.ones(len(pairs)), (rows, cols)), shape=(len(histories), len(items)))
+    k = min(dim, min(m.shape) - 1)
+    if k < 1:  # one user or one item: nothing to factorise, every item is alike
+        return {i: np.ones(1) for i in items}
+    v0 = np.random.default_rng(seed).random(min(m.shape))
+    _u, sing, vt = svds(m, k=k, v0=v0)
+    vecs = (vt.T * np.sqrt(sing)).astype(np.float64)
+    return {i: vecs[col[i]] for i in items}
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (rank formula, ties averaged)."""
     from scipy.stats import rankdata

@@ -30,6 +30,8 @@ Baselines:
   items. Its judgement threshold is tuned on training rows (:func:`tune_threshold`).
 * :class:`RecommenderScorer`: any fitted :mod:`environments.recommenders` model's
   ``score(user_ids)`` for the row's candidates.
+* :class:`ResponseModelScorer`: the simulator's learned (non-LLM) user model, the one that
+  drives population-scale runs: a fidelity baseline for the LLM users.
 """
 
 from __future__ import annotations
@@ -549,3 +551,72 @@ class RecommenderScorer(BaseScorer):
                     cols = sorter[np.maximum(pos, 0)] if cat.size else pos
                     out[k] = np.where(pos >= 0, line[cols] if cat.size else 0.0, -np.inf)
         return [s if s is not None else np.zeros(0) for s in out]
+
+
+class ResponseModelScorer(BaseScorer):
+    """The simulator's learned user model as a baseline: p(watch | the row's history, item).
+
+    This is :class:`environments.response_model.LogisticResponseModel`, the model that decides
+    for users in population-scale runs (``response_model: learned``), scored on the same rows
+    as the LLM policies: how well it agrees with real users is the fidelity bar the LLM users
+    have to clear to be worth their cost. The user vector comes from the row's own
+    ``history_ids``, so held-out users need not have been seen in training. The judgement
+    threshold is tuned on training rows (:meth:`fit_threshold`).
+
+    Args:
+        model: a fitted response model.
+        name: the model's name in result tables.
+        seed: seeds selection tie-breaking.
+        threshold: a known judgement threshold, else tune one.
+        tie_break: see :class:`BaseScorer`.
+    """
+
+    def __init__(self, model: Any, name: str = "learned response model", *, seed: int = 0,
+                 threshold: float | None = None, tie_break: TieBreak = "random") -> None:
+        super().__init__(name, seed=seed, threshold=threshold, tie_break=tie_break)
+        self.model = model
+
+    @classmethod
+    def fit_on(cls, interactions: pd.DataFrame,
+               item_vectors: Mapping[int, np.ndarray] | None = None, *, dim: int = 32,
+               seed: int = 0, **kwargs: Any) -> ResponseModelScorer:
+        """Fit the response model on an interactions frame (``user_id, item_id, order``).
+
+        Args:
+            interactions: what the model may learn from (histories, never targets).
+            item_vectors: item vectors (text or category); without them, vectors come from
+                the interactions themselves
+                (:func:`environments.response_model.collaborative_item_vectors`).
+            dim: width of those collaborative vectors.
+            seed: seeds the fit's sampling and the SVD.
+            **kwargs: passed to the scorer.
+
+        Returns:
+            The fitted scorer.
+        """
+        from environments.response_model import (
+            LogisticResponseModel,
+            collaborative_item_vectors,
+        )
+
+        ordered = interactions.sort_values(["user_id", "order"], kind="stable")
+        histories = {int(u): g["item_id"].astype(int).tolist()
+                     for u, g in ordered.groupby("user_id", sort=True)}
+        vectors = (item_vectors if item_vectors is not None
+                   else collaborative_item_vectors(histories, dim=dim, seed=seed))
+        popularity = interactions["item_id"].astype(int).value_counts().to_dict()
+        model = LogisticResponseModel(vectors, popularity, seed=seed)
+        model.fit(histories)
+        return cls(model, seed=seed, **kwargs)
+
+    def item_scores(self, rows: Sequence[Row]) -> list[np.ndarray]:
+        """p(watch) of each row's candidates given the row's history."""
+        rows = as_rows(rows)
+        if not rows:
+            return []
+        sizes = [len(r["item_ids"]) for r in rows]
+        user_vecs = np.stack([self.model.user_vector([int(i) for i in r["history_ids"]])
+                              for r in rows])
+        items = np.concatenate([np.asarray(r["item_ids"], dtype=np.int64) for r in rows])
+        flat = self.model.predict(np.repeat(user_vecs, sizes, axis=0), items)
+        return np.split(np.asarray(flat, dtype=np.float64), np.cumsum(sizes)[:-1])

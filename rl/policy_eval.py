@@ -3,8 +3,9 @@
 Models, side by side on the same rows:
 
 * non-LLM baselines (:mod:`rl.baselines`): random, the popularity prior (counts from
-  histories only, ``popularity.json`` of the data folder), item-kNN over co-watching, and a
-  recommender's scores (the simulation's recommenders, fitted on histories, never targets);
+  histories only, ``popularity.json`` of the data folder), item-kNN over co-watching, a
+  recommender's scores (the simulation's recommenders, fitted on histories, never targets),
+  and the learned response model that drives population-scale runs;
 * the frozen base model with the prompt alone (Agent4Rec-style prompting);
 * registered policies (SFT, GRPO, GRPO without thinking ...).
 
@@ -30,6 +31,7 @@ from rl.baselines import (
     PopularityScorer,
     RandomScorer,
     RecommenderScorer,
+    ResponseModelScorer,
     history_interactions,
 )
 from rl.evaluation import LLMPolicy, evaluate, results_markdown
@@ -90,12 +92,19 @@ def _baselines(cfg: EvalConfig, train_rows: list[dict], eval_rows: list[dict],
     knn = ItemKNNScorer(seed=cfg.seed).fit(inter)
     rec = make_recommender(cfg.recommender, seed=cfg.seed).fit(inter)
     rec_scorer = RecommenderScorer(rec, f"{cfg.recommender} scores", seed=cfg.seed)
+    out = {"random": RandomScorer(cfg.seed), "popularity": pop, "item-kNN": knn,
+           f"{cfg.recommender} scores": rec_scorer}
+    try:
+        # The simulator's non-LLM user model: the fidelity an LLM user has to beat.
+        learned = ResponseModelScorer.fit_on(inter, seed=cfg.seed)
+        out[learned.name] = learned
+    except ValueError:
+        pass  # no history of two items or more: nothing it could learn, so no row for it
     judge_train = [r for r in train_rows if r["task"] == "judgement"]
-    for scorer in (knn, rec_scorer):
-        if judge_train:
+    for name, scorer in out.items():
+        if judge_train and name not in ("random", "popularity"):
             scorer.fit_threshold(judge_train)  # tuned on train users, applied to held-out
-    return {"random": RandomScorer(cfg.seed), "popularity": pop, "item-kNN": knn,
-            f"{cfg.recommender} scores": rec_scorer}
+    return out
 
 
 def _backend(path: Path, name: str, cfg: EvalConfig):

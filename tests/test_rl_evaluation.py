@@ -660,3 +660,35 @@ def test_calibration_popularity_prior_and_itemknn(data_dir: Path, kind, folder, 
     assert jud == pytest.approx(expected[0], abs=0.03)
     assert sel == pytest.approx(expected[1], abs=0.03)
     assert knn_j > rnd_j + 0.1 and knn_s > rnd_s + 0.2 and knn_auc > 0.6
+
+
+def test_response_model_scorer_is_a_real_baseline_on_movielens(data_dir: Path, capsys):
+    """The simulator's learned user model, scored like any baseline on real next items: far
+    above chance on held-out users, with collaborative item vectors from the histories."""
+    from environments.datasets import load_dataset
+    from rl.baselines import ResponseModelScorer
+
+    path = data_dir / "movielens-100k"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    ds = load_dataset("movielens-100k", path)
+    rows = real_next_item_rows(ds, 0)
+    histories = history_interactions(rows)
+    users = np.array(sorted({r["user_id"] for r in rows}))
+    test_users = set(np.random.default_rng(0).choice(users, users.size // 5,
+                                                     replace=False).tolist())
+    train = [r for r in rows if r["user_id"] not in test_users]
+    test = [r for r in rows if r["user_id"] in test_users]
+    learned = ResponseModelScorer.fit_on(histories, seed=0).fit_threshold(train)
+    res = evaluate({"learned": learned, "random": RandomScorer(0)}, test).set_index(
+        ["model", "task"])
+    with capsys.disabled():
+        print(f"\nlearned response model on MovieLens-100K held-out users: judgement "
+              f"{res.loc[('learned', 'judgement'), 'accuracy']:.3f} (AUC "
+              f"{res.loc[('learned', 'judgement'), 'auc']:.3f}), selection "
+              f"{res.loc[('learned', 'selection'), 'accuracy']:.3f}")
+    assert res.loc[("learned", "judgement"), "auc"] > 0.75
+    assert (res.loc[("learned", "selection"), "accuracy"]
+            > res.loc[("random", "selection"), "accuracy"] + 0.2)
+    # Scores depend on the row alone, not on which rows share the call.
+    assert np.allclose(learned.item_scores(test[:3])[2], learned.item_scores(test[2:3])[0])

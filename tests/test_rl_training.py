@@ -206,7 +206,8 @@ def test_cli_builds_data_and_evaluates_a_policy(trained, tmp_path, monkeypatch):
     assert "vragent rl eval" in report and "| popularity |" in report
     stored = eval_rows(Store(db))
     models = {r["model"] for r in stored}
-    assert {"random", "popularity", "item-kNN", "mf scores", "tiny-grpo"} <= models
+    assert {"random", "popularity", "item-kNN", "mf scores", "learned response model",
+            "tiny-grpo"} <= models
     modes = {r["mode"] for r in stored if r["model"] == "tiny-grpo"}
     assert modes == {"score", "generate"}
     cells = {(r["task"], r["protocol"], r["m"]) for r in stored}

@@ -26,6 +26,10 @@ def catalogue_coverage(slates: Iterable[Sequence[int]], catalogue_size: int) -> 
     return len(shown) / catalogue_size
 
 
+#: Slates per numpy block in :func:`intra_list_diversity`.
+ILD_BLOCK_SLATES = 4096
+
+
 def intra_list_diversity(slates: Iterable[Sequence[int]],
                          embeddings: Mapping[int, np.ndarray]) -> float | None:
     """Mean over slates of the mean pairwise cosine distance (1 − cos) of their items.
@@ -44,12 +48,14 @@ def intra_list_diversity(slates: Iterable[Sequence[int]],
         return None
     total, count = 0.0, 0
     for length, group in by_len.items():
-        m = np.asarray(group, dtype=np.float64)
-        norms = np.linalg.norm(m, axis=2, keepdims=True)
-        unit = m / np.where(norms == 0, 1.0, norms)
-        cos = np.einsum("nid,njd->nij", unit, unit)
         iu = np.triu_indices(length, k=1)
-        total += float(np.sum(np.mean(1.0 - cos[:, iu[0], iu[1]], axis=1)))
+        # In blocks, so wide vectors (384-d MiniLM) for 100k slates never sit in one array.
+        for start in range(0, len(group), ILD_BLOCK_SLATES):
+            m = np.asarray(group[start:start + ILD_BLOCK_SLATES], dtype=np.float64)
+            norms = np.linalg.norm(m, axis=2, keepdims=True)
+            unit = m / np.where(norms == 0, 1.0, norms)
+            cos = np.einsum("nid,njd->nij", unit, unit)
+            total += float(np.sum(np.mean(1.0 - cos[:, iu[0], iu[1]], axis=1)))
         count += len(group)
     return total / count
 

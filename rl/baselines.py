@@ -593,6 +593,9 @@ class ResponseModelScorer(BaseScorer):
 
         Returns:
             The fitted scorer.
+
+        Raises:
+            ValueError: no user has two or more items to learn from.
         """
         from environments.response_model import (
             LogisticResponseModel,

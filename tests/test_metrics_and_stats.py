@@ -33,6 +33,28 @@ def test_intra_list_diversity_by_hand():
     assert intra_list_diversity([[1], [9, 8]], emb) is None
 
 
+def test_intra_list_diversity_in_blocks_equals_slate_by_slate():
+    """Slates of mixed lengths, more than one numpy block of them, a zero vector and items
+    without a vector: the blocked computation equals the mean of per-slate means."""
+    from environments.metrics import ILD_BLOCK_SLATES
+
+    rng = np.random.default_rng(0)
+    emb = {i: rng.standard_normal(5) for i in range(1, 200)}
+    emb[7] = np.zeros(5)
+    slates = [list(rng.choice(np.arange(1, 260), size=rng.integers(1, 8), replace=False))
+              for _ in range(ILD_BLOCK_SLATES + 900)]
+
+    def one(slate):
+        vecs = [emb[i] / (np.linalg.norm(emb[i]) or 1.0) for i in slate if i in emb]
+        if len(vecs) < 2:
+            return None
+        return np.mean([1 - vecs[a] @ vecs[b] for a in range(len(vecs))
+                        for b in range(a + 1, len(vecs))])
+
+    per_slate = [v for v in map(one, slates) if v is not None]
+    assert intra_list_diversity(slates, emb) == pytest.approx(np.mean(per_slate), rel=1e-12)
+
+
 def test_novelty_by_hand():
     pop = {1: 50, 2: 25}
     # -log2(50/100) = 1, -log2(25/100) = 2, unseen item: -log2(1/100)

@@ -39,6 +39,16 @@ def _snapshot(url):
     return run, out
 
 
+def _assert_same_as_clean(clean_url, url, after):
+    """The run in ``url`` finished, and every compared table equals the clean run's."""
+    _, want = _snapshot(clean_url)
+    run, got = _snapshot(url)
+    assert run.status == "finished"
+    for table in want:
+        assert got[table] == want[table], f"{table} differs after {after}"
+    return run
+
+
 SASREC_ARMS = [
     {"name": "popular", "recommender": "popular"},
     # A warm-refitting text tower that reads IP profiles: resume must replay every refit with
@@ -71,11 +81,8 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, store_urls, kill_at, arm
 
     again = _cli(["run", "--resume", run.id, "--db", crashed])
     assert again.returncode == 0, again.stderr[-2000:]
-    _run_c, want = _snapshot(clean)
-    run_r, got = _snapshot(crashed)
-    assert run_r.status == "finished" and run_r.steps_done == 3
-    for table in want:
-        assert got[table] == want[table], f"{table} differs after resume"
+    run_r = _assert_same_as_clean(clean, crashed, "resume")
+    assert run_r.steps_done == 3
     # Nothing logged twice, and the partial store held only whole steps.
     assert len(partial["steps"]) % len(sc["arms"]) == 0
 
@@ -108,11 +115,7 @@ def test_run_killed_twice_at_random_points_resumes_to_the_same_store(tmp_path, s
     assert second.returncode in (0, -9), (points, second.stderr[-2000:])
     if second.returncode == -9:
         assert _cli(["run", "--resume", run.id, "--db", crashed]).returncode == 0
-    _, want = _snapshot(clean)
-    run_r, got = _snapshot(crashed)
-    assert run_r.status == "finished"
-    for table in want:
-        assert got[table] == want[table], f"{table} differs after kills at {points}"
+    _assert_same_as_clean(clean, crashed, f"kills at {points}")
 
 
 def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
@@ -161,11 +164,7 @@ def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
     (run_id,) = [w for w in err_lines[0].split() if len(w) == 12 and w.isalnum()][:1]
     again = _cli(["run", "--resume", run_id, "--db", f"sqlite:///{locked}"])
     assert again.returncode == 0, again.stderr[-2000:]
-    _, want = _snapshot(clean)
-    run_r, got = _snapshot(f"sqlite:///{locked}")
-    assert run_r.status == "finished"
-    for table in want:
-        assert got[table] == want[table], f"{table} differs after the lock"
+    _assert_same_as_clean(clean, f"sqlite:///{locked}", "the lock")
 
 
 @pytest.fixture
@@ -243,11 +242,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path, tiny_f
     filler.unlink()
     again = _cli(["run", "--resume", run_id, "--db", f"sqlite:///{full}"])
     assert again.returncode == 0, again.stderr[-2000:]
-    _, want = _snapshot(clean)
-    run_r, got = _snapshot(f"sqlite:///{full}")
-    assert run_r.status == "finished"
-    for table in want:
-        assert got[table] == want[table], f"{table} differs after the full disk"
+    _assert_same_as_clean(clean, f"sqlite:///{full}", "the full disk")
     clean_per_step = dict(sqlite3.connect(f"{tmp_path}/clean.sqlite").execute(
         "SELECT step, count(*) FROM decisions GROUP BY step").fetchall())
     # Every step the failed run left behind was whole.
@@ -291,8 +286,4 @@ def test_a_failing_checkpoint_file_stops_the_run_with_one_line(tmp_path, monkeyp
     monkeypatch.setattr(runner, "_saver", real_saver)
     (run_id,) = [r.id for r in Store(broken).list_runs()]
     assert CliRunner().invoke(app, ["run", "--resume", run_id, "--db", broken]).exit_code == 0
-    _, want = _snapshot(clean)
-    run_r, got = _snapshot(broken)
-    assert run_r.status == "finished"
-    for table in want:
-        assert got[table] == want[table], f"{table} differs after the checkpoint failure"
+    _assert_same_as_clean(clean, broken, "the checkpoint failure")

@@ -51,8 +51,7 @@ class Timer:
 
 def run_one(users: int, steps: int, users_per_task: int, db_dir: str) -> dict:
     """One run in this process; returns its measurements."""
-    from sandbox.ab import apply_overrides
-    from sandbox.config import parse_scenario
+    from sandbox.config import apply_overrides, parse_scenario
     from sandbox.runner import RunDriver, create_run
     from sandbox.store import Store
 

@@ -16,13 +16,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from agents.backends.base import LLMBackend
 from sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
-from sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
+from sandbox.config import Scenario, load_scenario, parse_scenario
 from sandbox.runner import create_run, execute
 from sandbox.store import AbExperiment, Store
 
@@ -46,46 +45,6 @@ class AbSettings:
     n_resamples: int = 2000
 
 
-def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (values parsed as YAML) to a scenario mapping.
-
-    A number in the path indexes a list: ``arms.1.params.epochs=2``.
-
-    Raises:
-        ScenarioError: an override is not ``key=value`` or walks into a non-mapping.
-    """
-    out = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
-    for item in sets:
-        if "=" not in item:
-            raise ScenarioError(f"{source}: override {item!r} is not key.path=value")
-        path, raw = item.split("=", 1)
-        keys = [k for k in path.strip().split(".") if k]
-        if not keys:
-            raise ScenarioError(f"{source}: override {item!r} has no key")
-        node: Any = out
-        for k in keys[:-1]:
-            if isinstance(node, list):
-                node = node[_index(node, k, path, source)]
-            else:
-                node = node.setdefault(k, {})
-            if not isinstance(node, dict | list):
-                raise ScenarioError(f"{source}: override {path}: {k} is not a section")
-        value = yaml.safe_load(raw)
-        if isinstance(node, list):
-            node[_index(node, keys[-1], path, source)] = value
-        else:
-            node[keys[-1]] = value
-    return out
-
-
-def _index(node: list, key: str, path: str, source: str) -> int:
-    """A list position in an override path (``arms.1.params.epochs``)."""
-    if not key.isdigit() or int(key) >= len(node):
-        raise ScenarioError(f"{source}: override {path}: {key!r} is not an index below "
-                            f"{len(node)}")
-    return int(key)
-
-
 def scenario_for_seed(text: str, seed: int) -> tuple[Scenario, str]:
     """The experiment's scenario with ``seed`` in place of its own, and its YAML text."""
     data = yaml.safe_load(text)
@@ -103,11 +62,7 @@ def create_experiment(store: Store, scenario_ref: str, seeds: Sequence[int], *,
         ScenarioError: the scenario or an override is invalid (one line).
         AbError: no seeds, repeated seeds, or a baseline that is not an arm.
     """
-    scenario, text, path = load_scenario(scenario_ref)
-    if overrides:
-        data = apply_overrides(yaml.safe_load(text), overrides, str(path))
-        scenario = parse_scenario(data, f"{path} (with overrides)")
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    scenario, text, path = load_scenario(scenario_ref, overrides)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise AbError(f"seeds must be distinct and at least one, got {seeds}")

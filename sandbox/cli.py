@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import DbOption, SetOption, console, err
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -76,6 +76,7 @@ def run(
     scenario: Annotated[str, typer.Argument(help="Scenario name (quickstart) or YAML path.")] = "",
     db: DbOption = DEFAULT_DB_URL,
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run.")] = None,
+    sets: SetOption = None,
 ) -> None:
     """Run a scenario (or resume a run) and print the per-arm table."""
     import sqlite3
@@ -93,12 +94,16 @@ def run(
 
     if not scenario and not resume:
         _fail("give a SCENARIO or --resume RUN_ID", 2)
+    if resume and sets:
+        _fail("--set changes a new run's scenario; a resumed run keeps the one it started "
+              "with", 2)
     try:
         store = Store(db)
         if resume:
             run_id = resume
         else:
-            sc, text, path = load_scenario(scenario)
+            # The stored scenario text has the overrides in it, so --resume needs no --set.
+            sc, text, path = load_scenario(scenario, sets or ())
             if sc.policy:
                 load_policy(sc.policy)  # fail before a run is created, naming the registry
             run_id = create_run(store, sc, text, str(path))

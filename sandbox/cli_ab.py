@@ -9,12 +9,9 @@ from typing import Annotated
 
 import typer
 
-from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import DbOption, SetOption, console, err
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
-
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a scenario key, e.g. --set population.size=20 (repeatable).")]
 
 
 def _command() -> str:

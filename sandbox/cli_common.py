@@ -14,6 +14,8 @@ err = Console(stderr=True)
 
 DbOption = Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the store.",
                                        envvar="VRAGENT_DB")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a scenario key, e.g. --set population.size=20 (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,6 +6,7 @@ An unknown key or a wrong type is a one-line error that names the file and the k
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -279,14 +280,15 @@ def resolve_scenario_path(name_or_path: str) -> Path:
     return SCENARIO_DIR / f"{name_or_path}.yaml"
 
 
-def load_scenario(name_or_path: str) -> tuple[Scenario, str, Path]:
-    """Read, parse and validate a scenario.
+def load_scenario(name_or_path: str,
+                  overrides: Sequence[str] = ()) -> tuple[Scenario, str, Path]:
+    """Read, parse and validate a scenario, with ``key.path=value`` overrides applied.
 
     Returns:
-        The scenario, its raw YAML text and its path.
+        The scenario, its YAML text (rewritten with the overrides, if any) and its path.
 
     Raises:
-        ScenarioError: missing file, bad YAML, or invalid content; one line.
+        ScenarioError: missing file, bad YAML, a bad override, or invalid content; one line.
     """
     path = resolve_scenario_path(name_or_path)
     try:
@@ -300,7 +302,51 @@ def load_scenario(name_or_path: str) -> tuple[Scenario, str, Path]:
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", exc)
         raise ScenarioError(f"{path}:{where} invalid YAML: {problem}") from None
+    if overrides:
+        data = apply_overrides(data, overrides, str(path))
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return parse_scenario(data, f"{path} (with overrides)"), text, path
     return parse_scenario(data, str(path)), text, path
+
+
+def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a scenario mapping.
+
+    A number in the path indexes a list: ``arms.1.params.epochs=2``.
+
+    Raises:
+        ScenarioError: an override is not ``key=value`` or walks into a non-mapping.
+    """
+    out = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for item in sets:
+        if "=" not in item:
+            raise ScenarioError(f"{source}: override {item!r} is not key.path=value")
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ScenarioError(f"{source}: override {item!r} has no key")
+        node: Any = out
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                node = node[_index(node, k, path, source)]
+            else:
+                node = node.setdefault(k, {})
+            if not isinstance(node, dict | list):
+                raise ScenarioError(f"{source}: override {path}: {k} is not a section")
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[_index(node, keys[-1], path, source)] = value
+        else:
+            node[keys[-1]] = value
+    return out
+
+
+def _index(node: list, key: str, path: str, source: str) -> int:
+    """A list position in an override path (``arms.1.params.epochs``)."""
+    if not key.isdigit() or int(key) >= len(node):
+        raise ScenarioError(f"{source}: override {path}: {key!r} is not an index below "
+                            f"{len(node)}")
+    return int(key)
 
 
 def list_scenarios() -> list[Path]:

@@ -17,8 +17,7 @@ import mesa
 import pandas as pd
 import yaml
 
-from sandbox.ab import apply_overrides
-from sandbox.config import ScenarioError, load_scenario, parse_scenario
+from sandbox.config import ScenarioError, apply_overrides, load_scenario, parse_scenario
 from sandbox.population import STEP_METRICS
 from sandbox.runner import RunDriver, create_run
 from sandbox.store import Store

@@ -14,12 +14,11 @@ from environments import metrics as em
 from sandbox.ab import (
     AbError,
     analyse_experiment,
-    apply_overrides,
     create_experiment,
     run_experiment,
 )
 from sandbox.ab_analysis import _arm_stats, _gini_rows
-from sandbox.config import ScenarioError, list_scenarios, parse_scenario
+from sandbox.config import ScenarioError, apply_overrides, list_scenarios, parse_scenario
 from sandbox.store import Decision, Impression, Metric, SimUser, Store
 from sandbox.world import make_split, synthetic_world
 from tests.conftest import REPO, tiny_scenario, write_scenario

@@ -64,3 +64,28 @@ def test_cli_exits_2_with_one_line(tmp_path):
     result = CliRunner().invoke(app, ["run", str(path), "--db", f"sqlite:///{tmp_path}/s.db"])
     assert result.exit_code == 2
     assert "simulation.slate_size: Input should be greater than 0" in result.output
+
+
+def test_cli_run_applies_set_overrides_and_stores_them(tmp_path):
+    import yaml as _yaml
+
+    from sandbox.store import Store
+
+    path = write_scenario(tmp_path, tiny_scenario(ip_agent={"enabled": False},
+                                                  backend={"kind": "tiny", "trace_rate": 0.0}))
+    db = f"sqlite:///{tmp_path}/s.db"
+    result = CliRunner().invoke(app, ["run", str(path), "--db", db, "--set",
+                                      "population.size=2", "--set", "simulation.steps=1"])
+    assert result.exit_code == 0, result.output
+    (run,) = Store(db).list_runs()
+    assert run.config["population"]["size"] == 2 and run.n_steps == 1
+    # The stored text carries the overrides, so a resume rebuilds the same scenario.
+    assert _yaml.safe_load(run.scenario_yaml)["population"]["size"] == 2
+    bad = CliRunner().invoke(app, ["run", str(path), "--db", db, "--set", "population.size"])
+    assert bad.exit_code == 2 and "is not key.path=value" in bad.output
+    wrong = CliRunner().invoke(app, ["run", str(path), "--db", db, "--set",
+                                     "population.size=-1"])
+    assert wrong.exit_code == 2 and "population.size" in wrong.output
+    resumed = CliRunner().invoke(app, ["run", "--resume", run.id, "--db", db, "--set", "seed=3"])
+    assert resumed.exit_code == 2 and "a resumed run keeps" in resumed.output
+    assert len(Store(db).list_runs()) == 1  # no bad command created a run

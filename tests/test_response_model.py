@@ -69,15 +69,21 @@ def test_unfitted_model_refuses_to_predict():
         model.fit({1: [1]})
 
 
-def test_simulation_runs_on_the_learned_model_without_llm_calls(tmp_path):
-    sc = tiny_scenario(response_model="learned", backend={"kind": "tiny", "trace_rate": 0.0},
+def _learned_run_decisions(tmp_path, trace_rate: float, *columns):
+    """Run the tiny scenario on the learned model; return the chosen columns of its decisions."""
+    sc = tiny_scenario(response_model="learned",
+                       backend={"kind": "tiny", "trace_rate": trace_rate},
                        ip_agent={"enabled": False})
     path = write_scenario(tmp_path, sc)
     url = f"sqlite:///{tmp_path}/s.sqlite"
     run_id, _rows = start(str(path), url)
     with Store(url).session() as s:
-        decs = s.execute(select(Decision.model_id, Decision.tokens_in, Decision.p_like)
-                         .where(Decision.run_id == run_id)).all()
+        return s.execute(select(*columns).where(Decision.run_id == run_id)).all()
+
+
+def test_simulation_runs_on_the_learned_model_without_llm_calls(tmp_path):
+    decs = _learned_run_decisions(tmp_path, 0.0, Decision.model_id, Decision.tokens_in,
+                                  Decision.p_like)
     assert decs and {d[0] for d in decs} == {"learned-logistic"}
     assert all(d[1] == 0 and 0 < d[2] < 1 for d in decs)
     assert len({round(d[2], 6) for d in decs}) > 10  # personal, not one constant
@@ -86,14 +92,8 @@ def test_simulation_runs_on_the_learned_model_without_llm_calls(tmp_path):
 def test_response_model_decisions_store_a_prompt_only_when_one_was_read(tmp_path):
     """With a response model no LLM reads the score prompt, so none is built or stored; the
     traced decisions keep the chain-of-thought prompt the LLM did read."""
-    sc = tiny_scenario(response_model="learned", backend={"kind": "tiny", "trace_rate": 0.4},
-                       ip_agent={"enabled": False})
-    path = write_scenario(tmp_path, sc)
-    url = f"sqlite:///{tmp_path}/s.sqlite"
-    run_id, _rows = start(str(path), url)
-    with Store(url).session() as s:
-        decs = s.execute(select(Decision.traced, Decision.prompt, Decision.completion)
-                         .where(Decision.run_id == run_id)).all()
+    decs = _learned_run_decisions(tmp_path, 0.4, Decision.traced, Decision.prompt,
+                                  Decision.completion)
     traced = [d for d in decs if d.traced]
     untraced = [d for d in decs if not d.traced]
     assert traced and untraced

@@ -39,6 +39,18 @@ def _snapshot(url):
     return run, out
 
 
+def _one_error_line(proc, *expected: str) -> tuple[str, str]:
+    """A CLI run that failed with exit 1 and one ``error:`` line holding one of ``expected``;
+    returns the line and the run id it names."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert any(e in lines[0] for e in expected), lines[0]
+    assert "Traceback" not in proc.stderr
+    (run_id,) = [w for w in lines[0].split() if len(w) == 12 and w.isalnum()][:1]
+    return lines[0], run_id
+
+
 def _assert_same_as_clean(clean_url, url, after):
     """The run in ``url`` finished, and every compared table equals the clean run's."""
     _, want = _snapshot(clean_url)
@@ -157,11 +169,7 @@ def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
         release.set()
         locker.join(10)
     assert holding.is_set(), "the lock was never taken"
-    assert first.returncode == 1, first.stderr[-2000:]
-    err_lines = [line for line in first.stderr.splitlines() if "error:" in line]
-    assert len(err_lines) == 1 and "database is locked" in err_lines[0], first.stderr[-2000:]
-    assert "Traceback" not in first.stderr
-    (run_id,) = [w for w in err_lines[0].split() if len(w) == 12 and w.isalnum()][:1]
+    _line, run_id = _one_error_line(first, "database is locked")
     again = _cli(["run", "--resume", run_id, "--db", f"sqlite:///{locked}"])
     assert again.returncode == 0, again.stderr[-2000:]
     _assert_same_as_clean(clean, f"sqlite:///{locked}", "the lock")
@@ -227,13 +235,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(tmp_path, tiny_f
         stop.set()
         filling.join(10)
     assert filled.is_set(), "the disk was never filled"
-    assert first.returncode == 1, first.stderr[-2000:]
-    err_lines = [line for line in first.stderr.splitlines() if "error:" in line]
-    assert len(err_lines) == 1, first.stderr[-2000:]
-    assert "full" in err_lines[0] or "No space left" in err_lines[0], err_lines[0]
-    assert "Traceback" not in first.stderr
-    (run_id,) = [w for w in err_lines[0].split() if len(w) == 12 and w.isalnum()][:1]
-    assert f"vragent run --resume {run_id}" in err_lines[0]
+    line, run_id = _one_error_line(first, "database or disk is full", "No space left")
+    assert f"vragent run --resume {run_id}" in line
     # Nothing half-written: whole steps only, and fewer than all of them.
     conn = sqlite3.connect(f"file:{full}?mode=ro", uri=True)
     per_step = conn.execute("SELECT step, count(*) FROM decisions GROUP BY step").fetchall()

@@ -68,7 +68,8 @@ def register(app: typer.Typer) -> None:
             if resume:
                 exp_id = resume
             else:
-                sc = load_scenario(scenario)[0]
+                # With the overrides: --set seed=… moves the seeds, --set policy=… is checked.
+                sc = load_scenario(scenario, sets or ())[0]
                 if sc.policy:
                     load_policy(sc.policy)  # fail before anything is created
                 base_seed = sc.seed

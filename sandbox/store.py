@@ -62,6 +62,7 @@ RowId = BigInteger().with_variant(Integer, "sqlite")
 #: Rows per INSERT statement when a step is logged (all in the step's one transaction).
 LOG_CHUNK_ROWS = 20_000
 
+
 class NulSafeText(TypeDecorator):
     """``TEXT`` that round-trips NUL characters on PostgreSQL too.
 

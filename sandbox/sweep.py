@@ -52,15 +52,11 @@ class SweepModel(mesa.Model):
     def __init__(self, scenario: str, db_url: str, seed: int = 0,
                  overrides: Sequence[str] = (), **params: Any) -> None:
         super().__init__(rng=seed)
-        sc, text, path = load_scenario(scenario)
-        data = yaml.safe_load(text)
         sets = [*overrides, *(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                               for k, v in params.items()), f"seed={seed}"]
-        data = apply_overrides(data, sets, str(path))
-        sc = parse_scenario(data, f"{path} (sweep point {params})")
+        sc, text, path = load_scenario(scenario, sets)
         self.store = Store(db_url)
-        self.run_id = create_run(self.store, sc, yaml.safe_dump(data, sort_keys=False),
-                                 str(path))
+        self.run_id = create_run(self.store, sc, text, str(path))
         self.arms = [a.name for a in sc.arms]
         self.driver = RunDriver(self.store, self.run_id)
         self.last: dict[str, dict[str, float]] = {a: {} for a in self.arms}

@@ -188,12 +188,13 @@ def test_interrupted_experiment_resumes_without_duplicate_runs(tmp_path):
     db = f"sqlite:///{tmp_path}/ab.sqlite"
     out = tmp_path / "report"
     # Two seeds of two steps: the 3rd step's commit is inside the second seed's run.
-    first = _cli(["ab", str(path), "--db", db, "--seeds", "2", "--out", str(out)],
-                 {"VRAGENT_FAULT_KILL_AT": "log:3"})
+    first = _cli(["ab", str(path), "--db", db, "--seeds", "2", "--out", str(out),
+                  "--set", "seed=40"], {"VRAGENT_FAULT_KILL_AT": "log:3"})
     assert first.returncode == -9, first.stderr[-2000:]
     store = Store(db)
     (exp,) = store.list_experiments()
     assert exp.run_ids[0] and exp.run_ids[1]
+    assert list(exp.seeds) == [40, 41]  # --set seed moves the experiment's seeds
     again = _cli(["ab", "--resume", exp.id, "--db", db, "--out", str(out)])
     assert again.returncode == 0, again.stderr[-2000:]
     exp = store.get_experiment(exp.id)
@@ -214,6 +215,9 @@ def test_ab_cli_rejects_bad_input_with_one_line(tmp_path):
     missing = write_scenario(tmp_path, {**truth_scenario(), "policy": "no-such-policy"}, "p.yaml")
     bad = _cli(["ab", str(missing), "--db", db], {"VRAGENT_POLICIES": str(tmp_path / "reg")})
     assert bad.returncode == 2 and "policy" in bad.stderr and "no-such-policy" in bad.stderr
+    bad = _cli(["ab", str(path), "--db", db, "--set", "policy=no-such-policy"],
+               {"VRAGENT_POLICIES": str(tmp_path / "reg")})
+    assert bad.returncode == 2 and "no-such-policy" in bad.stderr
     assert Store(db).list_experiments() == []  # nothing was created
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agents.backends.base import ChatPrompt, Content, ImagePart, TextPart
+
+if TYPE_CHECKING:  # only annotations: prompts stay cheap to import
+    from environments.grounding import Evidence
 
 # The paper's judgement system prompt (usagent/prepare_video_like_data.py), lightly edited to
 # name the persona block we add before the history.
@@ -103,15 +107,19 @@ def _context_lines(persona: PersonaView, friends_liked: Sequence[str]) -> list[s
     return lines
 
 
-def user_turn(persona: PersonaView, candidate: str, friends_liked: Sequence[str] = ()) -> str:
+def user_turn(persona: PersonaView, candidate: str, friends_liked: Sequence[str] = (),
+              evidence: Evidence | None = None) -> str:
     """The user message: persona, history bullets, then the candidate (paper layout)."""
     lines = _context_lines(persona, friends_liked)
     lines += ["Candidate video:", candidate]
+    if evidence is not None:
+        lines.append(evidence.line())
     return "\n".join(lines)
 
 
 def judgement_prompt(
-    persona: PersonaView, candidate: str, *, think: bool = True, friends_liked: Sequence[str] = ()
+    persona: PersonaView, candidate: str, *, think: bool = True, friends_liked: Sequence[str] = (),
+    evidence: Evidence | None = None,
 ) -> ChatPrompt:
     """The paper's Yes/No judgement prompt for one candidate.
 
@@ -122,18 +130,21 @@ def judgement_prompt(
             Yes/No word (score mode, paper layout; the simulator scores with
             :func:`score_prompt`).
         friends_liked: titles friends recently liked, when social influence is on.
+        evidence: the logs' evidence about this user and item (a grounded policy).
 
     Returns:
         The chat prompt.
     """
     return ChatPrompt(
-        messages=(("system", US_SYSTEM), ("user", user_turn(persona, candidate, friends_liked))),
+        messages=(("system", US_SYSTEM),
+                  ("user", user_turn(persona, candidate, friends_liked, evidence))),
         assistant_prefix=THINK_PREFIX if think else SCORE_PREFIX,
     )
 
 
 def score_prompt(
-    persona: PersonaView, candidate: str, *, friends_liked: Sequence[str] = ()
+    persona: PersonaView, candidate: str, *, friends_liked: Sequence[str] = (),
+    evidence: Evidence | None = None,
 ) -> ChatPrompt:
     """The fast score-mode prompt: the question is shared, the candidate comes last.
 
@@ -145,14 +156,17 @@ def score_prompt(
         persona: the user's description and history titles.
         candidate: the candidate's sanitised title (with category).
         friends_liked: titles friends recently liked, when social influence is on.
+        evidence: the logs' evidence about this user and item (a grounded policy); it follows
+            the candidate, so the shared prefix stays the same.
 
     Returns:
         The chat prompt.
     """
     user = "\n".join(_context_lines(persona, friends_liked))
+    tail = f"\n{evidence.line()}" if evidence is not None else ""
     return ChatPrompt(
         messages=(("system", f"{US_SYSTEM} {SCORE_QUESTION}"), ("user", user)),
-        assistant_prefix=f"{SCORE_CANDIDATE_PREFIX}{candidate}{SCORE_TAIL}",
+        assistant_prefix=f"{SCORE_CANDIDATE_PREFIX}{candidate}{tail}{SCORE_TAIL}",
     )
 
 

@@ -21,12 +21,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agents.backends.base import ChatPrompt, LLMBackend, Score
 from agents.parsing import parse_judgement
 from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt, score_prompt
+
+if TYPE_CHECKING:  # only annotations: prompts stay cheap to import
+    from environments.grounding import Evidence
 
 ACTIONS = ("skip", "watch", "like")
 
@@ -39,6 +43,9 @@ class Candidate:
     text: str  # sanitised title (and category) shown to the agent
     position: int
     rec_score: float
+    # What the real logs say about this user and item (environments.grounding), shown to a
+    # grounded policy next to the title; None for policies that read titles only.
+    evidence: Evidence | None = None
 
 
 @dataclass
@@ -139,7 +146,7 @@ def user_uniforms(seed: int, step: int, user_id: int, slate_size: int) -> dict[s
 
 def _think_prompt(request: SlateRequest, cand: Candidate) -> ChatPrompt:
     return judgement_prompt(request.view(), cand.text, think=True,
-                            friends_liked=request.friends_liked)
+                            friends_liked=request.friends_liked, evidence=cand.evidence)
 
 
 @dataclass
@@ -224,8 +231,8 @@ class USAgent:
             prompts = None
             scores = self._model_scores(flat)
         else:
-            prompts = [score_prompt(r.view(), c.text, friends_liked=r.friends_liked)
-                       for r, c in flat]
+            prompts = [score_prompt(r.view(), c.text, friends_liked=r.friends_liked,
+                                    evidence=c.evidence) for r, c in flat]
             scores = self.backend.score(prompts, ("Yes", "No"))
         traced_idx = [
             i for i, (r, c) in enumerate(flat)

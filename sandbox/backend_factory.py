@@ -6,6 +6,7 @@ from pathlib import Path
 
 from agents.backends.base import LLMBackend
 from sandbox.config import BackendConfig, Scenario
+from sandbox.policies import Policy
 
 
 def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
@@ -78,6 +79,8 @@ def policy_backend(scenario: Scenario, base: LLMBackend | None = None) -> LLMBac
 
     pol = load_policy(scenario.policy or "")
     cfg = scenario.backend
+    if pol.is_head:
+        return head_policy_backend(pol, cfg)
     if cfg.kind in ("hf", "tiny"):
         from agents.backends.hf import HFBackend
 
@@ -90,3 +93,25 @@ def policy_backend(scenario: Scenario, base: LLMBackend | None = None) -> LLMBac
                             seed=scenario.seed)
     raise ValueError(f"policy: backend.kind {cfg.kind!r} cannot run a trained policy "
                      "(use hf, tiny or openai)")
+
+
+def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
+    """A head policy: the base model in process with its learned decision head.
+
+    Raises:
+        ValueError: the scenario's backend cannot run it (the head reads the hidden state of
+            an in-process model), or the head does not fit the base model.
+    """
+    from agents.backends.hf import HFBackend
+    from agents.policy_head import ScoreHead
+    from sandbox.assets import require_smollm2
+
+    if cfg.kind != "hf":
+        raise ValueError(f"policy {pol.manifest.name!r} reads the model's hidden state: it needs "
+                         f"backend.kind 'hf', not {cfg.kind!r}")
+    base = pol.manifest.base_model
+    path = require_smollm2() if base == "smollm2" else Path(base)
+    return HFBackend(path, model_name=pol.manifest.model_id, batch_size=cfg.batch_size,
+                     max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
+                     device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb,
+                     score_head=ScoreHead.load(pol.path))

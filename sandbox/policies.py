@@ -7,6 +7,11 @@ Layout (``$VRAGENT_POLICIES``, default ``runs/policies``)::
         model/          # a transformers folder (merged weights + tokenizer), loadable by `hf`
         adapter/        # the LoRA adapter alone, when trained with LoRA (optional)
 
+A *head* policy (``algo: head``, the default grounded US policy) has no ``model/``: it is the
+base model plus ``head.safetensors`` (a learned decision head, :mod:`agents.policy_head`), and
+``config.grounding`` says its prompts carry the logs' evidence (:mod:`environments.grounding`).
+Policies bundled with the package (``agents/policies/``) are found after the registry's.
+
 A scenario names a policy with ``policy: <name>``; its US agents then run that model (the
 ``hf`` backend loads ``model/``; the ``openai`` backend asks the server for a model served under
 the policy's name). The registry lives in ``sandbox`` because the simulator reads it; ``rl``
@@ -20,12 +25,15 @@ import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
+#: Policies shipped inside the package (small derived artefacts, never data).
+BUNDLED = Path(str(files("agents") / "policies"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -99,6 +107,16 @@ class Policy:
         return self.path / MODEL_DIR
 
     @property
+    def is_head(self) -> bool:
+        """A base model plus a learned decision head (no ``model/`` of its own)."""
+        return self.manifest.algo == "head"
+
+    @property
+    def grounded(self) -> bool:
+        """Its prompts carry collaborative evidence (environments.grounding)."""
+        return bool(self.manifest.config.get("grounding", False))
+
+    @property
     def adapter_dir(self) -> Path | None:
         """The LoRA adapter folder, when there is one."""
         p = self.path / ADAPTER_DIR
@@ -136,6 +154,8 @@ def load_policy(name: str, root: str | Path | None = None) -> Policy:
             manifest is unreadable.
     """
     folder = policy_dir(name, root)
+    if not (folder / MANIFEST).is_file() and (BUNDLED / check_name(name) / MANIFEST).is_file():
+        folder = BUNDLED / name
     path = folder / MANIFEST
     if not path.is_file():
         raise PolicyError(f"policy {name!r} not found in {policy_root(root)} "
@@ -145,18 +165,23 @@ def load_policy(name: str, root: str | Path | None = None) -> Policy:
         manifest = PolicyManifest(**data)
     except (OSError, ValueError, TypeError) as exc:
         raise PolicyError(f"{path}: unreadable policy manifest ({exc})") from None
-    if not (folder / MODEL_DIR).is_dir():
+    if manifest.algo != "head" and not (folder / MODEL_DIR).is_dir():
         raise PolicyError(f"{folder}: the manifest exists but {MODEL_DIR}/ is missing")
     return Policy(folder, manifest)
 
 
 def list_policies(root: str | Path | None = None) -> list[Policy]:
-    """Every readable policy of the registry, by name (broken ones are skipped)."""
-    base = policy_root(root)
+    """Every readable policy of the registry, then the bundled ones, by name.
+
+    Broken ones are skipped; a registry policy hides a bundled one of the same name.
+    """
+    names = [m.parent.name for m in sorted(policy_root(root).glob(f"*/{MANIFEST}"))]
+    names += [m.parent.name for m in sorted(BUNDLED.glob(f"*/{MANIFEST}"))
+              if m.parent.name not in names]
     out = []
-    for manifest in sorted(base.glob(f"*/{MANIFEST}")):
+    for name in names:
         try:
-            out.append(load_policy(manifest.parent.name, root))
+            out.append(load_policy(name, root))
         except PolicyError:
             continue
     return out

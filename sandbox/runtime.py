@@ -22,6 +22,7 @@ from agents.ip_agent import ItemText
 from agents.persona import build_persona, item_line
 from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
 from environments import metrics as em
+from environments.grounding import CollaborativeGrounding, Evidence
 from environments.platform import Platform
 from environments.response_model import LogisticResponseModel
 from sandbox.backend_factory import make_backend, policy_backend
@@ -33,6 +34,7 @@ from sandbox.perception import (
     most_popular_first,
     perceive_items,
 )
+from sandbox.policies import load_policy
 from sandbox.population import PopulationModel
 from sandbox.response_cache import wrap_backend
 from sandbox.store import Store
@@ -122,6 +124,7 @@ class SimulationRuntime:
             format_retries=b.format_retries,
             **self._response_model(),
         )
+        self.grounding = self._grounding()
         # A trained policy replaces the user model only; items are perceived by the base model.
         ip_backend = (wrap_backend(base, scenario.backend, store, run_id)
                       if scenario.policy else self.backend)
@@ -155,6 +158,18 @@ class SimulationRuntime:
 
             return {"response_model": learned, "response_model_id": "learned-logistic"}
         return {}
+
+    def _grounding(self) -> CollaborativeGrounding | None:
+        """The logs' evidence for a grounded policy, fitted on the real train split only."""
+        if not self.sc.policy or not load_policy(self.sc.policy).grounded:
+            return None
+        return CollaborativeGrounding(self.split.train, list(self.item_text), seed=self.sc.seed)
+
+    def _evidence(self, user: int, arm: str, items: list[int]) -> list[Evidence | None]:
+        """Evidence for one slate: the user's memory (real history, then simulated watches)."""
+        if self.grounding is None:
+            return [None] * len(items)
+        return list(self.grounding.evidence(self.model.by_user[user].history(arm), items))
 
     def _profiles(self, user_ids: list[int]) -> dict[int, dict[str, Any]]:
         return user_profiles(self.dataset.users, user_ids)
@@ -313,13 +328,14 @@ class SimulationRuntime:
         for u_str, slate in sorted(task["slates"].items(), key=lambda kv: int(kv[0])):
             u = int(u_str)
             cands = []
+            evidence = self._evidence(u, arm, [int(i) for i, *_ in slate])
             for pos, (i, s, *flag) in enumerate(slate):
                 line = item_line(self.item_text[int(i)],
                                  self.profile_text.get(int(i)) if show_profiles else None)
                 if flag:
                     social.add((u, pos))
                     line += SOCIAL_MARK
-                cands.append(Candidate(int(i), line, pos, float(s)))
+                cands.append(Candidate(int(i), line, pos, float(s), evidence[pos]))
             # Built only if a prompt needs it (a response model decides without one).
             persona = functools.partial(self.persona_for, u, arm)
             requests.append(SlateRequest(arm, u, persona, cands, self._friends_liked(u, arm)))

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
 from agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
+from agents.policy_head import ScoreHead
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,6 +85,8 @@ class HFBackend(LLMBackend):
         dtype: weights' dtype when loading from ``model_path``: ``"auto"`` is float32 on CPU
             (bf16 matmuls are slow there) and bfloat16 on GPU; or ``"float32"``,
             ``"bfloat16"``, ``"float16"``.
+        score_head: a learned decision head (:mod:`agents.policy_head`): :meth:`score` of
+            ``("Yes", "No")`` then reads p(Yes) from it instead of the output layer's rows.
     """
 
     kind = "hf"
@@ -105,6 +108,7 @@ class HFBackend(LLMBackend):
         chunk_tokens: int = 2048,
         kv_block: int = 64,
         dtype: str = "auto",
+        score_head: ScoreHead | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -139,6 +143,10 @@ class HFBackend(LLMBackend):
         params = inspect.signature(self.model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.chunk_tokens = chunk_tokens
+        if score_head is not None and score_head.width != self.model.config.hidden_size:
+            raise ValueError(f"score head reads {score_head.width} units, the model has "
+                             f"{self.model.config.hidden_size}")
+        self.score_head = score_head
         # Tokens actually run by score(): what the FLOP roofline of the benchmark counts.
         self.stats: Counter[str] = Counter()
 
@@ -240,6 +248,32 @@ class HFBackend(LLMBackend):
         ids = [self._token_ids(p) for p in prompts]
         out: list[Score | None] = [None] * len(prompts)
         t0 = time.perf_counter()
+        for units, h in self._unit_batches(ids):
+            self._score_units(units, h, table, head, slices, out)
+        latency = (time.perf_counter() - t0) / max(1, len(prompts))
+        for s in out:
+            s.latency_s = latency
+        return [s for s in out if s is not None]
+
+    @torch.inference_mode()
+    def hidden_states(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
+        """The final (normed) hidden state after each prompt, through the same prefix reuse.
+
+        This is what :meth:`score` multiplies by the options' output rows; a learned head
+        (:mod:`agents.policy_head`) is trained on it.
+
+        Returns:
+            A float32 tensor of shape ``(len(prompts), hidden_size)``.
+        """
+        ids = [self._token_ids(p) for p in prompts]
+        out = torch.zeros((len(prompts), self.model.config.hidden_size), dtype=torch.float32)
+        for units, h in self._unit_batches(ids):
+            order = [i for u in units for i in u.prompt_ids]
+            out[torch.tensor(order)] = h.float().cpu()
+        return out
+
+    def _unit_batches(self, ids: list[list[int]]):
+        """Yield ``(units, last hidden states)`` over the prompts' token ids, in call order."""
         units = [u for g in _prefix_groups(ids, self.min_shared_prefix)
                  for u in self._group_units(ids, g)]
         # Several slates share one forward: the weights are read from memory once for all of
@@ -248,15 +282,11 @@ class HFBackend(LLMBackend):
         batch: list[_Unit] = []
         for unit in units:
             if batch and sum(u.n_query for u in [*batch, unit]) > self.chunk_tokens:
-                self._score_units(batch, table, head, slices, out)
+                yield batch, self._tree_forward(batch)
                 batch = []
             batch.append(unit)
         if batch:
-            self._score_units(batch, table, head, slices, out)
-        latency = (time.perf_counter() - t0) / max(1, len(prompts))
-        for s in out:
-            s.latency_s = latency
-        return [s for s in out if s is not None]
+            yield batch, self._tree_forward(batch)
 
     def _token_ids(self, prompt: ChatPrompt) -> list[int]:
         return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
@@ -301,9 +331,14 @@ class HFBackend(LLMBackend):
         units.append(unit(rows))
         return units
 
-    def _score_units(self, units: list[_Unit], table, head, slices, out: list) -> None:
-        h = self._tree_forward(units)
-        logits = h.float() @ head.float().T
+    def _score_units(self, units: list[_Unit], h: torch.Tensor, table, head, slices,
+                     out: list) -> None:
+        if self.score_head is not None and tuple(table) == ("Yes", "No"):
+            z = self.score_head.logits(h)
+            logits = torch.stack([z, torch.zeros_like(z)], dim=1)
+            slices = [slice(0, 1), slice(1, 2)]
+        else:
+            logits = h.float() @ head.float().T
         j = 0
         for unit in units:
             for i, n_tokens in zip(unit.prompt_ids, unit.prompt_lens, strict=True):
@@ -430,13 +465,19 @@ class HFBackend(LLMBackend):
             t0 = time.perf_counter()
             # Explicit positions: with left padding the model would otherwise shift them.
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
+            head = self.score_head if tuple(table) == ("Yes", "No") else None
+            if head is not None:
+                h = self.model.model(**enc, position_ids=pos).last_hidden_state[:, -1, :]
+                z = head.logits(h)
+            else:
+                logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
             latency = (time.perf_counter() - t0) / len(chunk)
             for row in range(len(chunk)):
-                opt_logits = {
-                    opt: float(torch.logsumexp(logits[row, ids].float(), dim=0))
-                    for opt, ids in table.items()
-                }
+                opt_logits = (
+                    {"Yes": float(z[row]), "No": 0.0} if head is not None else {
+                        opt: float(torch.logsumexp(logits[row, ids].float(), dim=0))
+                        for opt, ids in table.items()
+                    })
                 out.append(
                     Score(
                         probs=renormalise(opt_logits),

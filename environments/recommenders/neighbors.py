@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -153,3 +155,22 @@ class ItemKNNRecommender(Recommender):
 
     def _score(self, user_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return neighbourhood_scores(self._profile, self._sim, rows, self._pop_norm)
+
+    def similarity_to(self, history: Sequence[int], items: Sequence[int] | np.ndarray
+                      ) -> np.ndarray:
+        """``sum(S[h, j])`` over the distinct known items ``h`` of any history, per item ``j``.
+
+        The same neighbourhood score as :meth:`score`, without the popularity fallback, for a
+        history that need not be a fitted user's (a held-out user's, or a simulated one's).
+        Unknown items score 0.
+        """
+        self._check_fitted()
+        hist = np.unique(np.asarray(list(history), dtype=np.int64))
+        rows = self._item_index(hist)
+        rows = rows[rows >= 0]
+        cols = self._item_index(np.asarray(items, dtype=np.int64))
+        out = np.zeros(cols.size, dtype=np.float64)
+        if rows.size and (cols >= 0).any():
+            summed = np.asarray(self._sim[rows].sum(axis=0), dtype=np.float64).ravel()
+            out[cols >= 0] = summed[cols[cols >= 0]]
+        return out

@@ -1,0 +1,191 @@
+"""A grounded US policy: the LLM reads the logs' evidence; a learned head on its state decides.
+
+SmolLM2 reads persona, history, title and the evidence (docs/results.md, "A grounded policy").
+
+* :func:`grounded_prompt` is the simulator's score prompt (:func:`agents.prompts.score_prompt`)
+  with the candidate's :class:`~environments.grounding.Evidence`, so what is trained here is
+  what the simulator runs.
+* :func:`training_examples` makes the head's training rows from real logs: each training
+  user's last item ("Yes") against one uniform and one popularity-matched unseen item ("No"),
+  with evidence from a grounding fitted on every user's sequence *without its last item*,
+  so no example's own label leaks into its evidence.
+* :func:`fit_head` is an L2 logistic regression on the standardised final hidden states.
+* :class:`GroundedPolicyScorer` puts a head policy behind the evaluation's scorer interface
+  (:mod:`rl.baselines`): p(Yes) for each candidate, ``Yes`` iff p > 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from agents.backends.base import ChatPrompt, LLMBackend
+from agents.persona import build_persona, item_line
+from agents.policy_head import ScoreHead
+from agents.prompts import PersonaView, score_prompt
+from environments.grounding import CollaborativeGrounding, Evidence
+from environments.schema import Dataset
+from rl.baselines import BaseScorer, Row, as_rows
+from rl.negatives import NegativeSampler
+from sandbox.perception import item_texts
+from sandbox.world import user_profiles
+
+#: Scoring chunk: bounds the prompts held at once, keeps a user's rows together.
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (user, item) pair with its label, for training or scoring."""
+
+    user_id: int
+    history: tuple[int, ...]  # everything the user watched before, oldest first
+    item_id: int
+    label: bool
+    protocol: str
+
+
+class PromptMaker:
+    """Personas and item lines of one dataset, cached; prompts as the simulator builds them.
+
+    Args:
+        dataset: the dataset whose users and items are shown.
+        history_len: history titles a prompt shows.
+    """
+
+    def __init__(self, dataset: Dataset, history_len: int = 10) -> None:
+        self.texts = item_texts(dataset.items)
+        self.profiles = user_profiles(dataset.users, dataset.users["user_id"].astype(int))
+        self.history_len = history_len
+        self._lines: dict[int, str] = {}
+
+    def line(self, item: int) -> str:
+        """The candidate line (sanitised title and category)."""
+        if item not in self._lines:
+            text = self.texts.get(item)
+            self._lines[item] = item_line(text) if text else f"item {item}"
+        return self._lines[item]
+
+    def persona(self, user: int, history: Sequence[int]) -> PersonaView:
+        """The persona with the last ``history_len`` titles."""
+        shown = [self.texts[i] for i in history if i in self.texts]
+        return build_persona(self.profiles.get(user, {}), shown, self.history_len)
+
+
+def grounded_prompt(persona: PersonaView, line: str, evidence: Evidence) -> ChatPrompt:
+    """The grounded policy's prompt: the simulator's score prompt with the evidence line."""
+    return score_prompt(persona, line, evidence=evidence)
+
+
+def training_examples(sequences: Mapping[int, Sequence[int]], users: Sequence[int],
+                      sampler: NegativeSampler) -> list[Example]:
+    """Each user's last item and two unseen negatives (uniform, popularity-matched)."""
+    out = []
+    for u in users:
+        seq = [int(i) for i in sequences[u]]
+        if len(seq) < 2:
+            continue
+        seen, target, history = set(seq), seq[-1], tuple(seq[:-1])
+        out.append(Example(u, history, target, True, "positive"))
+        out.append(Example(u, history, sampler.random(u, seen, 1)[0], False, "random"))
+        out.append(Example(u, history, sampler.popular(u, target, seen, 1)[0], False, "popular"))
+    return out
+
+
+def without_last(sequences: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    """Every user's sequence without its last item: what a grounding may be fitted on."""
+    return {int(u): [int(i) for i in s[:-1]] for u, s in sequences.items() if len(s) > 1}
+
+
+def example_prompts(examples: Sequence[Example], grounding: CollaborativeGrounding,
+                    maker: PromptMaker) -> list[ChatPrompt]:
+    """The grounded prompt of every example (a user's examples share their evidence call)."""
+    prompts: list[ChatPrompt] = []
+    k = 0
+    while k < len(examples):
+        j = k
+        while j < len(examples) and examples[j].user_id == examples[k].user_id \
+                and examples[j].history == examples[k].history:
+            j += 1
+        block = examples[k:j]
+        persona = maker.persona(block[0].user_id, block[0].history)
+        evidence = grounding.evidence(block[0].history, [e.item_id for e in block])
+        prompts += [grounded_prompt(persona, maker.line(e.item_id), ev)
+                    for e, ev in zip(block, evidence, strict=True)]
+        k = j
+    return prompts
+
+
+def hidden_states(backend: LLMBackend, prompts: Sequence[ChatPrompt],
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Final hidden states of ``prompts`` in chunks (the backend must be ``hf``)."""
+    out = []
+    for start in range(0, len(prompts), CHUNK):
+        out.append(backend.hidden_states(prompts[start:start + CHUNK]).numpy())
+        if progress:
+            progress(min(start + CHUNK, len(prompts)), len(prompts))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def fit_head(states: np.ndarray, labels: Sequence[bool], *, c: float = 0.1,
+             seed: int = 0) -> ScoreHead:
+    """L2 logistic regression on standardised states (sklearn's lbfgs, deterministic).
+
+    Args:
+        states: ``(n, hidden)`` final hidden states.
+        labels: whether each example is the user's real next item.
+        c: inverse regularisation strength.
+        seed: passed to the solver (lbfgs itself draws nothing).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(states, dtype=np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
+    model.fit((x - mean) / scale, np.asarray(labels, dtype=bool))
+    return ScoreHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale)
+
+
+class GroundedPolicyScorer(BaseScorer):
+    """A head policy as an evaluation scorer: p(Yes) of each candidate from the LLM.
+
+    Args:
+        backend: an ``hf`` backend with the policy's ``score_head``.
+        grounding: the evidence, fitted on logs without any evaluation target.
+        histories: each user's full history before the evaluated item (the rows show only the
+            last few titles; the evidence reads it all, as the simulator's user memory does).
+        maker: personas and item lines of the evaluated dataset.
+        name: the model's name in result tables.
+    """
+
+    def __init__(self, backend: LLMBackend, grounding: CollaborativeGrounding,
+                 histories: Mapping[int, Sequence[int]], maker: PromptMaker, *,
+                 name: str = "grounded-smollm2", seed: int = 0) -> None:
+        super().__init__(name, seed=seed, threshold=0.5)
+        self.backend, self.grounding, self.maker = backend, grounding, maker
+        self.histories = histories
+
+    def item_scores(self, rows: Sequence[Row]) -> list[np.ndarray]:
+        """p(Yes) of every candidate of every row."""
+        rows = as_rows(rows)
+        examples = [Example(int(r["user_id"]), tuple(self._history(r)), int(i), False, "")
+                    for r in rows for i in r["item_ids"]]
+        prompts = example_prompts(examples, self.grounding, self.maker)
+        scores = self.backend.score(prompts, ("Yes", "No"))
+        flat = np.array([s.probs["Yes"] for s in scores], dtype=np.float64)
+        sizes = [len(r["item_ids"]) for r in rows]
+        return np.split(flat, np.cumsum(sizes)[:-1]) if rows else []
+
+    def _history(self, row: Row) -> list[int]:
+        full = self.histories.get(int(row["user_id"]))
+        return list(full) if full is not None else [int(i) for i in row["history_ids"]]
+
+
+def interactions_frame(histories: Mapping[int, Sequence[int]]) -> pd.DataFrame:
+    """``user_id, item_id, order`` rows of some histories."""
+    return pd.DataFrame([(u, i, k) for u, h in histories.items() for k, i in enumerate(h)],
+                        columns=["user_id", "item_id", "order"])

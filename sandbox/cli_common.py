@@ -49,7 +49,9 @@ def shown_url(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # Rendering %-encodes a path's brackets and spaces: only when there is a password.
+        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy parses: hide what looks like a password
         return _USERINFO.sub(r"\g<head>:***@", url)
 

@@ -160,8 +160,8 @@ def _execute_run(run_id: str, db: str) -> None:
     except (SQLAlchemyError, ImportError) as exc:
         _fail(f"store {shown} unavailable: {store_reason(exc, db)} ({resumable})")
     except sqlite3.Error as exc:  # only the LangGraph checkpointer talks to sqlite3 directly
-        where = checkpoint_path(store) if store is not None else "file"
-        _fail(f"checkpoint {where} unavailable: {exc} ({resumable})")
+        where = f" {checkpoint_path(store)}" if store is not None else ""
+        _fail(f"checkpoint file{where} unavailable: {exc} ({resumable})")
     console.print(_summary_table(rows, f"run {run_id}"))
 
 

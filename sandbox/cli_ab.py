@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from sandbox.cli_common import DbOption, SetOption, console, err, shown_url
+from sandbox.cli_common import DbOption, SetOption, console, err, shown_url, store_errors
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
         if not 0 < confidence < 1 or resamples < 100 or seeds < 1:
             _fail("--confidence must be in (0, 1), --resamples >= 100, --seeds >= 1", 2)
         settings = AbSettings(baseline=baseline, confidence=confidence, n_resamples=resamples)
-        store = Store(db)
+        with store_errors(db):
+            store = Store(db)
         try:
             if resume:
                 exp_id = resume

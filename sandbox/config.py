@@ -175,7 +175,9 @@ class BackendConfig(_Strict):
     tokenizer: str | None = Field(
         None, description="Render the completions prompt locally with this transformers "
         "folder's chat template ('smollm2': the embedded asset); None: the server's /tokenize.")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(60.0, gt=0, description="Deadline of each request attempt: "
+                             "connecting, the headers and the whole body (a server that "
+                             "drips its answer is cut off too).")
     max_retries: int = Field(4, ge=0, description="Retries of a failed request (connection, "
                              "timeout, 408/429/5xx, broken response).")
     backoff_base_s: float = Field(0.2, ge=0, description="First backoff ceiling; doubles per "

@@ -256,7 +256,8 @@ class OpenAIBackend(LLMBackend):
         prefill: continue the assistant prefix (vLLM's ``continue_final_message``). Servers
             without it get the prompt alone.
         max_concurrency: requests in flight at once, over all endpoints and callers.
-        timeout_s: per-request timeout.
+        timeout_s: deadline of each attempt, the whole answer included (httpx's own timeout
+            bounds each read only, which a server dripping bytes never trips).
         max_retries: retries after the first attempt of each request.
         backoff_base_s: first backoff ceiling; it doubles per retry (full jitter).
         backoff_max_s: backoff ceiling.

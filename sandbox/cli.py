@@ -108,8 +108,9 @@ def perceive(
                          **({"base_url": base_url} if base_url else {})}
     if items < 0 or batch_size < 1:
         _fail("--items must be >= 0 and --batch-size >= 1", 2)
-    try:
+    with store_errors(db):
         store = Store(db)
+    try:
         ds, key, agent = perception_setup(dataset, data, backend_cfg, ip, store, seed=seed,
                                           source="vragent perceive")
     except ScenarioError as exc:

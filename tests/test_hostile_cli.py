@@ -173,7 +173,8 @@ BAD_STORES = {
 }
 
 
-@pytest.mark.parametrize("command", ["runs", "show", "export", "run", "ab"])
+@pytest.mark.parametrize("command", ["runs", "show", "export", "run", "ab", "show-item",
+                                     "perceive"])
 @pytest.mark.parametrize("case", list(BAD_STORES))
 def test_a_bad_store_is_one_line_naming_it(tmp_path, scenario, command, case):
     if case == "server down":
@@ -181,7 +182,9 @@ def test_a_bad_store_is_one_line_naming_it(tmp_path, scenario, command, case):
     make, reason = BAD_STORES[case]
     url = make(tmp_path)
     args = {"runs": ["runs"], "show": ["show", "abc"], "run": ["run", scenario],
-            "export": ["export", "abc", "--out", tmp_path / "out"], "ab": ["ab", scenario]}[command]
+            "export": ["export", "abc", "--out", tmp_path / "out"], "ab": ["ab", scenario],
+            "show-item": ["show-item", "1"], "perceive": ["perceive", "--backend", "tiny"],
+            }[command]
     line = assert_one_line(invoke(*args, "--db", url), 1, f"store {shown_url(url)}", reason)
     assert SECRET not in line
     if command == "run":

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sandbox.cli_common import DbOption, console, err
+from sandbox.cli_common import DbOption, console, err, shown_url
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -217,7 +217,7 @@ def eval_(
     except (RLDataError, PolicyError, AssetError, KeyError, ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
     console.print(headline_markdown(table), markup=False, highlight=False)
-    console.print(f"eval {eval_id} stored in {db}")
+    console.print(f"eval {eval_id} stored in {shown_url(db)}")
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(report_markdown(table, title, _command_line("eval")), encoding="utf-8")

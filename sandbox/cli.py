@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from sandbox.cli_common import DbOption, SetOption, console, err
+from sandbox.cli_common import DbOption, console, err, shown_url, store_errors
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -19,6 +20,16 @@ assets_app = typer.Typer(help="Embedded assets (SmolLM2, MovieLens-100K).", no_a
 app.add_typer(assets_app, name="assets")
 experiment_app = typer.Typer(help="The paper's experiments.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
+
+
+def _register_run_commands() -> None:
+    # First, so that run, runs, show and export lead the help as before the split.
+    from sandbox import cli_run
+
+    cli_run.register(app)
+
+
+_register_run_commands()
 
 
 @assets_app.command("fetch")
@@ -35,165 +46,6 @@ def assets_fetch(
             console.print(f"{status.name}: {status.action} at {status.path}")
     except AssetError as exc:
         _fail(str(exc))
-
-
-def _summary_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("arm", "users", "impressions", "watch rate", "like rate", "mean p(like)",
-                "exits", "tokens in", "tokens out", "traced", "format errors", "wall s"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
-    for r in rows:
-        table.add_row(
-            r["arm"], str(r["users"]), str(r["impressions"]), f"{r['watch_rate']:.3f}",
-            f"{r['like_rate']:.3f}",
-            "-" if r["mean_p_like"] is None else f"{r['mean_p_like']:.3f}",
-            str(r["exits"]), str(r["tokens_in"]), str(r["tokens_out"]), str(r["traced"]),
-            str(r["format_errors"]), f"{r['wall_s']:.1f}",
-        )
-    return table
-
-
-def _metering_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("arm", "LLM calls", "cache hits", "tokens in", "tokens out", "p50 ms", "p95 ms",
-                "p99 ms", "est. cost"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    for r in rows:
-        table.add_row(
-            r["arm"], str(r["calls"]), str(r["cache_hits"]), str(r["tokens_in"]),
-            str(r["tokens_out"]), ms(r["latency_p50_ms"]), ms(r["latency_p95_ms"]),
-            ms(r["latency_p99_ms"]), "-" if r["cost"] is None else f"{r['cost']:.4f}",
-        )
-    return table
-
-
-@app.command()
-def run(
-    scenario: Annotated[str, typer.Argument(help="Scenario name (quickstart) or YAML path.")] = "",
-    db: DbOption = DEFAULT_DB_URL,
-    resume: Annotated[str | None, typer.Option(help="Continue an interrupted run.")] = None,
-    sets: SetOption = None,
-) -> None:
-    """Run a scenario (or resume a run) and print the per-arm table."""
-    import sqlite3
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from agents.backends.base import BackendError
-    from environments.schema import DataFormatError
-    from sandbox.assets import AssetError
-    from sandbox.config import ScenarioError, load_scenario
-    from sandbox.policies import PolicyError, load_policy
-    from sandbox.runner import RunError, checkpoint_path, create_run, execute
-    from sandbox.store import Store
-
-    if not scenario and not resume:
-        _fail("give a SCENARIO or --resume RUN_ID", 2)
-    if resume and sets:
-        _fail("--set changes a new run's scenario; a resumed run keeps the one it started "
-              "with", 2)
-    try:
-        store = Store(db)
-        if resume:
-            run_id = resume
-        else:
-            # The stored scenario text has the overrides in it, so --resume needs no --set.
-            sc, text, path = load_scenario(scenario, sets or ())
-            if sc.policy:
-                load_policy(sc.policy)  # fail before a run is created, naming the registry
-            run_id = create_run(store, sc, text, str(path))
-    except (ScenarioError, PolicyError) as exc:
-        _fail(f"{scenario}: policy: {exc}" if isinstance(exc, PolicyError) else str(exc), 2)
-    except SQLAlchemyError as exc:
-        _fail(f"store {db} unavailable: {_db_reason(exc)}; nothing was started")
-    console.print(f"run [bold]{run_id}[/] → {db}")
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                        disable=not sys.stderr.isatty())
-    task = progress.add_task("simulating users", total=None)
-
-    def on_progress(event: str, done: int, total: int) -> None:
-        if event == "users":
-            progress.update(task, completed=done, total=total)
-        else:
-            progress.console.log(f"step {done}/{total} logged")
-
-    try:
-        with progress:
-            rows = execute(store, run_id, progress=on_progress)
-    except (ScenarioError, RunError, PolicyError) as exc:
-        _fail(str(exc), 2)
-    except (AssetError, DataFormatError, BackendError, OSError) as exc:
-        # OSError: a missing file, or a full disk or quota while writing one.
-        _fail(f"{exc} (run {run_id} is resumable: vragent run --resume {run_id} --db {db})")
-    except SQLAlchemyError as exc:
-        _fail(f"store {db} unavailable: {_db_reason(exc)} (run {run_id} is resumable: "
-              f"vragent run --resume {run_id} --db {db})")
-    except sqlite3.Error as exc:  # only the LangGraph checkpointer talks to sqlite3 directly
-        _fail(f"checkpoint file {checkpoint_path(store)} unavailable: {exc} (run {run_id} is "
-              f"resumable: vragent run --resume {run_id} --db {db})")
-    console.print(_summary_table(rows, f"run {run_id}"))
-
-
-def _db_reason(exc: Exception) -> str:
-    """The database's own one-line reason, without SQLAlchemy's statement dump."""
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
-
-
-@app.command()
-def runs(db: DbOption = DEFAULT_DB_URL) -> None:
-    """List the runs in the store."""
-    from sandbox.store import Store
-
-    table = Table(title=f"runs in {db}")
-    for col in ("id", "scenario", "status", "seed", "steps", "created", "wall s"):
-        table.add_column(col)
-    for r in Store(db).list_runs():
-        table.add_row(r.id, r.scenario_name, r.status, str(r.seed), f"{r.steps_done}/{r.n_steps}",
-                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"), f"{r.wall_s:.1f}")
-    console.print(table)
-
-
-@app.command()
-def show(run_id: str, db: DbOption = DEFAULT_DB_URL) -> None:
-    """Print a run's per-arm table."""
-    from sandbox.store import Store
-
-    store = Store(db)
-    run_row = store.get_run(run_id)
-    if run_row is None:
-        _fail(f"no run {run_id!r} in {db}", 2)
-    console.print(f"{run_row.scenario_name} · seed {run_row.seed} · {run_row.status} · "
-                  f"git {run_row.git_revision or '?'}")
-    console.print(_summary_table(store.arm_summary(run_id), f"run {run_id}"))
-    console.print(_metering_table(store.metering(run_id), "LLM metering (tokens, latency and "
-                                  "cost of the calls sent; hits cost nothing)"))
-
-
-@app.command()
-def export(
-    run_id: str,
-    format: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
-    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    db: DbOption = DEFAULT_DB_URL,
-) -> None:
-    """Export a run's tables (one file per table)."""
-    from sandbox.export import export_run
-    from sandbox.store import Store
-
-    store = Store(db)
-    if store.get_run(run_id) is None:
-        _fail(f"no run {run_id!r} in {db}", 2)
-    if format not in ("parquet", "jsonl"):
-        _fail(f"--format must be parquet or jsonl, not {format!r}", 2)
-    files = export_run(store, run_id, out or Path("exports") / run_id, format)
-    for f in files:
-        console.print(str(f))
 
 
 @app.command()
@@ -256,8 +108,9 @@ def perceive(
                          **({"base_url": base_url} if base_url else {})}
     if items < 0 or batch_size < 1:
         _fail("--items must be >= 0 and --batch-size >= 1", 2)
-    try:
+    with store_errors(db):
         store = Store(db)
+    try:
         ds, key, agent = perception_setup(dataset, data, backend_cfg, ip, store, seed=seed,
                                           source="vragent perceive")
     except ScenarioError as exc:
@@ -267,7 +120,8 @@ def perceive(
     texts = item_texts(ds.items, str(frames_dir) if frames_dir else None)
     order = most_popular_first(ds.interactions, texts)
     order = order[:items] if items else order
-    console.print(f"perceiving {len(order)} items of {key} with {agent.cache_key} → {db}")
+    console.print(f"perceiving {len(order)} items of {key} with {agent.cache_key} → "
+                  f"{shown_url(db)}")
     progress = Progress("[progress.description]{task.description}", BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err)
     with progress:
@@ -282,7 +136,7 @@ def perceive(
     console.print(
         f"{stats.wanted} items: {stats.cached} cached, {stats.made} new ({rate:.2f} items/s), "
         f"{stats.flagged} flagged by the format check; tokens in {stats.tokens_in}, "
-        f"out {stats.tokens_out}. See one: vragent show-item ITEM_ID --db {db}")
+        f"out {stats.tokens_out}. See one: vragent show-item ITEM_ID --db {shown_url(db)}")
 
 
 @app.command("show-item")
@@ -298,17 +152,19 @@ def show_item(
 
     from sandbox.store import Store
 
-    rows = Store(db).item_profiles(item_id, dataset, model)
+    with store_errors(db):
+        rows = Store(db).item_profiles(item_id, dataset, model)
     if not rows:
-        _fail(f"no profile of item {item_id} in {db}", 2)
+        _fail(f"no profile of item {item_id} in {shown_url(db)}", 2)
     for r in rows:
         console.rule(f"item {r.item_id} · {r.dataset} · {r.model_id}")
         if r.title:
-            console.print(f"[bold]title[/]    {r.title}", highlight=False)
-        console.print(f"[bold]profile[/]  {r.profile}", highlight=False)
+            console.print(Text.assemble(("title", "bold"), f"    {r.title}"), highlight=False)
+        console.print(Text.assemble(("profile", "bold"), f"  {r.profile}"), highlight=False)
         status = "ok" if r.format_ok else "repaired: " + "; ".join(r.problems or [])
-        console.print(f"[bold]format[/]   {status} · tokens in {r.tokens_in}, out "
-                      f"{r.tokens_out} · {r.latency_ms / 1000:.1f} s", highlight=False)
+        console.print(Text.assemble(("format", "bold"), f"   {status} · tokens in "
+                                    f"{r.tokens_in}, out {r.tokens_out} · "
+                                    f"{r.latency_ms / 1000:.1f} s"), highlight=False)
         table = Table(show_lines=True)
         for col in ("stage", "result", "tokens in/out"):
             table.add_column(col)
@@ -319,14 +175,16 @@ def show_item(
                 out = st.get("output")
                 result = out if isinstance(out, str) else json.dumps(out)
                 if full:
-                    result = (f"{result}\n\n[dim]prompt:[/]\n{st.get('prompt', '')}\n\n"
-                              f"[dim]completion:[/]\n{st.get('completion', '')}")
+                    result = Text.assemble(
+                        f"{result}\n\n", ("prompt:", "dim"), f"\n{st.get('prompt', '')}\n\n",
+                        ("completion:", "dim"), f"\n{st.get('completion', '')}")
             table.add_row(st.get("stage", "?"), result,
                           f"{st.get('tokens_in', 0)}/{st.get('tokens_out', 0)}")
         if r.stages:
             console.print(table)
         elif full:
-            console.print(f"[dim]prompt:[/]\n{r.prompt}\n[dim]completion:[/]\n{r.completion}",
+            console.print(Text.assemble(("prompt:", "dim"), f"\n{r.prompt}\n",
+                                        ("completion:", "dim"), f"\n{r.completion}"),
                           highlight=False)
 
 

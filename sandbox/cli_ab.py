@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from sandbox.cli_common import DbOption, SetOption, console, err
+from sandbox.cli_common import DbOption, SetOption, console, err, shown_url, store_errors
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -63,7 +64,8 @@ def register(app: typer.Typer) -> None:
         if not 0 < confidence < 1 or resamples < 100 or seeds < 1:
             _fail("--confidence must be in (0, 1), --resamples >= 100, --seeds >= 1", 2)
         settings = AbSettings(baseline=baseline, confidence=confidence, n_resamples=resamples)
-        store = Store(db)
+        with store_errors(db):
+            store = Store(db)
         try:
             if resume:
                 exp_id = resume
@@ -83,7 +85,7 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc), 2)
         except PolicyError as exc:
             _fail(f"{scenario}: policy: {exc}", 2)
-        console.print(f"experiment [bold]{exp_id}[/] → {db}")
+        console.print(Text.assemble("experiment ", (exp_id, "bold"), f" → {shown_url(db)}"))
 
         def on_run(seed: int, run_id: str) -> None:
             err.print(f"seed {seed}: run {run_id}")
@@ -94,7 +96,7 @@ def register(app: typer.Typer) -> None:
         except (AbError, RunError, ScenarioError, PolicyError) as exc:
             _fail(str(exc), 2)
         except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
-            _fail(f"{exc} (resumable: vragent ab --resume {exp_id} --db {db})")
+            _fail(f"{exc} (resumable: vragent ab --resume {exp_id} --db {shown_url(db)})")
         exp = store.get_experiment(exp_id)
         assert exp is not None
         folder = out or default_report_dir(exp_id)

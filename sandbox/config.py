@@ -6,6 +6,7 @@ An unknown key or a wrong type is a one-line error that names the file and the k
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,10 +15,47 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+#: Largest scenario file read (bytes): the bundled ones are under 5 KB, and an endless file
+#: (``/dev/zero``, a FIFO that never closes) must fail at once rather than fill memory.
+MAX_SCENARIO_BYTES = 1 << 20
+#: Largest seed: numpy's legacy and torch's generators take at most 32 bits, and the A/B
+#: seeds ``seed + k`` must still fit the store's 64-bit integer.
+MAX_SEED = 2**32 - 1
 
 
 class ScenarioError(ValueError):
     """A scenario file is missing, unreadable or invalid. The message is one line."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``).
+
+    An alias bomb (each level referring to the one before ten times) parses in microseconds
+    but expands exponentially once the config is copied, dumped or validated; a scenario has
+    no need for aliases, so none are accepted.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Compose the next node, raising on an alias."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed in a scenario (write the "
+                "value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML as ``yaml.safe_load`` does, but without aliases.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, a tag other than the standard ones, or an alias.
+    """
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class _Strict(BaseModel):
@@ -85,6 +123,15 @@ class ArmConfig(_Strict):
         "title", description="What a text-tower recommender (sasrec with tower: text) reads "
         "per item; items the IP agent has not profiled yet use their title.")
 
+    @model_validator(mode="after")
+    def _known_recommender(self) -> ArmConfig:
+        # Here rather than when the run builds its platform, so that a typo is a one-line
+        # error at load and no run is created for a scenario that cannot start.
+        from environments.recommenders import check_recommender
+
+        check_recommender(self.recommender, self.params)
+        return self
+
 
 class PricesConfig(_Strict):
     """Token prices for the cost estimate of the metering table (any one currency)."""
@@ -128,7 +175,9 @@ class BackendConfig(_Strict):
     tokenizer: str | None = Field(
         None, description="Render the completions prompt locally with this transformers "
         "folder's chat template ('smollm2': the embedded asset); None: the server's /tokenize.")
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(60.0, gt=0, description="Deadline of each request attempt: "
+                             "connecting, the headers and the whole body (a server that "
+                             "drips its answer is cut off too).")
     max_retries: int = Field(4, ge=0, description="Retries of a failed request (connection, "
                              "timeout, 408/429/5xx, broken response).")
     backoff_base_s: float = Field(0.2, ge=0, description="First backoff ceiling; doubles per "
@@ -209,7 +258,7 @@ class Scenario(_Strict):
 
     name: str
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
@@ -259,13 +308,13 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         ScenarioError: one line naming the source and the first bad key.
     """
     if not isinstance(data, dict):
-        raise ScenarioError(f"{source}: expected a mapping at the top level, got "
-                            f"{type(data).__name__}")
+        got = "nothing (an empty file)" if data is None else type(data).__name__
+        raise ScenarioError(f"{source}: expected a mapping at the top level, got {got}")
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
@@ -291,22 +340,48 @@ def load_scenario(name_or_path: str,
         ScenarioError: missing file, bad YAML, a bad override, or invalid content; one line.
     """
     path = resolve_scenario_path(name_or_path)
+    text = read_scenario_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ScenarioError(f"{path}:{where} invalid YAML: {problem}") from None
+        raise ScenarioError(f"{path}:{_yaml_problem(exc)}") from None
     if overrides:
+        if not isinstance(data, dict):  # an empty file: nothing to override
+            parse_scenario(data, str(path))
         data = apply_overrides(data, overrides, str(path))
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
         return parse_scenario(data, f"{path} (with overrides)"), text, path
     return parse_scenario(data, str(path)), text, path
+
+
+def read_scenario_text(path: Path) -> str:
+    """A scenario file's text, read with a size cap.
+
+    Raises:
+        ScenarioError: unreadable, larger than :data:`MAX_SCENARIO_BYTES`, or not UTF-8.
+    """
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror or exc})") from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: scenario larger than {MAX_SCENARIO_BYTES // 1024} KiB; "
+                            "not read further")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ScenarioError(f"{path}: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x})"
+                            ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` line N invalid YAML: problem`` in one line (no source excerpt, no caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or exc
+    return f"{where} invalid YAML: {' '.join(str(problem).split())}"
 
 
 def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> dict[str, Any]:
@@ -315,9 +390,13 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> d
     A number in the path indexes a list: ``arms.1.params.epochs=2``.
 
     Raises:
-        ScenarioError: an override is not ``key=value`` or walks into a non-mapping.
+        ScenarioError: an override is not ``key=value``, its value is not YAML (or uses a tag
+            or an alias), or it walks into a non-mapping.
     """
-    out = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping at the top level, got "
+                            f"{type(data).__name__}")
+    out = copy.deepcopy(data)
     for item in sets:
         if "=" not in item:
             raise ScenarioError(f"{source}: override {item!r} is not key.path=value")
@@ -333,7 +412,10 @@ def apply_overrides(data: dict[str, Any], sets: Sequence[str], source: str) -> d
                 node = node.setdefault(k, {})
             if not isinstance(node, dict | list):
                 raise ScenarioError(f"{source}: override {path}: {k} is not a section")
-        value = yaml.safe_load(raw)
+        try:
+            value = safe_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise ScenarioError(f"{source}: override {path}:{_yaml_problem(exc)}") from None
         if isinstance(node, list):
             node[_index(node, keys[-1], path, source)] = value
         else:

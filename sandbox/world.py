@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +15,8 @@ from environments.datasets import SyntheticWorld, load_dataset, make_synthetic_w
 from environments.schema import Dataset
 from environments.splits import Split, leave_one_out
 from sandbox.config import Scenario
+
+log = logging.getLogger("vragent.population")
 
 # Where $VRAGENT_DATA_DIR keeps each dataset when a scenario gives no path.
 DATA_DIR_DEFAULTS = {"movielens-100k": "movielens-100k", "microlens": "microlens-100k"}
@@ -64,6 +67,11 @@ def sample_population(split: Split, size: int, sampling: str, seed: int) -> list
     """Seeded sample of users that have a train history."""
     users = np.array(sorted(split.train), dtype=np.int64)
     if size >= len(users):
+        if size > len(users):
+            # Capped rather than refused (a scenario may aim high on a small sample); said
+            # out loud so that the run's user count is no surprise.
+            log.warning("population.size %d is more than the %d users with a training "
+                        "history; capped at %d", size, len(users), len(users))
         return users.tolist()
     if sampling == "first":
         return users[:size].tolist()

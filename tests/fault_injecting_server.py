@@ -17,6 +17,9 @@ runtime with :meth:`FaultInjectingServer.set_fault`:
 ``malformed``   answer 200 with a body that is not valid JSON
 ``garbage``     pass through, but rewrite chat completions' text to an unparseable answer
 ``down_after``  pass ``count`` POSTs, then go down (close the port) until set back to ``ok``
+``drip``        send 200 headers announcing a large body, then one byte every ``drip_s``
+                seconds until the client hangs up (each read is quick; the whole never ends)
+``reply``       answer the status and raw body given to :meth:`FaultInjectingServer.set_reply`
 ==============  ==========================================================================
 
 ``rewrite_text``, when set, replaces the text of chat completions that pass through unharmed
@@ -40,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MODES = ("ok", "refuse", "hang", "500", "503", "429", "400", "truncate", "malformed", "garbage",
-         "down_after")
+         "down_after", "drip", "reply")
 GARBAGE = "garbage ~~ no tags and no prediction here"
 
 
@@ -98,6 +101,19 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
 
+    def _drip(self, every_s: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(1 << 30))
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(every_s)
+        except OSError:  # the client gave up: what the test waits for
+            self.close_connection = True
+
     def do_GET(self):
         status, data = self._forward("GET", None)
         self._reply(status, data)
@@ -118,6 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "429":
             self._error(429, {"Retry-After": "0"})
+            return
+        if fault == "drip":
+            self._drip(owner.drip_s)
+            return
+        if fault == "reply":
+            self._reply(owner.reply_status, owner.reply_body)
             return
         if fault == "malformed":
             data = b'{"id": "cmpl-x", "choices": [{"index": 0, "message": {"content": "trun'
@@ -152,6 +174,8 @@ class FaultInjectingServer:
         upstream = upstream.rstrip("/")
         self.upstream = upstream[:-3] if upstream.endswith("/v1") else upstream
         self.hang_s = hang_s
+        self.drip_s = 0.2  # ``drip``: seconds between bytes
+        self.reply_status, self.reply_body = 200, b""  # ``reply``: see set_reply
         self.port = port or free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + "/v1"
@@ -219,6 +243,17 @@ class FaultInjectingServer:
             self.close()
         elif mode != "down_after" or self._listener is None:
             self.open()
+
+    def set_reply(self, status: int, body: bytes, count: int | None = None) -> None:
+        """Answer POSTs with ``status`` and the raw ``body`` (mode ``reply``).
+
+        Args:
+            status: the HTTP status.
+            body: the bytes sent, as they are (broken JSON, a key in an error message ...).
+            count: POSTs that get this answer (``None``: all).
+        """
+        self.reply_status, self.reply_body = status, body
+        self.set_fault("reply", count)
 
     def _next_fault(self, path: str) -> str | None:
         go_down = False

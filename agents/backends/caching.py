@@ -54,6 +54,7 @@ running totals in :attr:`CachingBackend.stats`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -219,7 +220,11 @@ class CachingBackend(LLMBackend):
         try:
             yield calls
         finally:
-            _SCOPE.reset(token)
+            # A block abandoned by an interrupt is closed later by the garbage collector, in
+            # another context, where the token cannot be reset (and need not be: the context
+            # it was set in is gone). Resetting there printed a traceback after Ctrl+C.
+            with contextlib.suppress(ValueError):
+                _SCOPE.reset(token)
 
     # ------------------------------------------------------------------ API
 

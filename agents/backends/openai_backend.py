@@ -191,9 +191,16 @@ class _LoopThread:
         loop.close()
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    # Square brackets would be read as markup by the CLI's console.
-    text = " ".join(str(text).split()).replace("[", "(").replace("]", ")")
+def _one_line(text: str, limit: int = 200, scrub: Callable[[str], str] | None = None) -> str:
+    """``text`` on one line, cut at ``limit`` characters, scrubbed of secrets *before* the cut.
+
+    Scrubbing after the cut would miss a key that straddles it, leaving its prefix behind.
+    """
+    text = str(text)
+    if scrub is not None:
+        text = scrub(text)
+    # Square brackets would be read as markup by a console that has it on.
+    text = " ".join(text.split()).replace("[", "(").replace("]", ")")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -249,7 +256,8 @@ class OpenAIBackend(LLMBackend):
         prefill: continue the assistant prefix (vLLM's ``continue_final_message``). Servers
             without it get the prompt alone.
         max_concurrency: requests in flight at once, over all endpoints and callers.
-        timeout_s: per-request timeout.
+        timeout_s: deadline of each attempt, the whole answer included (httpx's own timeout
+            bounds each read only, which a server dripping bytes never trips).
         max_retries: retries after the first attempt of each request.
         backoff_base_s: first backoff ceiling; it doubles per retry (full jitter).
         backoff_max_s: backoff ceiling.
@@ -412,9 +420,10 @@ class OpenAIBackend(LLMBackend):
         timeout = min(self.timeout_s, 5.0)
         for url in (ep.root + "/health", ep.url + "/models"):
             try:
-                resp = await client.get(url, headers=self._headers(), timeout=timeout)
-            except httpx.HTTPError as exc:
-                ep.last_error = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
+                async with asyncio.timeout(timeout):  # the whole answer, not each read
+                    resp = await client.get(url, headers=self._headers(), timeout=timeout)
+            except (httpx.HTTPError, TimeoutError) as exc:
+                ep.last_error = f"{type(exc).__name__}: {_one_line(str(exc), 120, self._scrub)}"
                 break  # unreachable: the other path is on the same server
             if 200 <= resp.status_code < 300:
                 ep.down = False
@@ -497,17 +506,17 @@ class OpenAIBackend(LLMBackend):
                     continue
                 except _FatalError as exc:
                     ep.failures += 1
-                    raise BackendError(self._scrub(_one_line(
+                    raise BackendError(_one_line(
                         f"openai backend: POST {path} to {ep.url} failed with {exc.kind} "
-                        f"(not retried): {exc.detail}", 400))) from None
+                        f"(not retried): {exc.detail}", 400, self._scrub)) from None
                 finally:
                     ep.in_flight -= 1
             ep.served += 1
             return result
-        raise BackendError(self._scrub(_one_line(
+        raise BackendError(_one_line(
             f"openai backend: POST {path} failed after {attempts} "
             f"attempt{'s' if attempts != 1 else ''} on "
-            f"{', '.join(tried)} (last error: {last})", 500)))
+            f"{', '.join(tried)} (last error: {last})", 500, self._scrub))
 
     async def _attempt(self, client: httpx.AsyncClient, ep: _Endpoint, path: str,
                        body: dict[str, Any], parse: Callable[[Any], Any], at_root: bool) -> Any:
@@ -515,24 +524,31 @@ class OpenAIBackend(LLMBackend):
         if self.unique_cache_salt and not at_root:
             body = {**body, "cache_salt": uuid.uuid4().hex}
         try:
-            resp = await client.post(url, json=body, headers=self._headers())
-        except httpx.TimeoutException as exc:
-            raise _RetryableError(type(exc).__name__, f"no answer within {self.timeout_s:g} s",
-                             mark_down=True) from None
+            # httpx's timeout bounds each read, so a server that drips a byte a second never
+            # trips it: the deadline bounds the whole request, headers and body.
+            async with asyncio.timeout(self.timeout_s):
+                resp = await client.post(url, json=body, headers=self._headers())
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise _RetryableError(type(exc).__name__, f"no full answer within "
+                                  f"{self.timeout_s:g} s", mark_down=True) from None
         except httpx.RequestError as exc:  # refused, reset, truncated body, protocol errors
-            raise _RetryableError(type(exc).__name__, _one_line(str(exc), 120),
-                             mark_down=True) from None
+            raise _RetryableError(type(exc).__name__, _one_line(str(exc), 120, self._scrub),
+                                  mark_down=True) from None
         status = resp.status_code
         if status >= 500 or status == 408:
-            raise _RetryableError(f"HTTP {status}", _server_message(resp), mark_down=status >= 500)
+            raise _RetryableError(f"HTTP {status}", _server_message(resp, self._scrub),
+                                  mark_down=status >= 500)
         if status == 429:
-            raise _RetryableError("HTTP 429", _server_message(resp),
-                             retry_after=_retry_after(resp.headers.get("retry-after")))
+            raise _RetryableError("HTTP 429", _server_message(resp, self._scrub),
+                                  retry_after=_retry_after(resp.headers.get("retry-after")))
         if status >= 400:
-            raise _FatalError(f"HTTP {status}", _server_message(resp))
+            raise _FatalError(f"HTTP {status}", _server_message(resp, self._scrub))
         try:
             return parse(resp.json())
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError,
+                OverflowError) as exc:
+            # RecursionError: JSON nested deeper than Python's stack; OverflowError: a
+            # number no float holds (a log-prob of 1000 under exp). Both are broken answers.
             raise _RetryableError("MalformedResponse", type(exc).__name__) from None
 
     def _run_all(self, coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
@@ -683,14 +699,17 @@ class OpenAIBackend(LLMBackend):
         body = self._chat_body(prompt, self.prefill, max_tokens=1, temperature=0.0,
                                logprobs=True, top_logprobs=self.top_logprobs)
 
-        def parse(data: Any) -> tuple[list[tuple[str, float]], int]:
+        def parse(data: Any) -> Score:
             content = data["choices"][0]["logprobs"]["content"] or []
             top = content[0]["top_logprobs"] if content else []
             pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
-            return pairs, int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            n_in = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+            # Scored inside parse: numbers that break the arithmetic are a broken answer.
+            return _option_score(pairs, options, n_in, 0.0)
 
-        top, n_in = await self._post("/chat/completions", body, parse)
-        return _option_score(top, options, n_in, time.perf_counter() - t0)
+        score = await self._post("/chat/completions", body, parse)
+        score.latency_s = time.perf_counter() - t0
+        return score
 
     async def _tokenize(self, prompt: ChatPrompt) -> list[int]:
         messages = prompt.as_dicts()
@@ -720,27 +739,30 @@ class OpenAIBackend(LLMBackend):
         else:
             body["prompt"] = await self._tokenize(prompt)
 
-        def parse(data: Any) -> tuple[list[tuple[str, float]], int]:
+        def parse(data: Any) -> Score:
             first = data["choices"][0]["logprobs"]["top_logprobs"][0] or {}
             pairs = [(str(t), float(lp)) for t, lp in first.items()]
             n_in = int((data.get("usage") or {}).get("prompt_tokens") or 0)
-            return pairs, n_in or (len(body["prompt"]) if text is None else 0)
+            n_in = n_in or (len(body["prompt"]) if text is None else 0)
+            # Scored inside parse: numbers that break the arithmetic are a broken answer.
+            return _option_score(pairs, options, n_in, 0.0)
 
-        top, n_in = await self._post("/completions", body, parse)
-        return _option_score(top, options, n_in, time.perf_counter() - t0)
+        score = await self._post("/completions", body, parse)
+        score.latency_s = time.perf_counter() - t0
+        return score
 
 
-def _server_message(resp: httpx.Response) -> str:
-    """A short one-line form of an error response's message."""
+def _server_message(resp: httpx.Response, scrub: Callable[[str], str]) -> str:
+    """A short one-line form of an error response's message, scrubbed before it is cut."""
     try:
         data = resp.json()
         msg = data.get("error", data) if isinstance(data, dict) else data
         if isinstance(msg, dict):
             msg = msg.get("message", msg)
         text = str(msg)
-    except ValueError:
+    except (ValueError, RecursionError):
         text = resp.text
-    return _one_line(text, 160)
+    return _one_line(text, 160, scrub)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,40 @@ def make_recommender(name: str, **params: Any) -> Recommender:
     return recommender_class(name)(**params)
 
 
+def check_recommender(name: str, params: Mapping[str, Any]) -> None:
+    """Check that ``make_recommender(name, seed=…, **params)`` would succeed, building nothing.
+
+    Scenario validation calls this, so an unknown recommender or parameter is a one-line
+    error at load, before a run is created. Models whose module cannot be imported (no torch)
+    pass here and fail when the run builds them.
+
+    Raises:
+        ValueError: an unknown name, a parameter the model does not take, ``seed`` (each run
+            passes the scenario's), or a value its constructor rejects.
+    """
+    try:
+        cls = recommender_class(name)
+    except ImportError:
+        return
+    if "seed" in params:
+        raise ValueError(f"recommender {name!r}: 'seed' comes from the scenario's seed, not "
+                         "from params")
+    if params and cls.__init__ is Recommender.__init__:
+        # The base class stores any keyword; a model without its own parameters takes none.
+        raise ValueError(f"recommender {name!r} takes no params, got {sorted(params)}")
+    try:
+        cls(seed=0, **params)  # constructors only check and store; fitting does the work
+    except TypeError as exc:
+        raise ValueError(f"recommender {name!r}: {_param_problem(exc)}") from None
+    except ValueError as exc:
+        raise ValueError(f"recommender {name!r}: {exc}") from None
+
+
+def _param_problem(exc: TypeError) -> str:
+    """``__init__() got an unexpected keyword argument 'x'`` without the function name."""
+    return re.sub(r"^[\w.]*\(\) ", "", str(exc))
+
+
 def load_recommender(path: str | Path, interactions: pd.DataFrame) -> Recommender:
     """Load a checkpoint of any registered model, picking the class from its config.
 
@@ -150,6 +185,7 @@ __all__ = [
     "RandomRecommender",
     "Recommendations",
     "Recommender",
+    "check_recommender",
     "load_recommender",
     "make_recommender",
     "recommender_class",

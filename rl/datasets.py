@@ -738,6 +738,10 @@ def rl_manifest(
     config = dataclasses.asdict(cfg)
     config["dataset_path"] = _name(cfg.dataset_path)
     config["store_url"] = _name(cfg.store_url)
+    params = dict(cfg.dataset_params)
+    if params.get("items_path"):  # interactions: the items file, named like the log
+        params["items_path"] = _name(params["items_path"])
+    config["dataset_params"] = params
     pop = stats.popularity
     return {
         "format": FORMAT,
@@ -745,7 +749,7 @@ def rl_manifest(
         "git_revision": git_revision(),
         "versions": package_versions(),
         "dataset": {"kind": cfg.dataset, "path_name": _name(cfg.dataset_path),
-                    "params": dict(cfg.dataset_params)},
+                    "params": params},
         "seed": cfg.seed,
         "min_len": cfg.min_len,
         "max_len": cfg.max_len,

@@ -126,6 +126,7 @@ def test_build_data_end_to_end_on_an_interactions_csv(logs, tmp_path) -> None:
     dd, manifest = load_rl_data(out)
     assert manifest["dataset"]["kind"] == "interactions"
     assert manifest["dataset"]["params"]["columns"] == COLUMNS
+    assert manifest["dataset"]["params"]["items_path"] == "videos.parquet"  # no local folders
     rows = dd["eval"].to_pandas()
     assert len(rows) > 0 and set(rows["task"]) == {"judgement", "selection"}
     titles = set(pd.read_parquet(logs[1])["name"])

@@ -154,8 +154,11 @@ def _pick_columns(table: _Table, cols: InteractionColumns, roles: tuple[str, ...
             col = cols.pick(role, have)
         except KeyError as exc:
             shown = ", ".join(map(repr, have[:12])) + (" …" if len(have) > 12 else "")
+            hint = f"set columns.{role}"
+            if len(have) == 1 and any(c in have[0] for c in ";\t|,"):
+                hint = "wrong separator? set sep"
             raise DataFormatError(f"{table.name}: no {role} column {exc.args[0]!r} (columns: "
-                                  f"{shown}); set columns.{role}") from None
+                                  f"{shown}); {hint}") from None
         if col is not None:
             out[role] = col
     return out

@@ -90,16 +90,21 @@ OPTIONAL_DEFAULTS = {"timestamp": "timestamp", "rating": "rating", "category": "
 
 
 class InteractionsOptions(BaseModel):
-    """Everything :func:`environments.datasets.load_interactions` takes besides the path."""
+    """Everything :func:`environments.datasets.load_interactions` takes besides the path.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    The scenario's ``dataset`` section (``sandbox.config.DatasetConfig``) extends this model,
+    so a scenario, ``vragent rl build-data`` and the loader check the same fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     items_path: str | None = Field(
         None, description="CSV or Parquet with an item column and titles (optional).")
     columns: InteractionColumns = Field(default_factory=InteractionColumns)
-    like_threshold: float = Field(4.0, description="A rating at or above this is a like.")
-    sep: str | None = Field(
-        None, min_length=1, description="CSV field separator; default tab for .tsv, else comma.")
+    like_threshold: float = Field(4.0, allow_inf_nan=False,
+                                  description="A rating at or above this is a like.")
+    sep: str | None = Field(None, min_length=1, max_length=1,
+                            description="CSV field separator; default tab for .tsv, else comma.")
 
 
 def interactions_options(params: Mapping[str, Any]) -> InteractionsOptions:

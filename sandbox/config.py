@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from environments.sources import InteractionColumns
+from environments.sources import InteractionsOptions
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -27,8 +27,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DatasetConfig(_Strict):
-    """Where the real (or synthetic) logs come from."""
+class DatasetConfig(InteractionsOptions):
+    """Where the real (or synthetic) logs come from.
+
+    ``items_path``, ``columns``, ``like_threshold`` and ``sep`` (from
+    :class:`~environments.sources.InteractionsOptions`) are for ``kind: interactions`` only.
+    """
 
     kind: Literal["movielens-100k", "movielens-1m", "microlens", "interactions", "synthetic"
                   ] = "movielens-100k"
@@ -36,15 +40,6 @@ class DatasetConfig(_Strict):
         None, description="Data folder (MovieLens: or its .zip; interactions: the CSV or "
         "Parquet log). None: the embedded MovieLens-100K asset, or "
         "$VRAGENT_DATA_DIR/<default folder> for MicroLens.")
-    items_path: str | None = Field(
-        None, description="interactions: CSV or Parquet of the items (item column, title, "
-        "optional category).")
-    columns: InteractionColumns = Field(
-        default_factory=InteractionColumns, description="interactions: column names.")
-    like_threshold: float = Field(
-        4.0, description="interactions: a rating at or above this is a like.")
-    sep: str | None = Field(None, min_length=1,
-                            description="interactions: CSV separator (default by extension).")
     min_len: int = Field(5, ge=2, description="Users with fewer interactions are dropped.")
     max_len: int = Field(13, ge=3, description="Sequences are cut to their last max_len items.")
     synthetic: dict[str, Any] = Field(
@@ -69,7 +64,7 @@ class DatasetConfig(_Strict):
                 "like_threshold": self.like_threshold, "sep": self.sep}
 
 
-_INTERACTIONS_ONLY = ("items_path", "columns", "like_threshold", "sep")
+_INTERACTIONS_ONLY = tuple(InteractionsOptions.model_fields)
 
 
 def _expand(path: str) -> str:

@@ -12,7 +12,8 @@ appearance (items: the items file first, then the log) and the original id is ke
 
 Bad rows (an empty id, a timestamp or rating that is not a number) are skipped and counted
 in the load report, as in every loader; above ``MAX_BAD_FRACTION`` of the rows the load fails
-with one line naming the file, the line (Parquet: the row) and the column.
+with one line naming the file, the line (Parquet: the row) and the column. CSV line numbers
+count the header as line 1 and assume no line breaks inside quoted fields.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from environments.datasets._io import (
     display_name,
     fill_missing_titles,
     finish_interactions,
+    is_gzip,
     tags_column,
 )
 from environments.schema import DataFormatError, Dataset, LoadReport
-from environments.sources import InteractionColumns, InteractionsOptions
+from environments.sources import InteractionColumns, interactions_options
 
 _PARQUET_MAGIC = b"PAR1"
 _INT_TEXT = r"^-?\d+$"
@@ -80,15 +82,17 @@ def load_interactions(
         no profile fields.
 
     Raises:
+        ValueError: ``columns`` names an unknown role (one line).
+        FileNotFoundError: A file does not exist.
         DataFormatError: A file is unreadable, lacks a column, or has too many bad rows.
     """
     cols = columns if isinstance(columns, InteractionColumns) else (
-        InteractionsOptions.model_validate({"columns": dict(columns or {})}).columns)
+        interactions_options({"columns": dict(columns or {})}).columns)
     report = LoadReport()
-    log = read_table(path, sep)
+    log = _read_table(path, sep)
     picked = _pick_columns(log, cols, ("user", "item", "timestamp", "rating"))
     inter, n_rows = _interaction_rows(log, picked, report)
-    items_table = read_table(items_path, sep) if items_path is not None else None
+    items_table = _read_table(items_path, sep) if items_path is not None else None
     items, inter["item_id"] = _items(items_table, cols, inter.pop("item_key"), report)
     inter["user_id"], users = _dense_ids(inter.pop("user_key"), "user_id")
     if "rating" in inter:
@@ -104,8 +108,8 @@ def load_interactions(
 # --------------------------------------------------------------------------- reading
 
 
-def read_table(path: str | Path, sep: str | None = None) -> _Table:
-    """Read a CSV or Parquet file into string-or-native columns, with one-line errors.
+def _read_table(path: str | Path, sep: str | None = None) -> _Table:
+    """Read a CSV (every column as text) or a Parquet file (its own types); one-line errors.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -127,7 +131,8 @@ def read_table(path: str | Path, sep: str | None = None) -> _Table:
     sep = sep or ("\t" if ".tsv" in path.name.lower() else ",")
     try:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                            encoding="utf-8-sig", compression="infer", engine="c")
+                            encoding="utf-8-sig", engine="c",
+                            compression="gzip" if is_gzip(path) else None)
     except UnicodeDecodeError as exc:
         raise DataFormatError(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason})"
                               ) from None

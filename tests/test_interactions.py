@@ -205,6 +205,16 @@ def test_movielens_zip_loads_the_same_dataset_as_the_folder(tmp_path: Path) -> N
     _assert_same(load_movielens_100k(flat), load_movielens_100k(folder))
 
 
+def test_movielens_1m_zip_loads_the_same_dataset_as_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::10::5::300\n1::20::2::100\n2::10::4::100\n")
+    (folder / "movies.dat").write_text("10::Alpha (2000)::Comedy\n20::Beta (1999)::Action\n")
+    (folder / "users.dat").write_text("1::F::25::12::12345\n2::M::56::3::54321\n")
+    archive = _zip_folder(folder, tmp_path / "ml-1m.zip", prefix="ml-1m/")
+    _assert_same(load_dataset("ml-1m", archive), load_dataset("ml-1m", folder))
+
+
 def test_movielens_zip_errors_name_the_archive(tmp_path: Path) -> None:
     empty = tmp_path / "empty.zip"
     with zipfile.ZipFile(empty, "w") as zf:

@@ -109,7 +109,7 @@ def load_interactions(
 
 
 def _read_table(path: str | Path, sep: str | None = None) -> _Table:
-    """Read a CSV (every column as text) or a Parquet file (its own types); one-line errors.
+    """Read a CSV or a Parquet file into a frame, with one-line errors.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -130,7 +130,9 @@ def _read_table(path: str | Path, sep: str | None = None) -> _Table:
         return _Table(name, frame.reset_index(drop=True), "row", 1)
     sep = sep or ("\t" if ".tsv" in path.name.lower() else ",")
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+        # The C parser infers types: clean numeric columns arrive as numbers (fast); a column
+        # with any text in it arrives as text, and the conversions below find the bad rows.
+        frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_filter=False,
                             encoding="utf-8-sig", engine="c",
                             compression="gzip" if is_gzip(path) else None)
     except UnicodeDecodeError as exc:

@@ -346,4 +346,4 @@ def _items(table: _Table | None, cols: InteractionColumns, log_keys: pd.Series,
     items = add_unknown_items(items, pd.DataFrame({"item_id": log_ids}), report, table.name)
     if "source_id" in known:
         items["source_id"] = items["item_id"].map(known.set_index("item_id")["source_id"])
-    return items, log_ids
+    return items.sort_values("item_id", kind="stable").reset_index(drop=True), log_ids

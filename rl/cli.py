@@ -15,7 +15,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sandbox.cli_common import DbOption, console, err, shown_url
+from sandbox.cli_common import (
+    ColumnOption,
+    DatasetOption,
+    DbOption,
+    ItemsPathOption,
+    LikeThresholdOption,
+    console,
+    dataset_options,
+    err,
+    shown_url,
+)
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -33,10 +43,14 @@ def _command_line(marker: str) -> str:
 @rl_app.command("build-data")
 def build_data(
     out: Annotated[Path, typer.Option(help="Folder to write (HF datasets + manifest.json).")],
-    dataset: Annotated[str, typer.Option(help="movielens-100k, microlens or synthetic.")] = (
-        "movielens-100k"),
-    path: Annotated[str | None, typer.Option(help="Data folder (default: the embedded "
-                                             "MovieLens asset or $VRAGENT_DATA_DIR).")] = None,
+    dataset: DatasetOption = "movielens-100k",
+    path: Annotated[str | None, typer.Option(help="Data folder or file (MovieLens: or its "
+                                             ".zip; interactions: the CSV or Parquet log). "
+                                             "Default: the embedded MovieLens asset or "
+                                             "$VRAGENT_DATA_DIR.")] = None,
+    items_path: ItemsPathOption = None,
+    column: ColumnOption = None,
+    like_threshold: LikeThresholdOption = None,
     seed: int = 0,
     eval_users: Annotated[float, typer.Option(help="Held-out users (count, or fraction < 1).")
                           ] = 500,
@@ -64,9 +78,15 @@ def build_data(
     )
 
     try:
+        options = dataset_options(dataset, items_path, column, like_threshold)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    try:
         base = yaml.safe_load(config.read_text()) if config else {}
         if not isinstance(base, dict):
             raise RLDataError(f"{config}: expected a mapping of RLDataConfig fields")
+        if options:
+            base["dataset_params"] = {**base.get("dataset_params", {}), **options}
         data_path = path
         if data_path is None and dataset == "movielens-100k":
             from sandbox.assets import require_movielens

@@ -49,7 +49,8 @@ from agents.prompts import (
 )
 from agents.selection import selection_prompt, shown_titles
 from environments.datasets import load_dataset
-from environments.schema import Dataset
+from environments.schema import DataFormatError, Dataset
+from environments.sources import DATASET_KINDS, canonical_kind
 from environments.splits import as_sequences
 from rl.negatives import (
     HARD_K,
@@ -185,6 +186,8 @@ class RLDataConfig:
         Raises:
             RLDataError: the first invalid setting, by name.
         """
+        _require(canonical_kind(self.dataset) in DATASET_KINDS,
+                 f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASET_KINDS)}")
         _require(set(self.tasks) <= set(TASKS) and self.tasks, f"tasks must be from {TASKS}")
         for name in ("protocols", "train_protocols"):
             _require(set(getattr(self, name)) <= set(PROTOCOLS),
@@ -216,13 +219,28 @@ _DATA_DIR_FOLDERS = {"movielens-100k": "movielens-100k", "ml-100k": "movielens-1
 
 
 def load_source(cfg: RLDataConfig) -> Dataset:
-    """The dataset a config names (its folder under ``$VRAGENT_DATA_DIR`` when no path)."""
+    """The dataset a config names (its folder under ``$VRAGENT_DATA_DIR`` when no path).
+
+    Raises:
+        RLDataError: a file-based kind without a path.
+        FileNotFoundError: the path does not exist.
+        DataFormatError: the files are malformed.
+    """
     path = cfg.dataset_path
     folder = _DATA_DIR_FOLDERS.get(cfg.dataset.strip().lower())
     data_dir = os.environ.get("VRAGENT_DATA_DIR")
     if path is None and folder and data_dir:
         path = str(Path(data_dir) / folder)
-    return load_dataset(cfg.dataset, path, **cfg.dataset_params)
+    if path is None and canonical_kind(cfg.dataset) != "synthetic":
+        where = " (or set VRAGENT_DATA_DIR)" if folder else ""
+        raise RLDataError(f"dataset {cfg.dataset!r} needs a path: --path or dataset_path"
+                          f"{where}")
+    try:
+        return load_dataset(cfg.dataset, path, **cfg.dataset_params)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, DataFormatError):
+            raise
+        raise RLDataError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ users
@@ -720,6 +738,10 @@ def rl_manifest(
     config = dataclasses.asdict(cfg)
     config["dataset_path"] = _name(cfg.dataset_path)
     config["store_url"] = _name(cfg.store_url)
+    params = dict(cfg.dataset_params)
+    if params.get("items_path"):  # interactions: the items file, named like the log
+        params["items_path"] = _name(params["items_path"])
+    config["dataset_params"] = params
     pop = stats.popularity
     return {
         "format": FORMAT,
@@ -727,7 +749,7 @@ def rl_manifest(
         "git_revision": git_revision(),
         "versions": package_versions(),
         "dataset": {"kind": cfg.dataset, "path_name": _name(cfg.dataset_path),
-                    "params": dict(cfg.dataset_params)},
+                    "params": params},
         "seed": cfg.seed,
         "min_len": cfg.min_len,
         "max_len": cfg.max_len,

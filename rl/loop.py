@@ -108,7 +108,7 @@ def _data_config(sc: Scenario, cfg: LoopConfig, db: str, run_id: str):
     from rl.datasets import RLDataConfig
     from sandbox.world import dataset_path
 
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = sc.dataset.loader_options()
     path = dataset_path(sc)
     if sc.dataset.kind == "synthetic":
         params = {"seed": sc.seed, **sc.dataset.synthetic}

@@ -276,12 +276,17 @@ def _ml_from_folder(folder: Path, out: Path) -> None:
 
 
 def _ml_from_zip(archive: Path, out: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(archive) as zf:
-        zf.extractall(tmp)
-        hits = list(Path(tmp).rglob("u.data"))
-        if not hits:
-            raise AssetError(f"{archive} holds no u.data")
-        _ml_from_folder(hits[0].parent, out)
+    from environments.datasets._archive import data_folder
+    from environments.schema import DataFormatError
+
+    try:
+        with data_folder(archive) as folder:
+            hits = sorted(folder.rglob("u.data"))
+            if not hits:
+                raise AssetError(f"{archive} holds no u.data")
+            _ml_from_folder(hits[0].parent, out)
+    except DataFormatError as exc:
+        raise AssetError(f"{archive}: {exc}") from None
 
 
 def fetch_movielens(

@@ -10,7 +10,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from sandbox.cli_common import DbOption, console, err, shown_url, store_errors
+from sandbox.cli_common import (
+    ColumnOption,
+    DatasetOption,
+    DbOption,
+    ItemsPathOption,
+    LikeThresholdOption,
+    console,
+    dataset_options,
+    err,
+    shown_url,
+    store_errors,
+)
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
 
@@ -66,10 +77,13 @@ def scenarios() -> None:
 
 @app.command()
 def perceive(
-    dataset: Annotated[str, typer.Option(help="movielens-100k, microlens or synthetic.")] = (
-        "movielens-100k"),
-    data: Annotated[Path | None, typer.Option(help="Data folder (default: the embedded asset "
-                                              "or $VRAGENT_DATA_DIR).")] = None,
+    dataset: DatasetOption = "movielens-100k",
+    data: Annotated[Path | None, typer.Option(help="Data folder or file (MovieLens: or its "
+                                              ".zip; interactions: the log). Default: the "
+                                              "embedded asset or $VRAGENT_DATA_DIR.")] = None,
+    items_path: ItemsPathOption = None,
+    column: ColumnOption = None,
+    like_threshold: LikeThresholdOption = None,
     backend: Annotated[str, typer.Option(help="hf, openai, hf-vision or tiny.")] = "hf",
     model: Annotated[str, typer.Option(help="smollm2, a model folder, or a served name.")] = (
         "smollm2"),
@@ -108,11 +122,15 @@ def perceive(
                          **({"base_url": base_url} if base_url else {})}
     if items < 0 or batch_size < 1:
         _fail("--items must be >= 0 and --batch-size >= 1", 2)
+    try:
+        options = dataset_options(dataset, items_path, column, like_threshold)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     with store_errors(db):
         store = Store(db)
     try:
         ds, key, agent = perception_setup(dataset, data, backend_cfg, ip, store, seed=seed,
-                                          source="vragent perceive")
+                                          source="vragent perceive", dataset_options=options)
     except ScenarioError as exc:
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError, ValueError) as exc:

@@ -120,6 +120,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Macro fidelity: simulated A/B ordering of the arms vs offline HR@10 (Spearman)."""
         from agents.backends.base import BackendError
+        from environments.schema import DataFormatError
         from sandbox.ab import AbError
         from sandbox.assets import AssetError
         from sandbox.config import ScenarioError, load_scenario
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
                                n_resamples=resamples)
         except (ScenarioError, AbError) as exc:
             _fail(str(exc), 2)
-        except (AssetError, FileNotFoundError, BackendError) as exc:
+        except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
             _fail(str(exc))
         md = fidelity_markdown(res, _command())
         console.print(md)

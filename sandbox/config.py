@@ -7,12 +7,15 @@ An unknown key or a wrong type is a one-line error that names the file and the k
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from environments.sources import InteractionsOptions
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 #: Largest scenario file read (bytes): the bundled ones are under 5 KB, and an endless file
@@ -62,17 +65,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DatasetConfig(_Strict):
-    """Where the real (or synthetic) logs come from."""
+class DatasetConfig(InteractionsOptions):
+    """Where the real (or synthetic) logs come from.
 
-    kind: Literal["movielens-100k", "movielens-1m", "microlens", "synthetic"] = "movielens-100k"
+    ``items_path``, ``columns``, ``like_threshold`` and ``sep`` (from
+    :class:`~environments.sources.InteractionsOptions`) are for ``kind: interactions`` only.
+    """
+
+    kind: Literal["movielens-100k", "movielens-1m", "microlens", "interactions", "synthetic"
+                  ] = "movielens-100k"
     path: str | None = Field(
-        None, description="Data folder. None: the embedded MovieLens-100K asset, or "
+        None, description="Data folder (MovieLens: or its .zip; interactions: the CSV or "
+        "Parquet log). None: the embedded MovieLens-100K asset, or "
         "$VRAGENT_DATA_DIR/<default folder> for MicroLens.")
     min_len: int = Field(5, ge=2, description="Users with fewer interactions are dropped.")
     max_len: int = Field(13, ge=3, description="Sequences are cut to their last max_len items.")
     synthetic: dict[str, Any] = Field(
         default_factory=dict, description="Arguments of make_synthetic_world.")
+
+    @model_validator(mode="after")
+    def _interactions_options(self) -> DatasetConfig:
+        defaults = DatasetConfig.model_construct()
+        given = [k for k in _INTERACTIONS_ONLY if getattr(self, k) != getattr(defaults, k)]
+        if self.kind != "interactions" and given:
+            raise ValueError(f"{given[0]} is only for kind 'interactions'")
+        if self.kind == "interactions" and not self.path:
+            raise ValueError("kind 'interactions' needs a path (the CSV or Parquet log)")
+        return self
+
+    def loader_options(self) -> dict[str, Any]:
+        """Loader keyword arguments beyond the path (``load_dataset(kind, path, **these)``)."""
+        if self.kind != "interactions":
+            return {}
+        items = _expand(self.items_path) if self.items_path else None
+        return {"items_path": items, "columns": self.columns.model_dump(),
+                "like_threshold": self.like_threshold, "sep": self.sep}
+
+
+_INTERACTIONS_ONLY = tuple(InteractionsOptions.model_fields)
+
+
+def _expand(path: str) -> str:
+    """``$VARS`` and ``~`` expanded, as for ``dataset.path``."""
+    return str(Path(os.path.expandvars(path)).expanduser())
 
 
 class PopulationConfig(_Strict):

@@ -85,11 +85,14 @@ def build_ip_agent(cfg: IPAgentConfig, backend: LLMBackend, seed: int = 0) -> IP
 
 def perception_setup(dataset: str, path: str | Path | None, backend: dict[str, Any],
                      ip_agent: dict[str, Any], store: Store, *, seed: int = 0,
-                     source: str = "perception") -> tuple[Dataset, str, IPAgent]:
+                     source: str = "perception",
+                     dataset_options: dict[str, Any] | None = None,
+                     ) -> tuple[Dataset, str, IPAgent]:
     """The dataset, its cache key and an IP agent, outside a simulation run.
 
     The settings are validated as the matching scenario sections (one-line errors naming the
     key), and the agent's backend sits behind the store's response cache, as in a run.
+    ``dataset_options`` are further ``dataset`` keys (``items_path``, ``columns`` …).
 
     Raises:
         ScenarioError: a bad setting.
@@ -101,7 +104,8 @@ def perception_setup(dataset: str, path: str | Path | None, backend: dict[str, A
 
     sc = parse_scenario({
         "name": source, "seed": seed,
-        "dataset": {"kind": dataset, **({"path": str(path)} if path else {})},
+        "dataset": {"kind": dataset, **({"path": str(path)} if path else {}),
+                    **(dataset_options or {})},
         "arms": [{"name": "none", "recommender": "popular"}],  # a scenario needs one
         "backend": backend, "ip_agent": ip_agent,
     }, source)

@@ -23,7 +23,7 @@ DATA_DIR_DEFAULTS = {"movielens-100k": "movielens-100k", "microlens": "microlens
 
 
 def dataset_path(sc: Scenario) -> Path | None:
-    """The data folder a scenario reads (``None`` for synthetic data)."""
+    """The data folder (or file) a scenario reads (``None`` for synthetic data)."""
     ds = sc.dataset
     if ds.kind == "synthetic":
         return None
@@ -60,7 +60,14 @@ def load_world(sc: Scenario) -> tuple[Dataset, str]:
     path = dataset_path(sc)
     if not path.exists():
         raise FileNotFoundError(f"dataset.path: {path} does not exist")
-    return load_dataset(sc.dataset.kind, path), f"{sc.dataset.kind}:{path.resolve().name}"
+    options = sc.dataset.loader_options()
+    key = f"{sc.dataset.kind}:{path.resolve().name}"
+    if options.get("items_path"):
+        items = Path(options["items_path"])
+        if not items.exists():
+            raise FileNotFoundError(f"dataset.items_path: {items} does not exist")
+        key += f"+{items.resolve().name}"
+    return load_dataset(sc.dataset.kind, path, **options), key
 
 
 def sample_population(split: Split, size: int, sampling: str, seed: int) -> list[int]:

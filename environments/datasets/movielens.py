@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from environments.datasets._archive import data_folder
 from environments.datasets._io import (
     add_unknown_items,
     add_unknown_users,
@@ -51,7 +52,7 @@ ML_ENCODING = "latin-1"  # GroupLens files are ISO-8859-1; latin-1 never fails t
 
 
 def load_movielens_100k(path: str | Path) -> Dataset:
-    """Load MovieLens 100K from a folder.
+    """Load MovieLens 100K from a folder or from the distributed ``ml-100k.zip``.
 
     Two layouts are recognised: the GroupLens one (``u.data``, ``u.item``, ``u.user`` and
     optionally ``u.genre``) and the RecBole atomic one (``ml-100k.inter``, ``ml-100k.item``,
@@ -59,16 +60,22 @@ def load_movielens_100k(path: str | Path) -> Dataset:
     ``path/ml-100k/u.data``).
 
     Args:
-        path: The folder.
+        path: The folder, or a zip archive of it (read without unpacking it by hand; the zip
+            and the folder give the same dataset).
 
     Returns:
         The dataset, validated. Items: title with year, category = ``|``-joined genres,
         tags ``""``. Users: age, gender, occupation, zip_code.
 
     Raises:
-        DataFormatError: Neither layout is found, or a file is malformed.
+        DataFormatError: Neither layout is found, the archive is unreadable, or a file is
+            malformed.
     """
-    folder = Path(path)
+    with data_folder(path) as folder:
+        return _load_100k_folder(folder)
+
+
+def _load_100k_folder(folder: Path) -> Dataset:
     if find_file(folder, ["u.data"]) is not None:
         return _load_grouplens_100k(folder)
     inter = find_files(folder, r".+\.inter(\.gz)?")
@@ -332,16 +339,21 @@ def load_movielens_1m(path: str | Path) -> Dataset:
     """Load MovieLens 1M (``ratings.dat``, ``movies.dat``, ``users.dat``; ``::``-separated).
 
     Args:
-        path: The folder (files may be gzipped or one subfolder down, e.g. ``ml-1m/``).
+        path: The folder (files may be gzipped or one subfolder down, e.g. ``ml-1m/``), or
+            the distributed ``ml-1m.zip``.
 
     Returns:
         The dataset, validated. Users: gender, age (the ML-1M age-group code), occupation
         (name decoded from the 0..20 code), zip_code.
 
     Raises:
-        DataFormatError: A file is missing or malformed.
+        DataFormatError: A file is missing or malformed, or the archive is unreadable.
     """
-    folder = Path(path)
+    with data_folder(path) as folder:
+        return _load_1m_folder(folder)
+
+
+def _load_1m_folder(folder: Path) -> Dataset:
     report = LoadReport()
     ratings_path = _require(folder, "ratings.dat")
     interactions = _read_ratings(ratings_path, "::", report)

@@ -23,7 +23,7 @@ Modes of an LLM policy (:class:`LLMPolicy`, any :class:`~agents.backends.base.LL
     * ``generate``: what a trained policy does. The row's own prompt and assistant prefix
       (``<think>``) are sampled (paper's evaluation setting: temperature 0.8, top-p 0.95,
       seeded) and parsed with :func:`~agents.parsing.parse_judgement` or
-      :func:`~agents.selection.parse_selection`; the table adds the format-valid rate (the
+      :func:`~agents.parsing.parse_selection`; the table adds the format-valid rate (the
       parser's ``format_ok``) and the mean completion length in words. There is no AUC.
 
 Non-LLM baselines (:mod:`rl.baselines`) run in mode ``scorer``.
@@ -57,13 +57,12 @@ import numpy as np
 import pandas as pd
 
 from agents.backends.base import ChatPrompt, LLMBackend
-from agents.parsing import parse_judgement
+from agents.parsing import parse_judgement, parse_selection
 from agents.prompts import SCORE_PREFIX
 from agents.selection import (
     CANDIDATES_HEADER,
     HISTORY_HEADER,
     LETTER_LABELS,
-    parse_selection,
     selection_letter_prompt,
 )
 from rl.baselines import Scorer, as_rows, is_yes

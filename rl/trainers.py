@@ -322,7 +322,7 @@ def train_policy(cfg: SFTRunConfig | GRPORunConfig, store: Store,
     t0 = time.perf_counter()
     try:
         if cfg.algo == "grpo":
-            from rl.rewards import RewardRecorder, make_reward_funcs
+            from rl.reward_funcs import RewardRecorder, make_reward_funcs
 
             recorder = RewardRecorder()
             callback = _curve_callback(store, run_id, recorder)

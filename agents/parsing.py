@@ -51,6 +51,7 @@ _BARE = re.compile(r"^[\W_]*(yes|no)\b", re.I)
 _POLARITY = re.compile(r"\b(yes|no|enjoy\w*|dislike\w*)\b", re.I)
 _NEGATED = re.compile(r"(?:\bnot|\bnever|n't|\bno)(?:\s+\w+){0,2}\s+$", re.I)
 _PREFERENCE_VALUE = re.compile(r"user_preferences?\s*[:：]?\s*(.*?)(?:\(2\)|\n|$)", re.I | re.S)
+_PREFERENCE_FIELD = re.compile(r"user_preferences?\s*[:：]", re.I)
 _NUMBERING = re.compile(r"[(（]\s*[12]\s*[)）]")
 # The selection field; "next video" with a space only with its colon, so "My next video idea"
 # in a title is not taken for the field.
@@ -164,6 +165,11 @@ def has_prediction_field(answer: str) -> bool:
 def has_next_video_field(answer: str) -> bool:
     """Whether a selection answer has its ``Next_video`` field (colon optional)."""
     return _NEXT_VIDEO.search(_as_text(answer)) is not None
+
+
+def has_preference_field(answer: str) -> bool:
+    """Whether an answer has its ``User_preference(s):`` field (the open-ended task checks it)."""
+    return _PREFERENCE_FIELD.search(_as_text(answer)) is not None
 
 
 def has_numbering(answer: str) -> bool:
@@ -400,4 +406,49 @@ def parse_selection(
         index=index, format_ok=format_ok, answer=answer or "",
         prediction=extract_prediction(answer) if answer is not None else "",
         problems=problems,
+    )
+
+
+# --- open-ended preference -------------------------------------------------------------------
+
+
+@dataclass
+class PreferenceAnswer:
+    """One parsed open-ended preference completion (the paper's ``video_preference``)."""
+
+    preference: str  # the User_preferences field
+    prediction: str  # the Next_video description ("" when there is none)
+    format_ok: bool
+    answer: str  # body of the answer block acted on
+    problems: list[str] = field(default_factory=list)
+
+
+def parse_preference(completion: str, assistant_prefix: str = "<think>") -> PreferenceAnswer:
+    """Parse an open-ended preference completion.
+
+    ``format_ok`` follows the paper's ``video_preference`` reward: the tag checks, a
+    ``User_preferences:`` field and a ``Next_video`` field. The prediction is
+    :func:`extract_prediction`'s, the text the reward compares with the real next item.
+
+    Args:
+        completion: the model's text after the prompt.
+        assistant_prefix: what the assistant turn was opened with.
+
+    Returns:
+        The parsed answer.
+    """
+    _, scan, problems = _start(completion, assistant_prefix)
+    answer = scan.body
+    if answer is not None:
+        if not has_preference_field(answer):
+            problems.append("answer lacks 'User_preferences:'")
+        if not has_next_video_field(answer):
+            problems.append("answer lacks 'Next_video:'")
+    prediction = extract_prediction(answer) if answer is not None else ""
+    if not prediction:
+        problems.append("no Next_video text")
+    pref_m = _PREFERENCE_VALUE.search(answer or "")
+    return PreferenceAnswer(
+        preference=pref_m.group(1).strip() if pref_m else "", prediction=prediction,
+        format_ok=not problems, answer=answer or "", problems=problems,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-TASKS = ("judgement", "selection")
+TASKS = ("judgement", "selection")  # the default; "preference" (the open-ended task) too
+ALL_TASKS = ("judgement", "selection", "preference")
 
 
 @dataclass
@@ -35,13 +36,17 @@ class _Common:
         base_model: ``smollm2`` (the embedded asset), ``tiny-random`` (a tiny random model,
             for tests), ``policy:NAME`` (continue from a registered policy, e.g. GRPO after
             SFT) or a transformers folder.
-        tasks: which rows of the data's train split to train on.
-        protocols: which negative protocols' rows (``None``: all in the train split).
+        tasks: which rows of the data's train split to train on, from :data:`ALL_TASKS`
+            (``"preference"`` rows exist when the data was built with that task).
+        protocols: which negative protocols' rows (``None``: all in the train split);
+            preference rows have no negatives and are kept whatever this says.
         max_samples: at most this many training rows (a seeded sample).
         thinking: reason in ``<think>`` before answering; False is the paper's no_thinking
             ablation (assistant turn opened with ``<answer>``, the instruction asks for the
             answer only).
         lr: learning rate.
+        warmup_ratio: share of the steps over which the learning rate rises linearly from 0
+            (then constant, as veRL's ``lr_warmup_steps_ratio``); 0 is a constant rate.
         max_steps: optimiser steps (``-1``: ``epochs`` passes over the data).
         epochs: passes over the data when ``max_steps`` is ``-1``.
         lora: the adapter (``r=0``: full fine-tuning).

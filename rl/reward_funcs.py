@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rl.rewards import THINK_PREFIX, RewardBreakdown, score
+
+if TYPE_CHECKING:
+    from rl.text_similarity import Similarity
 
 
 def _as_text(value: object) -> str:
@@ -109,13 +112,18 @@ def _column(kwargs: dict[str, Any], name: str, i: int, n: int, default: Any = No
 
 
 def score_batch(
-    completions: Sequence[object], missing_answer: float | None = None, **columns: Any
+    completions: Sequence[object],
+    missing_answer: float | None = None,
+    similarity: Similarity | None = None,
+    **columns: Any,
 ) -> list[RewardBreakdown]:
     """Score a TRL batch from the dataset columns.
 
     Args:
         completions: TRL completions (strings or message lists).
         missing_answer: see :func:`score_judgement`; ``None`` is the paper's rule.
+        similarity: the preference task's text similarity (default: MiniLM, loaded only when
+            a preference row comes).
         **columns: the dataset columns as lists, one value per completion: ``task``,
             ``label``, ``candidates``, ``correct_index`` and optionally ``assistant_prefix``
             (default ``<think>``). Other keys (TRL's ``trainer_state``, ``completion_ids``, …)
@@ -129,7 +137,7 @@ def score_batch(
     """
     n = len(completions)
     if n and "task" not in columns:
-        raise ValueError("the dataset needs a 'task' column ('judgement' or 'selection')")
+        raise ValueError("the dataset needs a 'task' column (judgement, selection, preference)")
     out = []
     for i, completion in enumerate(completions):
         prefix = _column(columns, "assistant_prefix", i, n, THINK_PREFIX)
@@ -141,6 +149,7 @@ def score_batch(
             correct_index=_column(columns, "correct_index", i, n),
             assistant_prefix=THINK_PREFIX if prefix is None else prefix,
             missing_answer=missing_answer,
+            similarity=similarity,
         ))
     return out
 
@@ -158,12 +167,14 @@ class RewardFunc:
         part: str,
         missing_answer: float | None = None,
         recorder: RewardRecorder | None = None,
+        similarity: Similarity | None = None,
     ) -> None:
         if part not in ("format", "accuracy"):
             raise ValueError(f"part must be 'format' or 'accuracy', got {part!r}")
         self.part = part
         self.missing_answer = missing_answer
         self.recorder = recorder
+        self.similarity = similarity
         self.__name__ = part  # TRL names the reward column after this
 
     def __call__(self, prompts: Sequence[object], completions: Sequence[object],
@@ -178,7 +189,7 @@ class RewardFunc:
         Returns:
             One reward per completion.
         """
-        rows = score_batch(completions, self.missing_answer, **kwargs)
+        rows = score_batch(completions, self.missing_answer, self.similarity, **kwargs)
         if self.recorder is not None:
             self.recorder.record(rows)
         if self.part == "format":
@@ -227,7 +238,9 @@ accuracy_reward_func.__name__ = "accuracy"
 
 
 def make_reward_funcs(
-    missing_answer: float | None = None, recorder: RewardRecorder | None = None
+    missing_answer: float | None = None,
+    recorder: RewardRecorder | None = None,
+    similarity: Similarity | None = None,
 ) -> list[Callable[..., list[float]]]:
     """The two TRL reward functions, ``[format, accuracy]``, summing to the paper's total.
 
@@ -236,9 +249,10 @@ def make_reward_funcs(
             0.0 total (see :func:`score_judgement` for why a trainer may want e.g. ``-2.0``).
         recorder: receives each completion's flags; only the accuracy function records, so
             nothing is counted twice.
+        similarity: the preference task's text similarity (default: MiniLM).
 
     Returns:
         ``[format_func, accuracy_func]``, named ``"format"`` and ``"accuracy"``.
     """
-    return [RewardFunc("format", missing_answer),
-            RewardFunc("accuracy", missing_answer, recorder)]
+    return [RewardFunc("format", missing_answer, similarity=similarity),
+            RewardFunc("accuracy", missing_answer, recorder, similarity)]

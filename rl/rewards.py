@@ -1,7 +1,8 @@
 r"""The paper's rule rewards for the US agent's GRPO training (TRL wrappers: rl.reward_funcs).
 
-Scheme (notes §3.4, the paper's ``video_like.py`` and ``video_ranking.py``): the total reward of
-one completion is ``R_format + R_content``, in ``[-2, 3]``.
+Scheme (notes §3.4, the paper's ``video_like.py``, ``video_ranking.py`` and
+``video_preference.py``): the total reward of one completion is ``R_format + R_content``, in
+``[-2, 3]``.
 
 * **Format quality** ``q`` starts at 1.0 and ``valid`` at ``True``. Each of ``<think>``,
   ``</think>``, ``<answer>``, ``</answer>`` whose count is not exactly 1 halves ``q`` and clears
@@ -10,7 +11,9 @@ one completion is ``R_format + R_content``, in ``[-2, 3]``.
   ``(1)``/``(2)`` numbering; these two only lower ``q``, as in the paper. ``R_format = q`` when
   valid, else ``0.5·q`` (range 0 to 1).
 * **Content.** Judgement: the right Yes/No gets +2, a wrong or unreadable one −2. Selection: the
-  right candidate +2, another candidate −1.5 (−0.75×2), no candidate −2.
+  right candidate +2, another candidate −1.5 (−0.75×2), no candidate −2. Preference (the
+  open-ended task): ``2·sim`` when the sentence-embedding cosine of the ``Next_video`` text and
+  the real next item's text is above 0.5, else −1.5 (:func:`score_preference`).
 * **No** ``<answer>…</answer>`` **block**: the paper pays a flat 0.0
   (:data:`MISSING_ANSWER_REWARD`).
 
@@ -62,13 +65,16 @@ import dataclasses
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agents.parsing import (
     TAGS_OUT_OF_ORDER,
     TagScan,
+    extract_prediction,
     has_next_video_field,
     has_numbering,
     has_prediction_field,
+    has_preference_field,
     match_candidate,
     opens_thinking,
     read_judgement,
@@ -76,7 +82,10 @@ from agents.parsing import (
     tag_problems,
 )
 
-TASKS = ("judgement", "selection")
+if TYPE_CHECKING:
+    from rl.text_similarity import Similarity
+
+TASKS = ("judgement", "selection", "preference")
 THINK_PREFIX = "<think>"
 
 FORMAT_WEIGHT = 1.0  # the paper's compute_score(format_reward=1)
@@ -91,6 +100,10 @@ WRONG_CANDIDATE_FACTOR = 0.75  # another candidate: −0.75 × content weight = 
 # any wrong answer (≤ −1.0), rewards leaving the answer out once the policy is unsure; a trainer
 # can pass ``missing_answer`` to the scorers to penalise it instead.
 MISSING_ANSWER_REWARD = 0.0
+# Preference (the paper's video_preference): content = 2·sim when the embedding similarity of
+# the Next_video text and the real next item's text is above 0.5, else −0.75 × 2 = −1.5.
+PREFERENCE_SIM_MIN = 0.5
+PREFERENCE_LOW_FACTOR = 0.75
 REWARD_MIN = -2.0
 REWARD_MAX = 3.0
 
@@ -109,6 +122,7 @@ class RewardBreakdown:
         parsed: ``"Yes"``/``"No"`` (judgement) or the matched index as a string (selection),
             ``None`` when nothing was read.
         matched_index: the matched candidate (selection), else ``None``.
+        similarity: preference: the embedding cosine of the prediction and the truth.
         problems: one line per penalty or parse failure.
     """
 
@@ -121,6 +135,7 @@ class RewardBreakdown:
     parsed: str | None
     matched_index: int | None
     problems: list[str] = field(default_factory=list)
+    similarity: float | None = None
 
 
 def _as_text(value: object) -> str:
@@ -141,13 +156,14 @@ def _quality(scan: TagScan, task: str) -> tuple[float, bool, list[str]]:
         q *= factor
         problems.append(f"{p} (x{factor})")
     if scan.answer is not None:
-        if task == "judgement":
-            has_field, name = has_prediction_field(scan.answer), "Prediction:"
-        else:
-            has_field, name = has_next_video_field(scan.answer), "Next_video:"
-        if not has_field:
-            q *= MISSING_FIELD_FACTOR
-            problems.append(f"answer lacks '{name}' (x{MISSING_FIELD_FACTOR})")
+        fields = {"judgement": [(has_prediction_field, "Prediction:")],
+                  "selection": [(has_next_video_field, "Next_video:")],
+                  "preference": [(has_preference_field, "User_preferences:"),
+                                 (has_next_video_field, "Next_video:")]}[task]
+        for has_field, name in fields:
+            if not has_field(scan.answer):
+                q *= MISSING_FIELD_FACTOR
+                problems.append(f"answer lacks '{name}' (x{MISSING_FIELD_FACTOR})")
         if not has_numbering(scan.answer):
             q *= MISSING_NUMBERING_FACTOR
             problems.append(f"answer lacks (1)/(2) numbering (x{MISSING_NUMBERING_FACTOR})")
@@ -328,6 +344,60 @@ def score_selection(
     )
 
 
+def score_preference(
+    completion: str,
+    target: str,
+    similarity: Similarity | None = None,
+    assistant_prefix: str = THINK_PREFIX,
+    missing_answer: float | None = None,
+) -> RewardBreakdown:
+    """The paper's reward for one open-ended preference completion (``video_preference``).
+
+    Format as for selection, with the paper's extra ×0.7 for a missing ``User_preferences:``
+    field. Content: the ``Next_video`` text (:func:`agents.parsing.extract_prediction`, not cut
+    at its first "." as the paper's regex does) is compared with the real next item's text by
+    sentence-embedding cosine similarity; above 0.5 it earns ``2·sim``, else −1.5 (an empty
+    prediction too).
+
+    Args:
+        completion: the model's text after the prompt (``None`` is read as ``""``).
+        target: the real next item's text (the row's ``label``).
+        similarity: scores text pairs; ``None``: the offline all-MiniLM-L6-v2
+            (:func:`rl.text_similarity.default_similarity`).
+        assistant_prefix: what the assistant turn was opened with.
+        missing_answer: as in :func:`score_judgement`; ``None`` is the paper's flat 0.0.
+
+    Returns:
+        The breakdown; ``parsed`` is the predicted text and ``similarity`` its cosine.
+    """
+    prefix = _as_text(assistant_prefix)
+    scan = scan_completion(prefix + _as_text(completion), opens_thinking(prefix))
+    if scan.answer is None:
+        return _missing(scan, "preference", missing_answer, [])
+    q, valid, problems = _quality(scan, "preference")
+    fmt = format_reward(q, valid)
+    prediction = extract_prediction(scan.answer)
+    sim = None
+    if prediction:
+        if similarity is None:
+            from rl.text_similarity import default_similarity
+
+            similarity = default_similarity()
+        sim = similarity.pairs([prediction], [_as_text(target)])[0]
+    correct = sim is not None and sim > PREFERENCE_SIM_MIN
+    if correct:
+        content = CONTENT_WEIGHT * sim
+    else:
+        content = -PREFERENCE_LOW_FACTOR * CONTENT_WEIGHT
+        problems.append("no Next_video text" if sim is None
+                        else f"similarity {sim:.3f} <= {PREFERENCE_SIM_MIN}")
+    return RewardBreakdown(
+        total=fmt + content, format_reward=fmt, content_reward=content, q=q, valid=valid,
+        correct=correct, parsed=prediction or None, matched_index=None, problems=problems,
+        similarity=sim,
+    )
+
+
 def score(
     completion: str,
     task: str,
@@ -337,18 +407,20 @@ def score(
     correct_index: int | None = None,
     assistant_prefix: str = THINK_PREFIX,
     missing_answer: float | None = None,
+    similarity: Similarity | None = None,
 ) -> RewardBreakdown:
-    """Score one completion of either task.
+    """Score one completion of any task.
 
     Args:
         completion: the model's text after the prompt.
-        task: ``"judgement"`` (needs ``label``) or ``"selection"`` (needs ``candidates`` and
-            ``correct_index``).
-        label: judgement truth, ``"Yes"``/``"No"``.
+        task: ``"judgement"`` (needs ``label``), ``"selection"`` (needs ``candidates`` and
+            ``correct_index``) or ``"preference"`` (needs ``label``, the real next item's text).
+        label: judgement truth, ``"Yes"``/``"No"``; preference: the real next item's text.
         candidates: selection candidates as shown in the prompt.
         correct_index: selection truth, 0-based.
         assistant_prefix: what the assistant turn was opened with.
         missing_answer: see :func:`score_judgement`; ``None`` is the paper's rule.
+        similarity: the preference task's text similarity (default: MiniLM).
 
     Returns:
         The breakdown.
@@ -357,6 +429,10 @@ def score(
         ValueError: unknown task, or ground truth missing or invalid for it.
     """
     _check_task(task)
+    if task == "preference":
+        if label is None:
+            raise ValueError("preference needs a label (the real next item's text)")
+        return score_preference(completion, label, similarity, assistant_prefix, missing_answer)
     if task == "judgement":
         if label is None:
             raise ValueError("judgement needs a label")

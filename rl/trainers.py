@@ -7,7 +7,8 @@
 2. render every prompt exactly as the simulator's ``hf`` backend does (chat template plus the
    ``<think>`` prefix), so training and simulation see the same tokens;
 3. train with TRL's ``SFTTrainer`` (completion-only loss on the real answer) or
-   ``GRPOTrainer`` (the paper's format and accuracy rewards, ``rl.rewards``), with a LoRA
+   ``GRPOTrainer`` (the paper's format and accuracy rewards, ``rl.rewards``: judgement,
+   selection and the open-ended preference task's embedding similarity), with a LoRA
    adapter (peft) or full fine-tuning;
 4. write the curves to the store while training (reward, format-valid rate, accuracy, KL, loss,
    step time: ``training_curves``), and save the model to the policy registry
@@ -126,7 +127,7 @@ def training_rows(data: str | Path, cfg: SFTRunConfig | GRPORunConfig) -> tuple[
         raise TrainingError(f"{data}: the data has no train split")
     rows = [r for r in dd["train"]
             if r["task"] in cfg.tasks and (cfg.protocols is None or r["protocol"] in
-                                           cfg.protocols)]
+                                           cfg.protocols or r["task"] == "preference")]
     if not rows:
         raise TrainingError(f"{data}: no train rows for tasks {list(cfg.tasks)} and protocols "
                             f"{cfg.protocols or 'any'}")

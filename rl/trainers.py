@@ -168,7 +168,10 @@ def _common_args(cfg: SFTRunConfig | GRPORunConfig, out: Path) -> dict[str, Any]
         "use_cpu": cfg.use_cpu, "bf16": cfg.bf16,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "logging_steps": cfg.logging_steps, "save_strategy": "no", "report_to": [],
-        "disable_tqdm": True, "dataloader_num_workers": 0, "lr_scheduler_type": "constant",
+        "disable_tqdm": True, "dataloader_num_workers": 0,
+        # veRL's actor schedule: constant after a linear warm-up (a float below 1 is a ratio).
+        "lr_scheduler_type": "constant_with_warmup" if cfg.warmup_ratio > 0 else "constant",
+        "warmup_steps": float(cfg.warmup_ratio) if cfg.warmup_ratio > 0 else 0,
     }
 
 
@@ -230,9 +233,36 @@ def _sft_trainer(cfg: SFTRunConfig, model, tok, rows, out: Path, callback):
                       processing_class=tok, peft_config=_peft_config(cfg), callbacks=[callback])
 
 
+def grpo_args(cfg: GRPORunConfig, out: Path) -> Any:
+    """TRL's ``GRPOConfig`` for a run config (the paper's entropy bonus and warm-up included).
+
+    Args:
+        cfg: the run config.
+        out: TRL's scratch folder.
+
+    Returns:
+        The ``GRPOConfig``.
+    """
+    from trl import GRPOConfig
+
+    batch = cfg.num_generations * cfg.prompts_per_step
+    extra: dict[str, Any] = {}
+    if cfg.use_vllm:
+        extra = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+        if cfg.vllm_server_base_url:
+            extra["vllm_server_base_url"] = cfg.vllm_server_base_url
+    return GRPOConfig(
+        **_common_args(cfg, out), per_device_train_batch_size=batch,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        entropy_coef=cfg.entropy_coef, **extra,
+    )
+
+
 def _grpo_trainer(cfg: GRPORunConfig, model, tok, rows, out: Path, callback, reward_funcs):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     records = []
     for r in rows:
@@ -242,18 +272,7 @@ def _grpo_trainer(cfg: GRPORunConfig, model, tok, rows, out: Path, callback, rew
             "candidates": list(r["candidates"]), "correct_index": int(r["correct_index"]),
             "assistant_prefix": prefix,
         })
-    batch = cfg.num_generations * cfg.prompts_per_step
-    extra: dict[str, Any] = {}
-    if cfg.use_vllm:
-        extra = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
-        if cfg.vllm_server_base_url:
-            extra["vllm_server_base_url"] = cfg.vllm_server_base_url
-    args = GRPOConfig(
-        **_common_args(cfg, out), per_device_train_batch_size=batch,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, **extra,
-    )
+    args = grpo_args(cfg, out)
     return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                        train_dataset=Dataset.from_list(records), processing_class=tok,
                        peft_config=_peft_config(cfg), callbacks=[callback])

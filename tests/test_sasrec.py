@@ -278,7 +278,7 @@ def test_text_tower_with_minilm_ranks_cold_items_by_topic(tmp_path):
 
 
 def test_feed_forward_is_relu_by_default_as_in_the_reference():
-    from environments.recommenders.sasrec import SASRecConfig, _FeedForward
+    from environments.recommenders.sasrec_net import SASRecConfig, _FeedForward
 
     assert SASRecConfig().activation == "relu"
     torch.manual_seed(0)

@@ -222,6 +222,7 @@ HEADLINE = (
     ("gen select acc hard", "generate", "selection", "hard", 3, "accuracy"),
     ("gen format ok", "generate", "judgement", "random", 1, "format_rate"),
     ("gen words", "generate", "judgement", "random", 1, "answer_words"),
+    ("gen preference sim", "generate", "preference", "open", 0, "similarity"),
 )
 
 

@@ -163,3 +163,25 @@ def test_grpo_trains_on_preference_rows(built, tmp_path):
                                      lora=LoraSettings(r=0), output_dir=str(tmp_path / "s")),
                        store, registry=tmp_path / "reg", log=lambda *a: None)
     assert res.steps == 2 and res.rows == 8
+
+
+def test_rl_eval_reports_preference_for_sampled_llms_only(tmp_path, monkeypatch):
+    from rl.datasets import build_and_save
+    from rl.policy_eval import EvalConfig, headline, run_eval
+
+    monkeypatch.setattr("rl.text_similarity._DEFAULT", WordSimilarity())
+    ds = load_dataset("synthetic", None, n_users=40, seed=3)
+    cfg = RLDataConfig(dataset="synthetic", eval_users=10, train_users=None, seed=1,
+                       tasks=("judgement", "preference"), protocols=("random",),
+                       train_protocols=("random",), judgement_ms=(1,))
+    build_and_save(cfg, tmp_path / "data", ds)
+    backend = ScriptedBackend(complete=lambda p: answer(TRUTH))
+    table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), base_model=None,
+                                   extra_models={"llm": backend}, generate_groups=3,
+                                   generate_protocols=("random",), threads=1),
+                        log=lambda *a: None)
+    pref = table[table.task == "preference"]
+    assert list(pref.model) == ["llm"] and list(pref["mode"]) == ["generate"]
+    assert pref.iloc[0]["n"] == 3 and 0.0 <= pref.iloc[0]["similarity"] <= 1.0
+    assert headline(table, "llm")["gen preference sim"] == pref.iloc[0]["similarity"]
+    assert not (table[table.model != "llm"].task == "preference").any()

@@ -389,7 +389,7 @@ def experiment_ip_agent(
     if seeds < 1 or epochs < 1 or items < 0 or users < 0:
         _fail("--seeds and --epochs must be >= 1, --items and --users >= 0", 2)
     if sasrec_activation not in ("relu", "gelu"):
-        _fail("--sasrec-activation must be relu or gelu", 2)
+        _fail(f"--sasrec-activation must be relu or gelu, got {sasrec_activation!r}", 2)
     try:
         cfg = IPExperimentConfig(str(data), items=items, users=users, seeds=seeds,
                                  epochs=epochs, dim=dim, ip_backend=ip_backend,

@@ -126,3 +126,11 @@ def test_reduced_experiment_on_real_microlens(data_dir, tmp_path):
     assert res["rerank"]["users"] == 10 and res["rerank"]["hr_before"] == res["rerank"]["hr_after"]
     text = report.read_text()
     assert "| SASRec-text(title+IP) |" in text and "vragent experiment ip-agent" in text
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--cold-start", "later"),
+                                             ("--sasrec-activation", "tanh")])
+def test_bad_cold_start_or_activation_is_one_line(toy_data, tmp_path, flag, value):
+    result = CliRunner().invoke(app, ["experiment", "ip-agent", "--data", str(toy_data), flag,
+                                      value, "--db", f"sqlite:///{tmp_path}/x.sqlite"])
+    assert result.exit_code == 2 and value in result.output

@@ -24,6 +24,8 @@ Rules, following the paper's reward code (notes §3.4):
   anywhere before ``dislike|no`` and has no negation, so it reads "would not enjoy" as Yes.
 * :func:`match_candidate` maps a selection answer to a candidate (exact, bare number,
   substring, word-Jaccard > 0.3).
+* :func:`parse_judgement`, :func:`parse_selection` and :func:`parse_preference` (the paper's
+  open-ended task) put these together for each task; the rewards use the same pieces.
 
 Nothing here raises on any completion text.
 """

@@ -9,7 +9,7 @@ Two modes:
 
 * ``generate``: the paper's protocol. The model writes ``<think>…</think><answer>…</answer>``
   (:func:`~agents.selection.selection_prompt`), the answer is matched to a candidate
-  (:func:`~agents.selection.parse_selection`). One ``generate`` call per round for all users.
+  (:func:`~agents.parsing.parse_selection`). One ``generate`` call per round for all users.
 * ``score``: a fast deterministic variant for small CPU models. The candidates are labelled
   with letters and the assistant turn ends right before the label
   (:func:`~agents.selection.selection_letter_prompt`); ``backend.score`` over the labels gives
@@ -33,9 +33,9 @@ from typing import Any, Literal
 import numpy as np
 
 from agents.backends.base import ChatPrompt, LLMBackend
+from agents.parsing import parse_selection
 from agents.selection import (
     LETTER_LABELS,
-    parse_selection,
     selection_letter_prompt,
     selection_prompt,
     shown_titles,

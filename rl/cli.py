@@ -58,13 +58,16 @@ def build_data(
     hard_recommender: Annotated[str, typer.Option(help="Recommender of the hard negatives.")
                                 ] = "itemknn",
     history_len: Annotated[int, typer.Option(help="History items shown in a prompt.")] = 10,
+    task: Annotated[list[str] | None, typer.Option(
+        help="judgement / selection / preference (repeatable; default judgement and "
+             "selection; preference is the paper's open-ended task).")] = None,
     from_run: Annotated[list[str] | None, typer.Option(
         "--from-run", help="Add the logged decisions of this run (repeatable) to train.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML of RLDataConfig fields; flags "
                                                 "given on the command line win.")] = None,
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
-    """Build judgement (1:m) and selection data from real logs (and a run's trajectories)."""
+    """Build judgement (1:m), selection and preference data from real logs (and runs)."""
     import yaml
 
     from environments.schema import DataFormatError
@@ -96,6 +99,8 @@ def build_data(
                      "eval_users": int(eval_users) if eval_users >= 1 else eval_users,
                      "train_users": train_users, "hard_recommender": hard_recommender,
                      "history_len": history_len})
+        if task:
+            base["tasks"] = list(task)
         if from_run:
             base.update({"store_url": db, "store_runs": list(from_run)})
         cfg = RLDataConfig.from_dict(base)
@@ -125,8 +130,9 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     samples: Annotated[int | None, typer.Option(help="At most this many train rows.")] = None,
-    task: Annotated[list[str] | None, typer.Option(help="judgement / selection (repeatable; "
-                                                   "default both).")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="judgement / selection / preference "
+                                                   "(repeatable; default judgement and "
+                                                   "selection).")] = None,
     protocol: Annotated[list[str] | None, typer.Option(help="Negative protocols to train on "
                                                        "(repeatable; default all).")] = None,
     thinking: Annotated[bool, typer.Option(help="--no-thinking: the paper's ablation.")] = True,

@@ -2,8 +2,9 @@
 
 The defaults train SmolLM2-135M with LoRA on a 2-core CPU: float32 (``bf16=False``),
 ``use_cpu``, no gradient checkpointing, short completions and small groups. The paper's GPU
-settings (notes §3.5: Qwen2.5-7B, n=16 rollouts, lr 4e-7, low-variance KL at 0.001, clip 0.2,
-entropy 0.001, 16 prompts per step, vLLM rollouts at temperature 1.0) are one call away:
+settings (notes §3.5: Qwen2.5-7B, n=16 rollouts, lr 4e-7 with a 10 % warm-up, low-variance KL
+at 0.001, clip 0.2, entropy bonus 0.001, 16 prompts per step, vLLM rollouts at temperature 1.0)
+are one call away:
 :meth:`GRPORunConfig.paper_gpu`. See docs/rl.md for both.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-TASKS = ("judgement", "selection")
+TASKS = ("judgement", "selection")  # the default; "preference" (the open-ended task) too
+ALL_TASKS = ("judgement", "selection", "preference")
 
 
 @dataclass
@@ -35,13 +37,17 @@ class _Common:
         base_model: ``smollm2`` (the embedded asset), ``tiny-random`` (a tiny random model,
             for tests), ``policy:NAME`` (continue from a registered policy, e.g. GRPO after
             SFT) or a transformers folder.
-        tasks: which rows of the data's train split to train on.
-        protocols: which negative protocols' rows (``None``: all in the train split).
+        tasks: which rows of the data's train split to train on, from :data:`ALL_TASKS`
+            (``"preference"`` rows exist when the data was built with that task).
+        protocols: which negative protocols' rows (``None``: all in the train split);
+            preference rows have no negatives and are kept whatever this says.
         max_samples: at most this many training rows (a seeded sample).
         thinking: reason in ``<think>`` before answering; False is the paper's no_thinking
             ablation (assistant turn opened with ``<answer>``, the instruction asks for the
             answer only).
         lr: learning rate.
+        warmup_ratio: share of the steps over which the learning rate rises linearly from 0
+            (then constant, as veRL's ``lr_warmup_steps_ratio``); 0 is a constant rate.
         max_steps: optimiser steps (``-1``: ``epochs`` passes over the data).
         epochs: passes over the data when ``max_steps`` is ``-1``.
         lora: the adapter (``r=0``: full fine-tuning).
@@ -61,6 +67,7 @@ class _Common:
     max_samples: int = 512
     thinking: bool = True
     lr: float = 1e-4
+    warmup_ratio: float = 0.0
     max_steps: int = 50
     epochs: float = 1.0
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -114,6 +121,9 @@ class GRPORunConfig(_Common):
         loss_type: TRL's loss normalisation; ``dapo`` averages over every token of the batch,
             which is veRL's token-mean (the paper).
         scale_rewards: ``group`` divides advantages by the group's std, as the paper does.
+        entropy_coef: weight of the entropy bonus (mean per-token entropy) added to the
+            objective; veRL's ``entropy_coeff``, 0.001 in the paper. TRL's ``GRPOConfig``
+            has it (``entropy_coef``), so no trainer subclass is needed.
         missing_answer: total reward of a completion with no ``<answer>`` block. ``None`` is
             the paper's 0.0, which pays more than a wrong answer (−1.5 to −2); set −2.0 to
             close that loophole.
@@ -132,6 +142,7 @@ class GRPORunConfig(_Common):
     epsilon: float = 0.2
     loss_type: str = "dapo"
     scale_rewards: str = "group"
+    entropy_coef: float = 0.0
     missing_answer: float | None = None
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
@@ -141,11 +152,13 @@ class GRPORunConfig(_Common):
     def paper_gpu(cls, **kw: Any) -> GRPORunConfig:
         """The paper's selection-task settings on a GPU (notes §3.5), LoRA off.
 
-        n=16 rollouts, 16 prompts per step, lr 4e-7, KL 0.001, clip 0.2, completions up to
-        1024 tokens at temperature 1.0, bf16, vLLM rollouts colocated on the training GPU,
-        gradient checkpointing on. Pass ``use_vllm=False`` without vLLM installed.
+        n=16 rollouts, 16 prompts per step, lr 4e-7 after a linear warm-up over the first 10 %
+        of the steps, KL 0.001, entropy bonus 0.001, clip 0.2, completions up to 1024 tokens
+        at temperature 1.0, bf16, vLLM rollouts colocated on the training GPU, gradient
+        checkpointing on. Pass ``use_vllm=False`` without vLLM installed.
         """
-        base = cls(num_generations=16, prompts_per_step=16, lr=4e-7, beta=0.001, epsilon=0.2,
+        base = cls(num_generations=16, prompts_per_step=16, lr=4e-7, warmup_ratio=0.1,
+                   beta=0.001, entropy_coef=0.001, epsilon=0.2,
                    max_completion_length=1024, temperature=1.0, top_p=1.0,
                    lora=LoraSettings(r=0), use_cpu=False, bf16=True,
                    gradient_checkpointing=True, use_vllm=True, vllm_mode="colocate",

@@ -23,8 +23,13 @@ Modes of an LLM policy (:class:`LLMPolicy`, any :class:`~agents.backends.base.LL
     * ``generate``: what a trained policy does. The row's own prompt and assistant prefix
       (``<think>``) are sampled (paper's evaluation setting: temperature 0.8, top-p 0.95,
       seeded) and parsed with :func:`~agents.parsing.parse_judgement` or
-      :func:`~agents.selection.parse_selection`; the table adds the format-valid rate (the
+      :func:`~agents.parsing.parse_selection`; the table adds the format-valid rate (the
       parser's ``format_ok``) and the mean completion length in words. There is no AUC.
+
+Preference (the paper's open-ended task, :func:`llm_preference`)
+    ``generate`` mode only: the mean sentence-embedding similarity of the answer's
+    ``Next_video`` text to the real next item's title (``similarity``), and the share above the
+    reward's 0.5 (``accuracy``). Non-LLM models and score mode skip its cells.
 
 Non-LLM baselines (:mod:`rl.baselines`) run in mode ``scorer``.
 
@@ -46,152 +51,44 @@ Calibration (tests/test_rl_evaluation.py, the shared data in ``VRAGENT_DATA_DIR`
 from __future__ import annotations
 
 import math
-import re
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from agents.backends.base import ChatPrompt, LLMBackend
-from agents.parsing import parse_judgement
+from agents.parsing import parse_judgement, parse_selection
 from agents.prompts import SCORE_PREFIX
 from agents.selection import (
     CANDIDATES_HEADER,
     HISTORY_HEADER,
     LETTER_LABELS,
-    parse_selection,
     selection_letter_prompt,
 )
 from rl.baselines import Scorer, as_rows, is_yes
+from rl.eval_metrics import judgement_metrics, mean_words, selection_metrics
+from rl.preference_eval import llm_preference
+
+if TYPE_CHECKING:
+    from rl.text_similarity import Similarity
 
 #: The paper's evaluation sampling (notes §3.7: vLLM, temperature 0.8, top_p 0.95).
 EVAL_TEMPERATURE = 0.8
 EVAL_TOP_P = 0.95
 MODES = ("score", "generate")
-TASKS = ("judgement", "selection")
+TASKS = ("judgement", "selection", "preference")
 KEY_COLUMNS = ("model", "mode", "task", "protocol", "m")
 METRIC_COLUMNS = ("n", "accuracy", "precision", "recall", "f1", "auc", "format_rate",
-                  "answer_words", "none_rate", "seconds")
+                  "answer_words", "none_rate", "similarity", "seconds")
 COLUMNS = (*KEY_COLUMNS, *METRIC_COLUMNS)
 _NO_HISTORY = "(no history yet)"
-_WORDS = re.compile(r"\S+")
 
 Row = Mapping[str, Any]
 Progress = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def _rank_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """The same pair mean from ranks (Mann-Whitney U), in O(n log n) instead of O(pos · neg)."""
-    if not pos.size or not neg.size:
-        return None
-    both = np.concatenate([pos, neg])
-    order = np.argsort(both, kind="mergesort")
-    _, first, counts = np.unique(both[order], return_index=True, return_counts=True)
-    ranks = np.empty(both.size)
-    ranks[order] = np.repeat(first + (counts - 1) / 2.0, counts)  # average ranks over ties
-    u = ranks[: pos.size].sum() - pos.size * (pos.size - 1) / 2.0
-    return float(u / (pos.size * neg.size))
-
-
-def pairwise_auc(
-    labels: Sequence[str | bool], scores: Sequence[float], groups: Sequence[str] | None = None
-) -> float | None:
-    """Mean of ``1[s_pos > s_neg] + 0.5 * 1[tie]`` over (positive, negative) pairs in a group.
-
-    Args:
-        labels: ``"Yes"``/``"No"`` or booleans.
-        scores: one score per row, higher = more likely ``Yes``.
-        groups: each row's group; ``None`` puts every row in one group.
-
-    Returns:
-        The AUC, or ``None`` when no group holds both a positive and a negative.
-    """
-    y = np.fromiter((is_yes(v) for v in labels), dtype=bool, count=len(labels))
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if s.size != y.size:
-        raise ValueError(f"{s.size} scores but {y.size} labels")
-    if groups is None:
-        return _rank_auc(s[y], s[~y])
-    g = pd.factorize(pd.Series(list(groups), dtype=object))[0]
-    # All within-group pairs at once: a merge of the positives with the negatives on the group.
-    pos = pd.DataFrame({"g": g[y], "sp": s[y]})
-    neg = pd.DataFrame({"g": g[~y], "sn": s[~y]})
-    pairs = pos.merge(neg, on="g", how="inner")
-    if pairs.empty:
-        return None
-    wins = (pairs["sp"] > pairs["sn"]).to_numpy() + 0.5 * (pairs["sp"] == pairs["sn"]).to_numpy()
-    return float(wins.mean())
-
-
-def judgement_metrics(
-    labels: Sequence[str | bool],
-    predictions: Sequence[bool | None],
-    scores: Sequence[float] | None = None,
-    groups: Sequence[str] | None = None,
-) -> dict[str, float | int | None]:
-    """Accuracy, precision, recall, F1 (``Yes`` = positive), pairwise AUC and ``none_rate``.
-
-    Args:
-        labels: ``"Yes"``/``"No"`` or booleans, one per row.
-        predictions: ``True`` for ``Yes``, ``False`` for ``No``, ``None`` for no readable
-            answer (wrong for accuracy, ``No`` for precision and recall).
-        scores: optional scores for the AUC (higher = more likely ``Yes``).
-        groups: each row's ``group_id``; the AUC only compares rows of the same group.
-
-    Returns:
-        ``n``, ``accuracy``, ``precision`` (0 with no ``Yes`` prediction), ``recall`` (0 with no
-        ``Yes`` label), ``f1`` (0 when P + R = 0), ``auc`` (``None`` without scores or
-        pairs) and ``none_rate``. Rates are ``None`` when there are no rows.
-
-    Raises:
-        ValueError: the sequences have different lengths.
-    """
-    y = np.fromiter((is_yes(v) for v in labels), dtype=bool, count=len(labels))
-    if len(predictions) != y.size:
-        raise ValueError(f"{len(predictions)} predictions but {y.size} labels")
-    none = np.array([p is None for p in predictions], dtype=bool)
-    pred = np.array([bool(p) if p is not None else False for p in predictions], dtype=bool)
-    n = int(y.size)
-    if n == 0:
-        return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None,
-                "auc": None, "none_rate": None}
-    correct = (pred == y) & ~none
-    tp = int((pred & y).sum())
-    n_pred, n_pos = int(pred.sum()), int(y.sum())
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_pos if n_pos else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    auc = None
-    if scores is not None:
-        auc = pairwise_auc(y.tolist(), scores, groups)
-    return {"n": n, "accuracy": float(correct.mean()), "precision": precision, "recall": recall,
-            "f1": f1, "auc": auc, "none_rate": float(none.mean())}
-
-
-def selection_metrics(
-    correct_index: Sequence[int], predicted_index: Sequence[int | None]
-) -> dict[str, float | int | None]:
-    """Selection accuracy (a ``None`` pick is wrong), ``n`` and ``none_rate``.
-
-    Raises:
-        ValueError: the sequences have different lengths.
-    """
-    if len(correct_index) != len(predicted_index):
-        raise ValueError(f"{len(predicted_index)} predictions but {len(correct_index)} rows")
-    n = len(correct_index)
-    if n == 0:
-        return {"n": 0, "accuracy": None, "none_rate": None}
-    hits = sum(p is not None and int(p) == int(c)
-               for c, p in zip(correct_index, predicted_index, strict=True))
-    nones = sum(p is None for p in predicted_index)
-    return {"n": n, "accuracy": hits / n, "none_rate": nones / n}
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -323,10 +220,6 @@ class LLMPolicy:
         return scores
 
 
-def _words(texts: Sequence[str]) -> float | None:
-    return float(np.mean([len(_WORDS.findall(t)) for t in texts])) if texts else None
-
-
 def _labels(rows: Sequence[Row]) -> list[bool]:
     return [is_yes(r["label"]) for r in rows]
 
@@ -349,7 +242,7 @@ def llm_judgement(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
     preds = [None if p.prediction is None else p.prediction == "Yes" for p in parsed]
     out = judgement_metrics(_labels(rows), preds, None, _groups(rows))
     out["format_rate"] = float(np.mean([p.format_ok for p in parsed])) if parsed else None
-    out["answer_words"] = _words(texts)
+    out["answer_words"] = mean_words(texts)
     return out
 
 
@@ -375,7 +268,7 @@ def llm_selection(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
               for t, r in zip(texts, rows, strict=True)]
     out = selection_metrics(correct, [p.index for p in parsed])
     out["format_rate"] = float(np.mean([p.format_ok for p in parsed])) if parsed else None
-    out["answer_words"] = _words(texts)
+    out["answer_words"] = mean_words(texts)
     return out
 
 
@@ -464,6 +357,7 @@ def evaluate(
     seed: int = 0,
     tasks: Sequence[str] = TASKS,
     progress: Progress | None = None,
+    similarity: Similarity | None = None,
 ) -> pd.DataFrame:
     """Evaluate every model on every ``(task, protocol, m)`` cell of the rows.
 
@@ -478,6 +372,7 @@ def evaluate(
             its key]``).
         tasks: the tasks to evaluate.
         progress: called with a one-line message after each (model, mode, cell).
+        similarity: the preference task's text similarity (default: all-MiniLM-L6-v2).
 
     Returns:
         A long table, one row per (model, mode, task, protocol, m), with the columns
@@ -497,9 +392,13 @@ def evaluate(
         kept = subsample_groups(cell_rows, max_rows_per_group, seed=[int(seed), key])
         for name, model in wrapped.items():
             modes = model.modes if isinstance(model, LLMPolicy) else ("scorer",)
+            if task == "preference":  # open answers: sampled LLMs only
+                modes = tuple(md for md in modes if md == "generate")
             for mode in modes:
                 t0 = time.perf_counter()
-                if isinstance(model, LLMPolicy):
+                if task == "preference":
+                    metrics = llm_preference(model, kept, mode, similarity)
+                elif isinstance(model, LLMPolicy):
                     fn = llm_judgement if task == "judgement" else llm_selection
                     metrics = fn(model, kept, mode)
                 else:
@@ -546,8 +445,11 @@ def results_markdown(df: pd.DataFrame, title: str, command: str) -> str:
     common = [("format_rate", "format ok"), ("answer_words", "words"),
               ("none_rate", "no answer"), ("seconds", "s")]
     for (task, protocol, m), part in df.groupby(["task", "protocol", "m"], sort=True):
-        shape = f"1:{m}" if task == "judgement" else f"1 of {int(m) + 1}"
-        cols = (judgement_cols if task == "judgement" else [("accuracy", "acc")]) + common
+        shape = (f"1:{m}" if task == "judgement" else "open" if task == "preference"
+                 else f"1 of {int(m) + 1}")
+        cols = (judgement_cols if task == "judgement"
+                else [("similarity", "sim"), ("accuracy", "sim > 0.5")] if task == "preference"
+                else [("accuracy", "acc")]) + common
         out += [f"## {task} · {protocol} · {shape}", ""]
         out.append("| model | mode | n | " + " | ".join(h for _, h in cols) + " |")
         out.append("|---|---|--:|" + "--:|" * len(cols))

@@ -26,7 +26,7 @@ from agents.prompts import (
 )
 from environments.schema import Dataset
 from environments.splits import as_sequences
-from rl.datasets import (
+from rl.data_rows import (
     CANDIDATE_LINE,
     LIKE_RATING,
     PromptBuilder,

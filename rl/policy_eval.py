@@ -171,21 +171,25 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
         popularity = None
     t0 = time.perf_counter()
     frames: list[pd.DataFrame] = []
+    # The open-ended preference task has no candidates: only sampled LLMs answer it.
+    closed = [r for r in eval_rows if r["task"] != "preference"]
+    closed_train = [r for r in train_rows if r["task"] != "preference"]
     if cfg.baselines:
-        frames += _per_m(_baselines(cfg, train_rows, eval_rows, popularity), eval_rows,
+        frames += _per_m(_baselines(cfg, closed_train, closed, popularity), closed,
                          cfg.max_groups, cfg.seed, log)
     llms, no_thinking = _llms(cfg)
     if llms:
         scoring = {n: LLMPolicy(b, modes=("score",), seed=cfg.seed, batch_size=cfg.batch_size)
                    for n, b in llms.items()}
-        frames += _per_m(scoring, eval_rows, cfg.max_groups, cfg.seed, log)
+        frames += _per_m(scoring, closed, cfg.max_groups, cfg.seed, log)
         if cfg.generate_groups > 0:
             sampling = {n: LLMPolicy(b, modes=("generate",), seed=cfg.seed,
                                      max_new_tokens=cfg.max_new_tokens,
                                      batch_size=cfg.batch_size, thinking=n not in no_thinking)
                         for n, b in llms.items()}
-            gen_rows = [r for r in eval_rows if r["protocol"] in cfg.generate_protocols
-                        and (r["task"] == "selection" or r["m"] in cfg.generate_ms)]
+            gen_rows = [r for r in eval_rows if r["task"] == "preference"
+                        or (r["protocol"] in cfg.generate_protocols
+                            and (r["task"] == "selection" or r["m"] in cfg.generate_ms))]
             frames += _per_m(sampling, gen_rows, cfg.generate_groups, cfg.seed, log)
     table = pd.concat([f for f in frames if not f.empty], ignore_index=True)
     eval_id = new_id()
@@ -218,6 +222,7 @@ HEADLINE = (
     ("gen select acc hard", "generate", "selection", "hard", 3, "accuracy"),
     ("gen format ok", "generate", "judgement", "random", 1, "format_rate"),
     ("gen words", "generate", "judgement", "random", 1, "answer_words"),
+    ("gen preference sim", "generate", "preference", "open", 0, "similarity"),
 )
 
 

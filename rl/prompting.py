@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agents.preference import PREFERENCE_FORMAT_NO_THINKING, PREFERENCE_FORMAT_THINKING
 from agents.prompts import THINK_PREFIX
 from agents.selection import ANSWER_PREFIX, FORMAT_NO_THINKING, FORMAT_THINKING
 
@@ -31,6 +32,7 @@ def no_thinking_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str
     for m in messages:
         text = str(m["content"]).replace(_JUDGE_THINKING, _JUDGE_NO_THINKING)
         text = text.replace(FORMAT_THINKING, FORMAT_NO_THINKING)
+        text = text.replace(PREFERENCE_FORMAT_THINKING, PREFERENCE_FORMAT_NO_THINKING)
         out.append({"role": str(m["role"]), "content": text})
     return out
 
@@ -79,7 +81,8 @@ def sft_target(row: Mapping[str, Any], thinking: bool = True) -> str:
     """The completion SFT teaches for a row (the text after the assistant prefix).
 
     It says only what the log shows: the latest history item and the candidate (judgement) in
-    the reasoning, the most frequent history categories as the preference, then the real answer.
+    the reasoning, the most frequent history categories as the preference, then the real answer
+    (preference: the real next item's title as the ``Next_video`` description).
 
     Args:
         row: an RL data row (``task``, ``prompt``, ``candidates``, ``label``).
@@ -89,13 +92,15 @@ def sft_target(row: Mapping[str, Any], thinking: bool = True) -> str:
         The target completion, without an end-of-sequence token.
     """
     history = history_lines(row["prompt"])
-    field, value = (("Prediction", row["label"]) if row["task"] == "judgement"
-                    else ("Next_video", row["label"]))
-    answer = f" (1) User_preference: {_preference(history)}\n(2) {field}: {value} </answer>"
+    task = row["task"]
+    field = "Prediction" if task == "judgement" else "Next_video"
+    pref = "User_preferences" if task == "preference" else "User_preference"
+    answer = f" (1) {pref}: {_preference(history)}\n(2) {field}: {row['label']} </answer>"
     if not thinking:
         return answer
     recent = history[-1] if history else "nothing yet"
     cands = row["candidates"]
-    seen = (f"The candidate is {cands[0]}." if row["task"] == "judgement"
-            else f"There are {len(cands)} candidates.")
+    seen = (f"The candidate is {cands[0]}." if task == "judgement"
+            else f"There are {len(cands)} candidates." if task == "selection"
+            else "The next video should fit these interests.")
     return f" The user last watched {recent}. {seen} </think>\n<answer>{answer}"

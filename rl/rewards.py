@@ -1,7 +1,8 @@
-r"""The paper's rule rewards for the US agent's GRPO training, and TRL reward functions.
+r"""The paper's rule rewards for the US agent's GRPO training (TRL wrappers: rl.reward_funcs).
 
-Scheme (notes §3.4, the paper's ``video_like.py`` and ``video_ranking.py``): the total reward of
-one completion is ``R_format + R_content``, in ``[-2, 3]``.
+Scheme (notes §3.4, the paper's ``video_like.py``, ``video_ranking.py`` and
+``video_preference.py``): the total reward of one completion is ``R_format + R_content``, in
+``[-2, 3]``.
 
 * **Format quality** ``q`` starts at 1.0 and ``valid`` at ``True``. Each of ``<think>``,
   ``</think>``, ``<answer>``, ``</answer>`` whose count is not exactly 1 halves ``q`` and clears
@@ -10,16 +11,20 @@ one completion is ``R_format + R_content``, in ``[-2, 3]``.
   ``(1)``/``(2)`` numbering; these two only lower ``q``, as in the paper. ``R_format = q`` when
   valid, else ``0.5·q`` (range 0 to 1).
 * **Content.** Judgement: the right Yes/No gets +2, a wrong or unreadable one −2. Selection: the
-  right candidate +2, another candidate −1.5 (−0.75×2), no candidate −2.
+  right candidate +2, another candidate −1.5 (−0.75×2), no candidate −2. Preference (the
+  open-ended task): ``2·sim`` when the sentence-embedding cosine of the ``Next_video`` text and
+  the real next item's text is above 0.5, else −1.5 (:func:`score_preference`).
 * **No** ``<answer>…</answer>`` **block**: the paper pays a flat 0.0
   (:data:`MISSING_ANSWER_REWARD`).
 
-What is scored is ``assistant_prefix + completion``: the text the model produced after the prompt,
-with the turn opener we wrote (``<think>``, or ``<answer>`` in the no-thinking ablation). The
-prompt is never parsed; its item titles are hostile user text and may hold fake tags. Nothing
+Every completion is read by the project's one parser, :mod:`agents.parsing`: the reward reads the
+same answer block, the same Yes/No and the same candidate as the simulator and the selection agent
+act on. What is scored is ``assistant_prefix + completion``: the text the model produced after the
+prompt, with the turn opener we wrote (``<think>``, or ``<answer>`` in the no-thinking ablation).
+The prompt is never parsed; its item titles are hostile user text and may hold fake tags. Nothing
 here raises on any completion text (``None``, empty, megabytes, control or bidi characters, fake
-tags, prompt-injection text); invalid ground truth (a label that is not Yes/No, a
-``correct_index`` outside the candidates) raises ``ValueError``, since that is a data bug.
+tags, prompt-injection text); invalid ground truth (a label that is not Yes/No, a ``correct_index``
+outside the candidates) raises ``ValueError``, since that is a data bug.
 
 Deviations from the paper's code, each on purpose:
 
@@ -28,7 +33,7 @@ Deviations from the paper's code, each on purpose:
 2. The paper splits the decoded prompt+response at ``<|im_start|>assistant``, which keeps the
    ``<think>`` that ends its prompt; scoring ``assistant_prefix + completion`` is the same text
    without ever reading the prompt.
-3. No-thinking ablation (prefix ``<answer>``, ``thinking=False``): only the two answer tags are
+3. No-thinking ablation (a turn opened with ``<answer>``): only the two answer tags are
    required. The paper's reward code always requires the think tags, which would dock every
    no-thinking answer ×0.25.
 4. The answer-body checks read the **last** ``<answer>…</answer>`` block, the one that is scored;
@@ -40,15 +45,14 @@ Deviations from the paper's code, each on purpose:
 6. Numbering ×0.9 applies to both tasks (the issue asks for it; the paper's code only checks it
    for selection). As in the paper's regex, it applies only when **neither** ``(1)`` nor ``(2)``
    (ASCII or full-width brackets) appears.
-7. Selection field check: ``Next_video`` then a colon, any case, spaces allowed before the colon
-   (the paper: literal ``next_video:`` in the lower-cased body, plus Chinese variants our English
-   prompts never ask for).
-8. Judgement label: our parser's ``Prediction: Yes|No`` first; without it the paper's fallback
-   (``user_like:?\s*(\d+)``, then ``enjoy|yes`` → Yes, then ``dislike|no`` → No) with word
-   boundaries: the paper's substring test reads "eyes" as yes and "know" or "not" as no.
-   ``enjoy``/``dislike`` keep their suffixes ("enjoys", "disliked"). Negation is not understood,
-   as in the paper ("won't enjoy" reads as Yes).
-9. Selection matching is :func:`agents.selection.match_candidate`: the title is not cut at its
+7. Selection field check: ``Next_video`` (colon optional) or ``next video:``, any case, the
+   field the parser extracts the title from (the paper: literal ``next_video:`` in the
+   lower-cased body, plus Chinese variants our English prompts never ask for).
+8. Judgement label: :func:`agents.parsing.read_judgement`: ``Prediction: Yes|No``, then the
+   paper's ``user_like: 1|0``, then a bare leading Yes/No, then the first whole polarity word
+   with negation (the paper tries ``enjoy|yes`` anywhere before ``dislike|no``, as substrings:
+   it reads "No, the user would not enjoy it" as Yes, "eyes" as yes and "know" as no).
+9. Selection matching is :func:`agents.parsing.match_candidate`: the title is not cut at its
    first "." and an empty prediction matches nothing (the paper maps it to candidate 0).
 10. Tag order compares first occurrences as the paper does, with a missing tag at position −1.
     This paper behaviour is kept, not changed: a ``<think>`` whose ``</think>`` is missing is
@@ -57,17 +61,32 @@ Deviations from the paper's code, each on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING
 
-from agents.parsing import TAGS
-from agents.selection import ANSWER_PREFIX, THINK_PREFIX, match_candidate
+from agents.parsing import (
+    TAGS_OUT_OF_ORDER,
+    TagScan,
+    extract_prediction,
+    has_next_video_field,
+    has_numbering,
+    has_prediction_field,
+    has_preference_field,
+    match_candidate,
+    opens_thinking,
+    read_judgement,
+    scan_completion,
+    tag_problems,
+)
 
-TASKS = ("judgement", "selection")
+if TYPE_CHECKING:
+    from rl.text_similarity import Similarity
+
+TASKS = ("judgement", "selection", "preference")
+THINK_PREFIX = "<think>"
 
 FORMAT_WEIGHT = 1.0  # the paper's compute_score(format_reward=1)
 CONTENT_WEIGHT = 2.0  # the paper's compute_score(content_reward=2.0)
@@ -81,19 +100,12 @@ WRONG_CANDIDATE_FACTOR = 0.75  # another candidate: −0.75 × content weight = 
 # any wrong answer (≤ −1.0), rewards leaving the answer out once the policy is unsure; a trainer
 # can pass ``missing_answer`` to the scorers to penalise it instead.
 MISSING_ANSWER_REWARD = 0.0
+# Preference (the paper's video_preference): content = 2·sim when the embedding similarity of
+# the Next_video text and the real next item's text is above 0.5, else −0.75 × 2 = −1.5.
+PREFERENCE_SIM_MIN = 0.5
+PREFERENCE_LOW_FACTOR = 0.75
 REWARD_MIN = -2.0
 REWARD_MAX = 3.0
-
-# One linear pass finds every tag; the regexes below avoid adjacent ambiguous quantifiers so a
-# megabyte of spaces or tags cannot make them backtrack quadratically.
-_TAG = re.compile(r"</?(?:think|answer)>", re.I)
-_PREDICTION_VALUE = re.compile(r"\bprediction[\s*:：]*(yes|no)\b", re.I)
-_PREDICTION_FIELD = re.compile(r"\bprediction[\s*]*(?:[:：]|(?:yes|no)\b)", re.I)
-_NEXT_VIDEO_FIELD = re.compile(r"next_video\s*[:：]", re.I)
-_NUMBERING = re.compile(r"[(（]\s*[12]\s*[)）]")
-_USER_LIKE = re.compile(r"user_like:?\s*(\d+)", re.I)  # the paper's pattern
-_POSITIVE = re.compile(r"\b(?:enjoy\w*|yes)\b", re.I)
-_NEGATIVE = re.compile(r"\b(?:dislike\w*|no)\b", re.I)
 
 
 @dataclass
@@ -110,6 +122,7 @@ class RewardBreakdown:
         parsed: ``"Yes"``/``"No"`` (judgement) or the matched index as a string (selection),
             ``None`` when nothing was read.
         matched_index: the matched candidate (selection), else ``None``.
+        similarity: preference: the embedding cosine of the prediction and the truth.
         problems: one line per penalty or parse failure.
     """
 
@@ -122,13 +135,7 @@ class RewardBreakdown:
     parsed: str | None
     matched_index: int | None
     problems: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Scan:
-    counts: dict[str, int]
-    firsts: dict[str, int]  # first position of each tag, −1 when absent (the paper's find())
-    answer: str | None  # body of the last closed <answer>…</answer> block, stripped
+    similarity: float | None = None
 
 
 def _as_text(value: object) -> str:
@@ -136,64 +143,36 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _scan(text: str) -> _Scan:
-    counts = dict.fromkeys(TAGS, 0)
-    firsts = dict.fromkeys(TAGS, -1)
-    answer: str | None = None
-    open_at: int | None = None
-    for m in _TAG.finditer(text):
-        tag = m.group(0).lower()
-        counts[tag] += 1
-        if firsts[tag] < 0:
-            firsts[tag] = m.start()
-        # Same blocks as the paper's re.findall(r"<answer>(.*?)</answer>"): the first <answer>,
-        # up to the first </answer> after it; then the search resumes after that </answer>.
-        if tag == ANSWER_PREFIX and open_at is None:
-            open_at = m.end()
-        elif tag == "</answer>" and open_at is not None:
-            answer = text[open_at:m.start()].strip()
-            open_at = None
-    return _Scan(counts=counts, firsts=firsts, answer=answer)
-
-
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _thinking(assistant_prefix: str) -> bool:
-    # Only a turn opened with <answer> is the no-thinking ablation; "" or "<think>" need thinking.
-    return not assistant_prefix.lstrip().lower().startswith(ANSWER_PREFIX)
-
-
-def _quality(scan: _Scan, task: str, thinking: bool) -> tuple[float, bool, list[str]]:
-    q, valid, problems = 1.0, True, []
-    tags = TAGS if thinking else TAGS[2:]
-    for tag in tags:
-        if scan.counts[tag] != 1:
-            q *= TAG_COUNT_FACTOR
-            valid = False
-            problems.append(f"{tag} occurs {scan.counts[tag]} times (x{TAG_COUNT_FACTOR})")
-    # The paper compares neighbouring first positions with −1 for a missing tag (deviation 10).
-    if any(scan.firsts[a] > scan.firsts[b] for a, b in pairwise(tags)):
-        q *= TAG_ORDER_FACTOR
-        valid = False
-        problems.append(f"tags out of order (x{TAG_ORDER_FACTOR})")
+def _quality(scan: TagScan, task: str) -> tuple[float, bool, list[str]]:
+    q, problems = 1.0, []
+    tag_failures = tag_problems(scan)
+    for p in tag_failures:
+        factor = TAG_ORDER_FACTOR if p == TAGS_OUT_OF_ORDER else TAG_COUNT_FACTOR
+        q *= factor
+        problems.append(f"{p} (x{factor})")
     if scan.answer is not None:
-        if task == "judgement":
-            has_field, name = _PREDICTION_FIELD.search(scan.answer), "Prediction:"
-        else:
-            has_field, name = _NEXT_VIDEO_FIELD.search(scan.answer), "Next_video:"
-        if not has_field:
-            q *= MISSING_FIELD_FACTOR
-            problems.append(f"answer lacks '{name}' (x{MISSING_FIELD_FACTOR})")
-        if not _NUMBERING.search(scan.answer):
+        fields = {"judgement": [(has_prediction_field, "Prediction:")],
+                  "selection": [(has_next_video_field, "Next_video:")],
+                  "preference": [(has_preference_field, "User_preferences:"),
+                                 (has_next_video_field, "Next_video:")]}[task]
+        for has_field, name in fields:
+            if not has_field(scan.answer):
+                q *= MISSING_FIELD_FACTOR
+                problems.append(f"answer lacks '{name}' (x{MISSING_FIELD_FACTOR})")
+        if not has_numbering(scan.answer):
             q *= MISSING_NUMBERING_FACTOR
             problems.append(f"answer lacks (1)/(2) numbering (x{MISSING_NUMBERING_FACTOR})")
-    return q, valid, problems
+    return q, not tag_failures, problems
 
 
-def format_quality(text: str, task: str, thinking: bool = True) -> tuple[float, bool, list[str]]:
+def format_quality(
+    text: str, task: str, thinking: bool | None = None
+) -> tuple[float, bool, list[str]]:
     """The paper's format quality ``q`` of a completion.
 
     ``q`` starts at 1.0: ×0.5 per required tag whose count (any case) is not 1, ×0.5 once when
@@ -205,8 +184,8 @@ def format_quality(text: str, task: str, thinking: bool = True) -> tuple[float, 
     Args:
         text: ``assistant_prefix + completion``; never the prompt.
         task: ``"judgement"`` or ``"selection"``.
-        thinking: require ``<think>``/``</think>`` too. ``False`` is the no-thinking ablation
-            (turn opened with ``<answer>``), where only the two answer tags are required.
+        thinking: require ``<think>``/``</think>`` too. ``None`` (default): unless the turn
+            opens with ``<answer>`` (the no-thinking ablation), as every scorer decides.
 
     Returns:
         ``(q, valid, problems)``, ``q`` in ``(0, 1]``.
@@ -215,7 +194,10 @@ def format_quality(text: str, task: str, thinking: bool = True) -> tuple[float, 
         ValueError: unknown task.
     """
     _check_task(task)
-    return _quality(_scan(_as_text(text)), task, thinking)
+    scan = scan_completion(_as_text(text))
+    if thinking is not None:
+        scan = dataclasses.replace(scan, thinking=thinking)
+    return _quality(scan, task)
 
 
 def format_reward(q: float, valid: bool) -> float:
@@ -245,41 +227,10 @@ def _normalise_label(label: object) -> str:
     raise ValueError(f"judgement label must be 'Yes' or 'No' (or 1/0), got {label!r}")
 
 
-def parse_judgement_label(answer: str) -> str | None:
-    """The Yes/No read from a judgement answer body, as the reward reads it.
-
-    Our parser's ``Prediction: Yes|No`` first (colon optional, markdown ``**`` allowed, the same
-    reading as :func:`agents.parsing.parse_judgement`); without it the paper's fallback:
-    ``user_like: 1|0``, else a word ``enjoy…``/``yes`` → Yes, else ``dislike…``/``no`` → No.
-    Unlike the paper these are whole words, so "eyes" is not yes and "know" is not no.
-
-    Args:
-        answer: the body of the answer block.
-
-    Returns:
-        ``"Yes"``, ``"No"`` or ``None``.
-    """
-    answer = _as_text(answer)
-    m = _PREDICTION_VALUE.search(answer)
-    if m:
-        return m.group(1).capitalize()
-    m = _USER_LIKE.search(answer)
-    if m:
-        # Compare digit strings: int() of a huge digit run raises (int max str digits). As in the
-        # paper, a user_like other than 0/1 is read and is wrong; no further fallback is tried.
-        digits = m.group(1).lstrip("0") or "0"
-        return {"1": "Yes", "0": "No"}.get(digits)
-    if _POSITIVE.search(answer):
-        return "Yes"
-    if _NEGATIVE.search(answer):
-        return "No"
-    return None
-
-
 def _missing(
-    scan: _Scan, task: str, thinking: bool, missing_answer: float | None, extra: list[str]
+    scan: TagScan, task: str, missing_answer: float | None, extra: list[str]
 ) -> RewardBreakdown:
-    q, valid, problems = _quality(scan, task, thinking)
+    q, valid, problems = _quality(scan, task)
     problems = [*problems, "no <answer>...</answer> block", *extra]
     if missing_answer is None:
         # The paper returns before any format scoring: the whole reward is this constant.
@@ -318,13 +269,12 @@ def score_judgement(
     """
     truth = _normalise_label(label)
     prefix = _as_text(assistant_prefix)
-    thinking = _thinking(prefix)
-    scan = _scan(prefix + _as_text(completion))
+    scan = scan_completion(prefix + _as_text(completion), opens_thinking(prefix))
     if scan.answer is None:
-        return _missing(scan, "judgement", thinking, missing_answer, [])
-    q, valid, problems = _quality(scan, "judgement", thinking)
+        return _missing(scan, "judgement", missing_answer, [])
+    q, valid, problems = _quality(scan, "judgement")
     fmt = format_reward(q, valid)
-    parsed = parse_judgement_label(scan.answer)
+    parsed = read_judgement(scan.answer)
     correct = parsed == truth
     if parsed is None:
         problems.append("no Yes/No prediction in the answer")
@@ -347,7 +297,7 @@ def score_selection(
     """The paper's reward for one next-video selection completion (``video_ranking``).
 
     The last answer block is matched to a candidate with
-    :func:`agents.selection.match_candidate` (exact, bare number, substring, word-Jaccard > 0.3).
+    :func:`agents.parsing.match_candidate` (exact, bare number, substring, word-Jaccard > 0.3).
 
     Args:
         completion: the model's text after the prompt (``None`` is read as ``""``).
@@ -373,11 +323,10 @@ def score_selection(
         raise ValueError(f"correct_index {correct_index!r} is not an index into "
                          f"{len(titles)} candidates")
     prefix = _as_text(assistant_prefix)
-    thinking = _thinking(prefix)
-    scan = _scan(prefix + _as_text(completion))
+    scan = scan_completion(prefix + _as_text(completion), opens_thinking(prefix))
     if scan.answer is None:
-        return _missing(scan, "selection", thinking, missing_answer, [])
-    q, valid, problems = _quality(scan, "selection", thinking)
+        return _missing(scan, "selection", missing_answer, [])
+    q, valid, problems = _quality(scan, "selection")
     fmt = format_reward(q, valid)
     index = match_candidate(scan.answer, titles)
     if index is None:
@@ -395,6 +344,60 @@ def score_selection(
     )
 
 
+def score_preference(
+    completion: str,
+    target: str,
+    similarity: Similarity | None = None,
+    assistant_prefix: str = THINK_PREFIX,
+    missing_answer: float | None = None,
+) -> RewardBreakdown:
+    """The paper's reward for one open-ended preference completion (``video_preference``).
+
+    Format as for selection, with the paper's extra ×0.7 for a missing ``User_preferences:``
+    field. Content: the ``Next_video`` text (:func:`agents.parsing.extract_prediction`, not cut
+    at its first "." as the paper's regex does) is compared with the real next item's text by
+    sentence-embedding cosine similarity; above 0.5 it earns ``2·sim``, else −1.5 (an empty
+    prediction too).
+
+    Args:
+        completion: the model's text after the prompt (``None`` is read as ``""``).
+        target: the real next item's text (the row's ``label``).
+        similarity: scores text pairs; ``None``: the offline all-MiniLM-L6-v2
+            (:func:`rl.text_similarity.default_similarity`).
+        assistant_prefix: what the assistant turn was opened with.
+        missing_answer: as in :func:`score_judgement`; ``None`` is the paper's flat 0.0.
+
+    Returns:
+        The breakdown; ``parsed`` is the predicted text and ``similarity`` its cosine.
+    """
+    prefix = _as_text(assistant_prefix)
+    scan = scan_completion(prefix + _as_text(completion), opens_thinking(prefix))
+    if scan.answer is None:
+        return _missing(scan, "preference", missing_answer, [])
+    q, valid, problems = _quality(scan, "preference")
+    fmt = format_reward(q, valid)
+    prediction = extract_prediction(scan.answer)
+    sim = None
+    if prediction:
+        if similarity is None:
+            from rl.text_similarity import default_similarity
+
+            similarity = default_similarity()
+        sim = similarity.pairs([prediction], [_as_text(target)])[0]
+    correct = sim is not None and sim > PREFERENCE_SIM_MIN
+    if correct:
+        content = CONTENT_WEIGHT * sim
+    else:
+        content = -PREFERENCE_LOW_FACTOR * CONTENT_WEIGHT
+        problems.append("no Next_video text" if sim is None
+                        else f"similarity {sim:.3f} <= {PREFERENCE_SIM_MIN}")
+    return RewardBreakdown(
+        total=fmt + content, format_reward=fmt, content_reward=content, q=q, valid=valid,
+        correct=correct, parsed=prediction or None, matched_index=None, problems=problems,
+        similarity=sim,
+    )
+
+
 def score(
     completion: str,
     task: str,
@@ -404,18 +407,20 @@ def score(
     correct_index: int | None = None,
     assistant_prefix: str = THINK_PREFIX,
     missing_answer: float | None = None,
+    similarity: Similarity | None = None,
 ) -> RewardBreakdown:
-    """Score one completion of either task.
+    """Score one completion of any task.
 
     Args:
         completion: the model's text after the prompt.
-        task: ``"judgement"`` (needs ``label``) or ``"selection"`` (needs ``candidates`` and
-            ``correct_index``).
-        label: judgement truth, ``"Yes"``/``"No"``.
+        task: ``"judgement"`` (needs ``label``), ``"selection"`` (needs ``candidates`` and
+            ``correct_index``) or ``"preference"`` (needs ``label``, the real next item's text).
+        label: judgement truth, ``"Yes"``/``"No"``; preference: the real next item's text.
         candidates: selection candidates as shown in the prompt.
         correct_index: selection truth, 0-based.
         assistant_prefix: what the assistant turn was opened with.
         missing_answer: see :func:`score_judgement`; ``None`` is the paper's rule.
+        similarity: the preference task's text similarity (default: MiniLM).
 
     Returns:
         The breakdown.
@@ -424,6 +429,10 @@ def score(
         ValueError: unknown task, or ground truth missing or invalid for it.
     """
     _check_task(task)
+    if task == "preference":
+        if label is None:
+            raise ValueError("preference needs a label (the real next item's text)")
+        return score_preference(completion, label, similarity, assistant_prefix, missing_answer)
     if task == "judgement":
         if label is None:
             raise ValueError("judgement needs a label")
@@ -432,234 +441,3 @@ def score(
         raise ValueError("selection needs candidates and correct_index")
     return score_selection(completion, candidates, correct_index, assistant_prefix,
                            missing_answer)
-
-
-# --- TRL GRPOTrainer reward functions ----------------------------------------------------------
-
-
-class RewardRecorder:
-    """Collects per-completion format-valid and correct flags for a logging callback.
-
-    Only the accuracy function records, so each completion is counted once. A callback calls
-    :meth:`pop_means` at each logging step.
-    """
-
-    def __init__(self) -> None:
-        self._valid: list[bool] = []
-        self._correct: list[bool] = []
-
-    def __len__(self) -> int:
-        return len(self._valid)
-
-    def record(self, breakdowns: Iterable[RewardBreakdown]) -> None:
-        """Add the flags of scored completions.
-
-        Args:
-            breakdowns: scored completions.
-        """
-        for b in breakdowns:
-            self._valid.append(bool(b.valid))
-            self._correct.append(bool(b.correct))
-
-    def pop_means(self) -> dict[str, float]:
-        """The means since the last call, then clear.
-
-        Returns:
-            ``{"format_valid_rate", "accuracy", "n"}``; both rates are NaN when ``n`` is 0.
-        """
-        n = len(self._valid)
-        nan = float("nan")
-        out = {
-            "format_valid_rate": sum(self._valid) / n if n else nan,
-            "accuracy": sum(self._correct) / n if n else nan,
-            "n": float(n),
-        }
-        self._valid.clear()
-        self._correct.clear()
-        return out
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list | tuple):  # content parts: [{"type": "text", "text": ...}]
-        return "".join(_as_text(p.get("text")) for p in content
-                       if isinstance(p, dict) and p.get("type", "text") == "text")
-    return ""
-
-
-def completion_text(completion: object) -> str:
-    """The text of a TRL completion, standard or conversational.
-
-    Standard completions are strings. Conversational ones are message lists
-    (``[{"role": "assistant", "content": ...}]``); the contents of the assistant messages are
-    joined (tool messages are not the model's text). Structured reasoning fields that some chat
-    templates split off (``reasoning_content``) are not re-tagged.
-
-    Args:
-        completion: one element of TRL's ``completions``.
-
-    Returns:
-        The text, ``""`` for anything unreadable.
-    """
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        completion = [completion]
-    if not isinstance(completion, list | tuple):
-        return ""
-    parts = []
-    for msg in completion:
-        if isinstance(msg, str):
-            parts.append(msg)
-        elif isinstance(msg, dict) and msg.get("role", "assistant") == "assistant":
-            parts.append(_content_text(msg.get("content")))
-    return "".join(parts)
-
-
-def _column(kwargs: dict[str, Any], name: str, i: int, n: int, default: Any = None) -> Any:
-    values = kwargs.get(name)
-    if values is None:
-        return default
-    # One value per completion; a bare string would otherwise be indexed character by character.
-    if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
-        raise ValueError(f"column {name!r} must be a list with one value per completion")
-    if len(values) != n:
-        raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
-    return values[i]
-
-
-def score_batch(
-    completions: Sequence[object], missing_answer: float | None = None, **columns: Any
-) -> list[RewardBreakdown]:
-    """Score a TRL batch from the dataset columns.
-
-    Args:
-        completions: TRL completions (strings or message lists).
-        missing_answer: see :func:`score_judgement`; ``None`` is the paper's rule.
-        **columns: the dataset columns as lists, one value per completion: ``task``,
-            ``label``, ``candidates``, ``correct_index`` and optionally ``assistant_prefix``
-            (default ``<think>``). Other keys (TRL's ``trainer_state``, ``completion_ids``, …)
-            are ignored.
-
-    Returns:
-        One breakdown per completion.
-
-    Raises:
-        ValueError: a missing ``task`` column, a column of the wrong length, or invalid truth.
-    """
-    n = len(completions)
-    if n and "task" not in columns:
-        raise ValueError("the dataset needs a 'task' column ('judgement' or 'selection')")
-    out = []
-    for i, completion in enumerate(completions):
-        prefix = _column(columns, "assistant_prefix", i, n, THINK_PREFIX)
-        out.append(score(
-            completion_text(completion),
-            _column(columns, "task", i, n),
-            label=_column(columns, "label", i, n),
-            candidates=_column(columns, "candidates", i, n),
-            correct_index=_column(columns, "correct_index", i, n),
-            assistant_prefix=THINK_PREFIX if prefix is None else prefix,
-            missing_answer=missing_answer,
-        ))
-    return out
-
-
-class RewardFunc:
-    """One part of the reward as a TRL reward function (picklable, named for TRL's logs).
-
-    ``format`` returns ``R_format`` and ``accuracy`` returns ``R_content``; their sum is the
-    paper's total for every completion (with no answer block: 0.0 and the missing-answer
-    value under the paper's rule).
-    """
-
-    def __init__(
-        self,
-        part: str,
-        missing_answer: float | None = None,
-        recorder: RewardRecorder | None = None,
-    ) -> None:
-        if part not in ("format", "accuracy"):
-            raise ValueError(f"part must be 'format' or 'accuracy', got {part!r}")
-        self.part = part
-        self.missing_answer = missing_answer
-        self.recorder = recorder
-        self.__name__ = part  # TRL names the reward column after this
-
-    def __call__(self, prompts: Sequence[object], completions: Sequence[object],
-                 **kwargs: Any) -> list[float]:
-        """Score a batch; the prompts are never read.
-
-        Args:
-            prompts: TRL's prompts (unused: item titles in them are hostile text).
-            completions: TRL's completions, strings or message lists.
-            **kwargs: the dataset columns (see :func:`score_batch`) and TRL extras.
-
-        Returns:
-            One reward per completion.
-        """
-        rows = score_batch(completions, self.missing_answer, **kwargs)
-        if self.recorder is not None:
-            self.recorder.record(rows)
-        if self.part == "format":
-            return [r.format_reward for r in rows]
-        return [r.content_reward for r in rows]
-
-    def __repr__(self) -> str:
-        return f"RewardFunc({self.part!r}, missing_answer={self.missing_answer!r})"
-
-
-def format_reward_func(prompts: Sequence[object], completions: Sequence[object],
-                       **kwargs: Any) -> list[float]:
-    """TRL reward function: ``R_format`` per completion (paper's rule for a missing answer).
-
-    Args:
-        prompts: TRL's prompts (never read).
-        completions: TRL's completions, strings or message lists.
-        **kwargs: dataset columns ``task``, ``label``, ``candidates``, ``correct_index``,
-            ``assistant_prefix``, one value per completion; TRL extras are ignored.
-
-    Returns:
-        One reward per completion, 0 to 1.
-    """
-    return RewardFunc("format")(prompts, completions, **kwargs)
-
-
-def accuracy_reward_func(prompts: Sequence[object], completions: Sequence[object],
-                         **kwargs: Any) -> list[float]:
-    """TRL reward function: ``R_content`` per completion (paper's rule for a missing answer).
-
-    Args:
-        prompts: TRL's prompts (never read).
-        completions: TRL's completions, strings or message lists.
-        **kwargs: dataset columns ``task``, ``label``, ``candidates``, ``correct_index``,
-            ``assistant_prefix``, one value per completion; TRL extras are ignored.
-
-    Returns:
-        One reward per completion: 2.0, -1.5, -2.0, or 0.0 without an answer block.
-    """
-    return RewardFunc("accuracy")(prompts, completions, **kwargs)
-
-
-# TRL logs each reward under its function's __name__ ("rewards/format/mean").
-format_reward_func.__name__ = "format"
-accuracy_reward_func.__name__ = "accuracy"
-
-
-def make_reward_funcs(
-    missing_answer: float | None = None, recorder: RewardRecorder | None = None
-) -> list[Callable[..., list[float]]]:
-    """The two TRL reward functions, ``[format, accuracy]``, summing to the paper's total.
-
-    Args:
-        missing_answer: content reward without an answer block; ``None`` is the paper's flat
-            0.0 total (see :func:`score_judgement` for why a trainer may want e.g. ``-2.0``).
-        recorder: receives each completion's flags; only the accuracy function records, so
-            nothing is counted twice.
-
-    Returns:
-        ``[format_func, accuracy_func]``, named ``"format"`` and ``"accuracy"``.
-    """
-    return [RewardFunc("format", missing_answer),
-            RewardFunc("accuracy", missing_answer, recorder)]

@@ -7,7 +7,8 @@
 2. render every prompt exactly as the simulator's ``hf`` backend does (chat template plus the
    ``<think>`` prefix), so training and simulation see the same tokens;
 3. train with TRL's ``SFTTrainer`` (completion-only loss on the real answer) or
-   ``GRPOTrainer`` (the paper's format and accuracy rewards, ``rl.rewards``), with a LoRA
+   ``GRPOTrainer`` (the paper's format and accuracy rewards, ``rl.rewards``: judgement,
+   selection and the open-ended preference task's embedding similarity), with a LoRA
    adapter (peft) or full fine-tuning;
 4. write the curves to the store while training (reward, format-valid rate, accuracy, KL, loss,
    step time: ``training_curves``), and save the model to the policy registry
@@ -126,7 +127,7 @@ def training_rows(data: str | Path, cfg: SFTRunConfig | GRPORunConfig) -> tuple[
         raise TrainingError(f"{data}: the data has no train split")
     rows = [r for r in dd["train"]
             if r["task"] in cfg.tasks and (cfg.protocols is None or r["protocol"] in
-                                           cfg.protocols)]
+                                           cfg.protocols or r["task"] == "preference")]
     if not rows:
         raise TrainingError(f"{data}: no train rows for tasks {list(cfg.tasks)} and protocols "
                             f"{cfg.protocols or 'any'}")
@@ -167,7 +168,10 @@ def _common_args(cfg: SFTRunConfig | GRPORunConfig, out: Path) -> dict[str, Any]
         "use_cpu": cfg.use_cpu, "bf16": cfg.bf16,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "logging_steps": cfg.logging_steps, "save_strategy": "no", "report_to": [],
-        "disable_tqdm": True, "dataloader_num_workers": 0, "lr_scheduler_type": "constant",
+        "disable_tqdm": True, "dataloader_num_workers": 0,
+        # veRL's actor schedule: constant after a linear warm-up (a float below 1 is a ratio).
+        "lr_scheduler_type": "constant_with_warmup" if cfg.warmup_ratio > 0 else "constant",
+        "warmup_steps": float(cfg.warmup_ratio) if cfg.warmup_ratio > 0 else 0,
     }
 
 
@@ -229,9 +233,36 @@ def _sft_trainer(cfg: SFTRunConfig, model, tok, rows, out: Path, callback):
                       processing_class=tok, peft_config=_peft_config(cfg), callbacks=[callback])
 
 
+def grpo_args(cfg: GRPORunConfig, out: Path) -> Any:
+    """TRL's ``GRPOConfig`` for a run config (the paper's entropy bonus and warm-up included).
+
+    Args:
+        cfg: the run config.
+        out: TRL's scratch folder.
+
+    Returns:
+        The ``GRPOConfig``.
+    """
+    from trl import GRPOConfig
+
+    batch = cfg.num_generations * cfg.prompts_per_step
+    extra: dict[str, Any] = {}
+    if cfg.use_vllm:
+        extra = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+        if cfg.vllm_server_base_url:
+            extra["vllm_server_base_url"] = cfg.vllm_server_base_url
+    return GRPOConfig(
+        **_common_args(cfg, out), per_device_train_batch_size=batch,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        entropy_coef=cfg.entropy_coef, **extra,
+    )
+
+
 def _grpo_trainer(cfg: GRPORunConfig, model, tok, rows, out: Path, callback, reward_funcs):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     records = []
     for r in rows:
@@ -241,18 +272,7 @@ def _grpo_trainer(cfg: GRPORunConfig, model, tok, rows, out: Path, callback, rew
             "candidates": list(r["candidates"]), "correct_index": int(r["correct_index"]),
             "assistant_prefix": prefix,
         })
-    batch = cfg.num_generations * cfg.prompts_per_step
-    extra: dict[str, Any] = {}
-    if cfg.use_vllm:
-        extra = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
-        if cfg.vllm_server_base_url:
-            extra["vllm_server_base_url"] = cfg.vllm_server_base_url
-    args = GRPOConfig(
-        **_common_args(cfg, out), per_device_train_batch_size=batch,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, **extra,
-    )
+    args = grpo_args(cfg, out)
     return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                        train_dataset=Dataset.from_list(records), processing_class=tok,
                        peft_config=_peft_config(cfg), callbacks=[callback])
@@ -322,7 +342,7 @@ def train_policy(cfg: SFTRunConfig | GRPORunConfig, store: Store,
     t0 = time.perf_counter()
     try:
         if cfg.algo == "grpo":
-            from rl.rewards import RewardRecorder, make_reward_funcs
+            from rl.reward_funcs import RewardRecorder, make_reward_funcs
 
             recorder = RewardRecorder()
             callback = _curve_callback(store, run_id, recorder)

@@ -227,6 +227,11 @@ def experiment_ip_agent(
     report: Annotated[Path | None, typer.Option(help="Also write the markdown report here "
                                                 "(docs/results.md).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    cold_start: Annotated[str, typer.Option(
+        help="Cold-start users: 'full' (the paper: exactly 5 interactions in the full data) "
+             "or 'after_cut' (exactly 5 after the catalogue cut).")] = "full",
+    sasrec_activation: Annotated[str, typer.Option(
+        help="SASRec feed-forward: relu (the reference) or gelu.")] = "relu",
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
     """SASRec with ID, title, title+IP-profile and IP-profile towers vs baselines (HR/NDCG@10)."""
@@ -259,10 +264,16 @@ def experiment_ip_agent(
     arm_list = [a.strip() for a in arms.split(",")] if arms else [a[0] for a in ARMS]
     if seeds < 1 or epochs < 1 or items < 0 or users < 0:
         _fail("--seeds and --epochs must be >= 1, --items and --users >= 0", 2)
-    cfg = IPExperimentConfig(str(data), items=items, users=users, seeds=seeds, epochs=epochs,
-                             dim=dim, ip_backend=ip_backend, ip_model=ip_model,
-                             ip_batch=ip_batch, rerank_users=rerank_users, arms=arm_list,
-                             threads=threads)
+    if sasrec_activation not in ("relu", "gelu"):
+        _fail(f"--sasrec-activation must be relu or gelu, got {sasrec_activation!r}", 2)
+    try:
+        cfg = IPExperimentConfig(str(data), items=items, users=users, seeds=seeds,
+                                 epochs=epochs, dim=dim, ip_backend=ip_backend,
+                                 ip_model=ip_model, ip_batch=ip_batch,
+                                 rerank_users=rerank_users, arms=arm_list, threads=threads,
+                                 cold_start=cold_start, sasrec_activation=sasrec_activation)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     progress = Progress("[progress.description]{task.description}", BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=err)
     task = progress.add_task("IP profiles", total=None)

@@ -2,7 +2,10 @@
 
 On MicroLens-50k sequences, every arm is trained on the same leave-one-out split and evaluated
 by full-catalogue ranking (HR@10/NDCG@10 and @20, history masked), for all users and for
-cold-start users (exactly 5 interactions), over several seeds:
+cold-start users, over several seeds. Cold-start users are the paper's (its
+``process_cold_start.py``): exactly 5 interactions in the **full** data, before the catalogue cut
+(``cold_start="full"``); ``cold_start="after_cut"`` counts them after the cut instead, which also
+takes in users who lost interactions to it.
 
 * SASRec-ID, SASRec-text(title), SASRec-text(title + IP profile), SASRec-text(IP profile);
 * baselines: most-popular, item-kNN and BPR-MF.
@@ -44,6 +47,8 @@ ARMS: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
     ("BPR-MF", "mf", {}, None),
 )
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
+#: Where cold-start users' interactions are counted: the full data (the paper) or after the cut.
+COLD_START_RULES = ("full", "after_cut")
 PAPER_CLAIM = "+6.0% NDCG@10 from IP-agent profiles on MicroLens-100k (7B vision-language model)"
 
 
@@ -70,6 +75,13 @@ class IPExperimentConfig:
     rerank_users: int = 0
     arms: list[str] = field(default_factory=lambda: [a[0] for a in ARMS])
     threads: int | None = None
+    cold_start: str = "full"
+    sasrec_activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.cold_start not in COLD_START_RULES:
+            raise ValueError(f"cold_start must be one of {COLD_START_RULES}, "
+                             f"got {self.cold_start!r}")
 
 
 @dataclass
@@ -101,10 +113,14 @@ def prepare(ds: Any, cfg: IPExperimentConfig) -> Prepared:
         split = Split({u: s for u, s in split.train.items() if u in keep},
                       {u: v for u, v in split.valid.items() if u in keep},
                       {u: t for u, t in split.test.items() if u in keep}, split.dropped_users)
-    cold = sorted(set(cold_start_users(inter, cfg.min_len)) & set(users))
+    # The paper counts a cold-start user's interactions in the full data; a user who lost some
+    # to the catalogue cut is not cold-start, only short here.
+    counted = ds.interactions if cfg.cold_start == "full" else inter
+    cold = sorted(set(cold_start_users(counted, cfg.min_len)) & set(users))
     titles = {int(r.item_id): str(r.title) for r in ds.items.itertuples(index=False)}
     n_inter = sum(len(s) + 2 for s in split.train.values())
     stats = {"catalogue_items": len(core), "users": len(users), "cold_start_users": len(cold),
+             "cold_start_rule": cfg.cold_start,
              "interactions_after_cut": n_inter, "dataset_users": int(
                  ds.interactions["user_id"].nunique()), "dataset_items": len(order)}
     return Prepared(core, split, users, cold, titles, stats)
@@ -195,7 +211,7 @@ def run_ip_experiment(
     sasrec_params = {"dim": cfg.dim, "max_len": cfg.max_len, "epochs": cfg.epochs,
                      "batch_size": cfg.batch_size, "lr": cfg.lr, "text_model": cfg.text_model,
                      "embed_cache_dir": str(embed_cache_dir) if embed_cache_dir else None,
-                     "threads": cfg.threads}
+                     "threads": cfg.threads, "activation": cfg.sasrec_activation}
     fitted_for_rerank = None
     ndcg_by_user: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
     for seed in range(cfg.seeds):
@@ -360,12 +376,15 @@ def results_markdown(results: dict[str, Any], command: str) -> str:
         f"- Data: MicroLens-50k sequences ({data['dataset_users']:,} users, "
         f"{data['dataset_items']:,} items), cut to the {data['catalogue_items']:,} most-watched "
         f"items; {data['users']:,} users keep ≥ {cfg['min_len']} interactions "
-        f"({data['cold_start_users']:,} cold-start users with exactly {cfg['min_len']}); "
+        f"({data['cold_start_users']:,} cold-start users with exactly {cfg['min_len']} "
+        + ("in the full data, as the paper defines them" if cfg.get("cold_start", "full")
+           == "full" else "after the catalogue cut") + "); "
         "leave-one-out, last 13 items per user.",
         f"- Evaluation: full-catalogue ranking of the held-out last item, history masked, "
         f"pessimistic ties; mean ± std over {cfg['seeds']} seed(s).",
         f"- SASRec: {cfg['epochs']} epochs, d={cfg['dim']}, 2 blocks, 2 heads, max length "
-        f"{cfg['max_len']}, in-batch softmax with logQ correction, batch {cfg['batch_size']}, "
+        f"{cfg['max_len']}, {cfg.get('sasrec_activation', 'gelu').upper()} feed-forward, "
+        f"in-batch softmax with logQ correction, batch {cfg['batch_size']}, "
         f"AdamW lr {cfg['lr']}. Text tower: frozen {cfg['text_model']} sentence embeddings "
         "(all-MiniLM-L6-v2) → linear.",
         f"- IP profiles: `{prof.get('agent')}` (staged, text-only: perception then profile); "

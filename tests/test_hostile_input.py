@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
 from agents.ip_agent import ItemText
 from agents.parsing import parse_judgement
+from agents.parsing import read_judgement as parse_judgement_label
 from agents.persona import build_persona, item_line
 from agents.prompts import (
     SCORE_CANDIDATE_PREFIX,
@@ -31,7 +32,6 @@ from environments.datasets import load_microlens, load_movielens_1m, load_moviel
 from environments.schema import DataFormatError, Dataset
 from rl.rewards import (
     format_quality,
-    parse_judgement_label,
     score,
     score_judgement,
     score_selection,

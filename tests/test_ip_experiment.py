@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from sandbox.cli import app
-from sandbox.ip_experiment import ARMS, IPExperimentConfig, run_ip_experiment
+from sandbox.ip_experiment import ARMS, IPExperimentConfig, prepare, run_ip_experiment
 from sandbox.perception import item_text_for
 from sandbox.store import Store
 
@@ -41,7 +43,8 @@ def test_toy_case_metrics_are_the_hand_computed_ones(toy_data, tmp_path):
                              ip_backend="tiny", ip_batch=8, arms=["most-popular", "SASRec-ID"])
     res = run_ip_experiment(cfg, Store(f"sqlite:///{tmp_path}/toy.sqlite"), log=lambda m: None)
     assert res["data"] == {"catalogue_items": 6, "users": 3, "cold_start_users": 3,
-                           "interactions_after_cut": 15, "dataset_users": 3, "dataset_items": 6}
+                           "cold_start_rule": "full", "interactions_after_cut": 15,
+                           "dataset_users": 3, "dataset_items": 6}
     pop = res["summary"]["most-popular"]
     for group in ("all", "cold"):  # every toy user has exactly 5 interactions
         assert pop[group]["HR@10"]["mean"] == 1.0
@@ -53,6 +56,32 @@ def test_toy_case_metrics_are_the_hand_computed_ones(toy_data, tmp_path):
     assert sas["HR@10"]["mean"] == 1.0
     assert 1 / math.log2(3) - 1e-9 <= sas["NDCG@10"]["mean"] <= 1.0
     assert res["profiles"]["profiles"] == 6 and res["profiles"]["made_now"] == 6
+
+
+def _cut_world() -> SimpleNamespace:
+    """Items 1-6 are watched by everyone; item 7 by user 2 only, so a 6-item cut drops it.
+
+    User 1: 5 interactions (cold by either rule). User 2: 6 in the full data, 5 after the cut
+    (cold only after the cut). User 3: 7 interactions (never cold).
+    """
+    seqs = {1: [1, 2, 3, 4, 5], 2: [1, 7, 2, 3, 4, 6], 3: [1, 2, 3, 4, 5, 6, 2]}
+    rows = [(u, i, t) for u, seq in seqs.items() for t, i in enumerate(seq)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "order"])
+    items = pd.DataFrame({"item_id": range(1, 8), "title": [f"t{i}" for i in range(1, 8)]})
+    return SimpleNamespace(interactions=inter, items=items)
+
+
+def test_cold_start_users_are_counted_in_the_full_data_by_default():
+    ds = _cut_world()
+    paper = prepare(ds, IPExperimentConfig("x", items=6))
+    assert 7 not in paper.items
+    assert paper.users == [1, 2, 3]
+    assert paper.cold == [1]  # user 2 had 6 interactions before the cut: not cold-start
+    assert paper.stats["cold_start_rule"] == "full"
+    after = prepare(ds, IPExperimentConfig("x", items=6, cold_start="after_cut"))
+    assert after.cold == [1, 2]
+    with pytest.raises(ValueError, match="cold_start"):
+        IPExperimentConfig("x", cold_start="later")
 
 
 def test_item_text_modes():
@@ -97,3 +126,11 @@ def test_reduced_experiment_on_real_microlens(data_dir, tmp_path):
     assert res["rerank"]["users"] == 10 and res["rerank"]["hr_before"] == res["rerank"]["hr_after"]
     text = report.read_text()
     assert "| SASRec-text(title+IP) |" in text and "vragent experiment ip-agent" in text
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--cold-start", "later"),
+                                             ("--sasrec-activation", "tanh")])
+def test_bad_cold_start_or_activation_is_one_line(toy_data, tmp_path, flag, value):
+    result = CliRunner().invoke(app, ["experiment", "ip-agent", "--data", str(toy_data), flag,
+                                      value, "--db", f"sqlite:///{tmp_path}/x.sqlite"])
+    assert result.exit_code == 2 and value in result.output

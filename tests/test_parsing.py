@@ -1,4 +1,9 @@
-from agents.parsing import parse_judgement
+import random
+
+import pytest
+
+from agents.parsing import parse_judgement, parse_selection, read_judgement
+from rl.rewards import score_judgement, score_selection
 
 GOOD = (" The user likes drama. </think><answer> (1) User_preference: drama\n"
         "(2) Prediction: Yes </answer>")
@@ -65,3 +70,47 @@ def test_an_answer_only_turn_needs_no_think_tags():
     bad = parse_judgement(" (2) Prediction: No </answer></answer>", "<answer>")
     assert not bad.format_ok and bad.prediction == "No"
     assert not parse_judgement(" x </think> <answer> Prediction: Yes </answer>", "").format_ok
+
+
+# --- one reading for the simulator, the selection agent and the rewards ------------------------
+
+
+
+@pytest.mark.parametrize(
+    ("body", "label"),
+    [
+        ("No, the user would not enjoy it", "No"),  # the reward read "enjoy" as Yes
+        ("Yes, they will enjoy it", "Yes"),
+        ("The user would not enjoy it", "No"),
+        ("The user wouldn't really enjoy this clip", "No"),
+        ("They never enjoy cooking videos", "No"),
+        ("The user doesn't dislike it", "Yes"),
+        ("(1) User_preference: cats (2) the user will enjoy it", "Yes"),
+        ("**No** - too long for this viewer", "No"),
+        ("user_like: 0, although they enjoy cats", "No"),
+    ],
+)
+def test_bare_answers_read_the_same_everywhere(body, label):
+    completion = f" x </think><answer>{body}</answer>"
+    assert read_judgement(body) == label
+    assert parse_judgement(completion).prediction == label
+    assert score_judgement(completion, "Yes").parsed == label
+
+
+FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "(1)", "(2)", "Prediction:",
+             "Next_video:", "Yes", "No", "yes", "no", "not", "enjoy", "dislike", "user_like: 1",
+             "Dr. Who recap", "Funny cats", "2", " ", "\n", ",", "won't", "**"]
+CANDS = ["Funny cats compilation", "Dr. Who recap", "Cooking pasta at home"]
+
+
+def test_fuzz_parser_and_reward_agree():
+    rng = random.Random(18)
+    for _ in range(2000):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 14)))
+        prefix = rng.choice(["<think>", "<answer>", ""])
+        j = score_judgement(text, "Yes", prefix)
+        s = score_selection(text, CANDS, 0, prefix)
+        if j.problems and "no <answer>...</answer> block" in j.problems:
+            continue  # the reward's flat missing-answer rule: it reads nothing
+        assert parse_judgement(text, prefix).prediction == j.parsed, (prefix, text)
+        assert parse_selection(text, CANDS, prefix).index == s.matched_index, (prefix, text)

@@ -10,23 +10,25 @@ import time
 import pytest
 
 from agents.parsing import parse_judgement
+from agents.parsing import read_judgement as parse_judgement_label
 from agents.selection import shown_titles
+from rl.reward_funcs import (
+    RewardFunc,
+    RewardRecorder,
+    accuracy_reward_func,
+    completion_text,
+    format_reward_func,
+    make_reward_funcs,
+    score_batch,
+)
 from rl.rewards import (
     MISSING_ANSWER_REWARD,
     REWARD_MAX,
     REWARD_MIN,
     RewardBreakdown,
-    RewardFunc,
-    RewardRecorder,
-    accuracy_reward_func,
-    completion_text,
     format_quality,
     format_reward,
-    format_reward_func,
-    make_reward_funcs,
-    parse_judgement_label,
     score,
-    score_batch,
     score_judgement,
     score_selection,
 )

@@ -25,6 +25,7 @@ from rl.baselines import (
     history_interactions,
     tune_threshold,
 )
+from rl.eval_metrics import judgement_metrics, pairwise_auc, selection_metrics
 from rl.evaluation import (
     COLUMNS,
     EVAL_TEMPERATURE,
@@ -32,11 +33,8 @@ from rl.evaluation import (
     LLMPolicy,
     evaluate,
     history_titles_from_prompt,
-    judgement_metrics,
     judgement_score_prompt,
-    pairwise_auc,
     results_markdown,
-    selection_metrics,
     selection_score_prompt,
     subsample_groups,
 )

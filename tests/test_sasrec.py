@@ -275,3 +275,40 @@ def test_text_tower_with_minilm_ranks_cold_items_by_topic(tmp_path):
     np.testing.assert_array_equal(loaded.score([0, 1]), tuned.score([0, 1]))
     # The shared model was copied, not trained in place.
     assert all(torch.equal(p, before[k]) for k, p in model._encoder.model.named_parameters())
+
+
+def test_feed_forward_is_relu_by_default_as_in_the_reference():
+    from environments.recommenders.sasrec_net import SASRecConfig, _FeedForward
+
+    assert SASRecConfig().activation == "relu"
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8)
+    for name, act in (("relu", torch.relu), ("gelu", torch.nn.functional.gelu)):
+        ff = _FeedForward(8, 0.0, name).eval()
+        want = ff.norm(x + ff.w_2(act(ff.w_1(x))))
+        assert torch.allclose(ff(x), want)
+    model = SASRecRecommender(seed=0, tower="id", **FAST)
+    assert model.cfg.activation == "relu" and model.params["activation"] == "relu"
+    with pytest.raises(ValueError, match="activation"):
+        SASRecRecommender(seed=0, activation="tanh")
+
+
+def test_gelu_option_trains_a_different_model(data):
+    relu = SASRecRecommender(seed=0, tower="id", **FAST).fit(data)
+    gelu = SASRecRecommender(seed=0, tower="id", activation="gelu", **FAST).fit(data)
+    users = np.arange(5)
+    assert not np.allclose(relu.score(users), gelu.score(users))
+
+
+def test_an_old_checkpoint_without_activation_loads_as_gelu(data, tmp_path):
+    import json
+
+    model = SASRecRecommender(seed=1, tower="id", activation="gelu", **FAST).fit(data)
+    model.save(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["params"]["activation"]  # as written before the option existed
+    cfg_file.write_text(json.dumps(cfg))
+    loaded = SASRecRecommender.load(tmp_path / "old", data)
+    assert loaded.cfg.activation == "gelu"
+    np.testing.assert_array_equal(loaded.score([0, 3]), model.score([0, 3]))

@@ -8,15 +8,13 @@ from collections.abc import Sequence
 import pytest
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from agents.parsing import extract_prediction, match_candidate, parse_selection
 from agents.reranker import RerankRequest, TwoRoundReranker, refine_order, rerank_report
 from agents.selection import (
     CANDIDATES_HEADER,
     FORMAT_THINKING,
     HISTORY_HEADER,
     LETTER_PREFIX,
-    extract_prediction,
-    match_candidate,
-    parse_selection,
     selection_letter_prompt,
     selection_prompt,
     shown_titles,
@@ -146,8 +144,9 @@ def test_match_uses_the_last_answer_block():
     text = (" hmm </think><answer>(2) Next_video: 1984</answer> wait, no."
             "<answer>(2) Next_video: Minecraft speed build #gaming</answer>")
     assert match_candidate(text, SHOWN) == 9
-    # An unclosed last block still counts.
-    assert match_candidate("<answer>Next_video: 1984</answer><answer>Next_video: 2", SHOWN) == 1
+    # An unclosed block counts only without a closed one: the reward reads the closed one too.
+    assert match_candidate("<answer>Next_video: 1984</answer><answer>Next_video: 2", SHOWN) == 5
+    assert match_candidate("<answer>Next_video: 2", SHOWN) == 1
 
 
 def test_match_tags_and_injection_inside_titles():

@@ -338,10 +338,15 @@ class Recommender(abc.ABC):
         tensors, config = load_checkpoint(path)
         if config.get("name") != cls.name:
             raise CheckpointError(f"{path}: checkpoint of {config.get('name')!r}, not {cls.name!r}")
-        model = cls(**config.get("params", {}))
+        model = cls(**cls._checkpoint_params(dict(config.get("params", {}))))
         items = tensors.pop("__item_ids__")
         model._restore_state = tensors
         return model.fit(interactions, items=items)
+
+    @classmethod
+    def _checkpoint_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Constructor kwargs from a checkpoint's params (models fill in older defaults)."""
+        return params
 
     def _tie_priority(self) -> np.ndarray | None:
         """Optional per-item priority (higher first) used before the seeded tie order."""

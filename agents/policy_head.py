@@ -15,7 +15,6 @@ p(Yes) (the simulator, the evaluation, the response cache) reads the head's prob
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +81,11 @@ class ScoreHead:
         path = Path(folder) / HEAD_FILE
         if not path.is_file():
             raise ValueError(f"{path}: no score head")
+        from safetensors import SafetensorError
+
         try:
             t = load_file(str(path))
             return cls(t["weight"].astype(np.float64), float(t["bias"][0]),
                        t["mean"].astype(np.float64), t["scale"].astype(np.float64))
-        except (KeyError, IndexError, OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a score head ({exc})") from exc
+        except (KeyError, IndexError, OSError, SafetensorError) as exc:
+            raise ValueError(f"{path}: not a score head ({exc})") from None

@@ -106,6 +106,14 @@ def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
     from agents.policy_head import ScoreHead
     from sandbox.assets import require_smollm2
 
+    head = ScoreHead.load(pol.path)
+    if cfg.kind == "tiny" and pol.manifest.base_model == "tiny":
+        # The randomly initialised test model: head policies tested end to end without weights.
+        backend = make_backend(cfg)
+        assert isinstance(backend, HFBackend)
+        return HFBackend(model=backend.model, tokenizer=backend.tokenizer,
+                         model_name=pol.manifest.model_id, batch_size=cfg.batch_size,
+                         max_prompt_tokens=cfg.max_prompt_tokens, score_head=head)
     if cfg.kind != "hf":
         raise ValueError(f"policy {pol.manifest.name!r} reads the model's hidden state: it needs "
                          f"backend.kind 'hf', not {cfg.kind!r}")
@@ -114,4 +122,4 @@ def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
     return HFBackend(path, model_name=pol.manifest.model_id, batch_size=cfg.batch_size,
                      max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
                      device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb,
-                     score_head=ScoreHead.load(pol.path))
+                     score_head=head)

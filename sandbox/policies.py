@@ -135,11 +135,12 @@ def write_manifest(manifest: PolicyManifest, root: str | Path | None = None) -> 
         The manifest path.
 
     Raises:
-        PolicyError: the policy folder has no ``model/``.
+        PolicyError: the policy folder has no ``model/`` (a head policy: no head file).
     """
     folder = policy_dir(manifest.name, root)
-    if not (folder / MODEL_DIR).is_dir():
-        raise PolicyError(f"{folder}: no {MODEL_DIR}/ folder; save the model before the manifest")
+    saved = folder / ("head.safetensors" if manifest.algo == "head" else MODEL_DIR)
+    if not saved.exists():
+        raise PolicyError(f"{folder}: no {saved.name}; save the model before the manifest")
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True, default=str))
     os.replace(tmp, folder / MANIFEST)  # atomic: readers see the old or the new manifest

@@ -1,0 +1,223 @@
+"""The grounded policy's parts: evidence, the learned head, head policies in the simulator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from agents.backends.base import ChatPrompt
+from agents.policy_head import ScoreHead
+from agents.prompts import PersonaView, score_prompt
+from environments.datasets import make_synthetic_world
+from environments.grounding import CollaborativeGrounding, Evidence
+from environments.recommenders.neighbors import ItemKNNRecommender
+from rl.grounded import (
+    GroundedPolicyScorer,
+    PromptMaker,
+    example_prompts,
+    fit_head,
+    hidden_states,
+    training_examples,
+    without_last,
+)
+from rl.negatives import NegativeSampler
+from sandbox.policies import PolicyManifest, load_policy, write_manifest
+from tests.conftest import tiny_scenario
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_synthetic_world(n_users=120, n_items=80, mean_history=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sequences(world):
+    return world.dataset.sequences()
+
+
+@pytest.fixture(scope="module")
+def grounding(sequences):
+    return CollaborativeGrounding(without_last(sequences), seed=0)
+
+
+def test_knn_similarity_to_matches_the_fitted_users_scores(sequences):
+    frame = pd.DataFrame([(u, i, k) for u, s in sequences.items() for k, i in enumerate(s)],
+                         columns=["user_id", "item_id", "order"])
+    knn = ItemKNNRecommender(seed=0).fit(frame)
+    user = next(iter(sequences))
+    items = knn.item_ids
+    mine = knn.similarity_to(sequences[user], items)
+    full = knn.score([user])[0]
+    connected = mine > 0
+    assert connected.any()
+    # Where the history says something, the recommender's score is the same sum.
+    np.testing.assert_allclose(mine[connected], full[connected], rtol=1e-5)
+    assert knn.similarity_to([], items).sum() == 0
+    assert knn.similarity_to(sequences[user], [10**9])[0] == 0  # unknown item
+
+
+def test_evidence_is_percentiles_and_separates_real_next_items(sequences, grounding):
+    catalogue = grounding.catalogue
+    rng = np.random.default_rng(0)
+    real, rand = [], []
+    for s in sequences.values():
+        if len(s) < 3:
+            continue
+        pos = grounding.evidence(s[:-1], [s[-1]])[0]
+        neg = grounding.evidence(s[:-1], [int(rng.choice(catalogue))])[0]
+        real.append(pos.taste + pos.similar)
+        rand.append(neg.taste + neg.similar)
+        for ev in (pos, neg):
+            assert all(0 <= v <= 99 for v in (ev.taste, ev.similar, ev.popularity))
+    # The synthetic world's users follow their tastes: the logs' evidence must show it.
+    assert np.mean(real) > np.mean(rand) + 10
+    line = Evidence(87, 12, 3).line()
+    assert "87/100" in line and "12/100" in line and "3/100" in line
+
+
+def test_evidence_follows_the_candidate_in_the_score_prompt():
+    persona = PersonaView("a viewer", ("Film A",))
+    plain = score_prompt(persona, "Film B")
+    grounded = score_prompt(persona, "Film B", evidence=Evidence(50, 60, 70))
+    # The shared prefix (system and user turns) is unchanged: prefix reuse still covers it.
+    assert plain.messages == grounded.messages
+    assert grounded.assistant_prefix.endswith("popularity 70/100\nPrediction:")
+    assert "Film B" in grounded.assistant_prefix
+
+
+def test_hidden_states_and_head_match_the_naive_forward(tiny_backend):
+    persona = PersonaView("a viewer of films", ("Alpha", "Beta", "Gamma"))
+    prompts = [score_prompt(persona, f"Candidate {k}", evidence=Evidence(k, 2 * k, 3 * k))
+               for k in range(6)]
+    h = tiny_backend.hidden_states(prompts)
+    width = tiny_backend.model.config.hidden_size
+    assert h.shape == (6, width)
+    rng = np.random.default_rng(1)
+    head = ScoreHead(rng.normal(size=width), 0.3, rng.normal(size=width),
+                     rng.uniform(0.5, 2, size=width))
+    tiny_backend.score_head = head
+    try:
+        fast = tiny_backend.score(prompts)
+        naive = tiny_backend.score_naive(prompts)
+    finally:
+        tiny_backend.score_head = None
+    expect = 1 / (1 + np.exp(-head.logits(h).numpy()))
+    got = np.array([s.probs["Yes"] for s in fast])
+    np.testing.assert_allclose(got, expect, atol=1e-4)
+    np.testing.assert_allclose(got, [s.probs["Yes"] for s in naive], atol=1e-4)
+
+
+def test_head_round_trips_and_rejects_bad_files(tmp_path):
+    head = ScoreHead(np.arange(4.0), -0.5, np.ones(4), np.full(4, 2.0))
+    head.save(tmp_path)
+    back = ScoreHead.load(tmp_path)
+    z = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_allclose(back.logits(z).numpy(), head.logits(z).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="no score head"):
+        ScoreHead.load(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="head"):
+        ScoreHead.load(tmp_path / "bad")
+    with pytest.raises(ValueError, match="positive scale"):
+        ScoreHead(np.ones(2), 0.0, np.zeros(2), np.zeros(2))
+
+
+def test_head_fitted_on_states_separates_training_labels():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=400).astype(bool)
+    x = rng.normal(size=(400, 16))
+    x[:, 3] += 2.0 * y  # one unit carries the label
+    head = fit_head(x, y, c=1.0)
+    z = head.logits(torch.from_numpy(x)).numpy()
+    assert z[y].mean() > z[~y].mean() + 1.0
+
+
+def _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world) -> str:
+    """Train a head on the tiny model's states of real training examples; register it."""
+    users = sorted(sequences)[:30]
+    pop = pd.Series(pd.Series([i for s in sequences.values() for i in s]).value_counts())
+    sampler = NegativeSampler(grounding.catalogue, pop, seed=0)
+    examples = training_examples(sequences, users, sampler)
+    maker = PromptMaker(world.dataset)
+    states = hidden_states(tiny_backend, example_prompts(examples, grounding, maker))
+    head = fit_head(states, [e.label for e in examples], c=0.1)
+    folder = tmp_path / "policies" / "tiny-grounded"
+    head.save(folder)
+    write_manifest(PolicyManifest(name="tiny-grounded", algo="head", base_model="tiny",
+                                  model_id="tiny-grounded-test", config={"grounding": True}),
+                   tmp_path / "policies")
+    return "tiny-grounded"
+
+
+def test_grounded_scorer_reads_the_head(tmp_path, tiny_backend, sequences, grounding, world):
+    name = _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world)
+    pol = load_policy(name, tmp_path / "policies")
+    assert pol.is_head and pol.grounded
+    tiny_backend.score_head = ScoreHead.load(pol.path)
+    try:
+        scorer = GroundedPolicyScorer(tiny_backend, grounding, without_last(sequences),
+                                      PromptMaker(world.dataset))
+        user = sorted(sequences)[40]
+        rows = [{"task": "selection", "group_id": "g", "user_id": user,
+                 "item_ids": [sequences[user][-1], 1, 2], "history_ids": sequences[user][-4:-1]}]
+        scores = scorer.item_scores(rows)
+    finally:
+        tiny_backend.score_head = None
+    assert len(scores) == 1 and scores[0].shape == (3,)
+    assert ((scores[0] > 0) & (scores[0] < 1)).all()
+
+
+def test_a_head_policy_runs_in_the_simulator_with_evidence(tmp_path, monkeypatch, tiny_backend,
+                                                           sequences, grounding, world):
+    import yaml
+    from sqlalchemy import select
+
+    from sandbox.config import parse_scenario
+    from sandbox.runner import create_run, execute
+    from sandbox.store import Decision, Store
+
+    name = _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world)
+    monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "policies"))
+    sc = parse_scenario(tiny_scenario(policy=name, ip_agent={"enabled": False},
+                                      simulation={"steps": 2, "slate_size": 3,
+                                                  "users_per_task": 2}))
+    store = Store(f"sqlite:///{tmp_path / 'run.sqlite'}")
+    run_id = create_run(store, sc, yaml.safe_dump(sc.model_dump(mode="json")), None)
+    execute(store, run_id)
+    with store.session() as s:
+        decisions = s.scalars(select(Decision).where(Decision.run_id == run_id)).all()
+    assert decisions
+    assert {d.model_id for d in decisions} == {"tiny-grounded-test"}
+    prompts = [d.prompt for d in decisions if not d.traced]
+    assert prompts and all("Evidence: taste match" in p for p in prompts)
+    assert all(0 < d.p_like < 1 for d in decisions)
+
+
+def test_a_head_policy_needs_an_in_process_backend(tmp_path, monkeypatch, tiny_backend,
+                                                   sequences, grounding, world):
+    from sandbox.backend_factory import policy_backend
+    from sandbox.config import Scenario
+
+    name = _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world)
+    monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "policies"))
+    sc = Scenario.model_validate(tiny_scenario(policy=name, backend={"kind": "constant"}))
+    with pytest.raises(ValueError, match="hidden state"):
+        policy_backend(sc)
+
+
+def test_example_prompts_share_one_evidence_call_per_user(sequences, grounding, world):
+    maker = PromptMaker(world.dataset)
+    user = sorted(sequences)[0]
+    hist = tuple(sequences[user][:-1])
+    from rl.grounded import Example
+
+    examples = [Example(user, hist, i, False, "x") for i in (1, 2, 3)]
+    prompts = example_prompts(examples, grounding, maker)
+    assert len(prompts) == 3 and all(isinstance(p, ChatPrompt) for p in prompts)
+    assert len({p.messages for p in prompts}) == 1  # one shared prefix
+    evs = grounding.evidence(hist, [1, 2, 3])
+    for p, ev in zip(prompts, evs, strict=True):
+        assert ev.line() in p.assistant_prefix

@@ -89,7 +89,7 @@ def run(
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError, load_scenario
     from sandbox.policies import PolicyError, load_policy
-    from sandbox.runner import RunError, checkpoint_path, create_run, execute
+    from sandbox.runner import RunBusyError, RunError, checkpoint_path, create_run, execute
     from sandbox.store import Store
 
     if not scenario and not resume:
@@ -126,6 +126,8 @@ def run(
     try:
         with progress:
             rows = execute(store, run_id, progress=on_progress)
+    except RunBusyError as exc:
+        _fail(str(exc))  # the owner goes on; this process touched nothing
     except (ScenarioError, RunError, PolicyError) as exc:
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, BackendError, OSError) as exc:

@@ -67,6 +67,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _file_name(run_id: str) -> str:
+    # Run ids are hex; anything else (a hand-made id) must not become a path.
+    safe = run_id.isascii() and run_id.isalnum() and len(run_id) <= 64
+    return f"{run_id if safe else hashlib.sha256(run_id.encode()).hexdigest()}.lock"
+
+
 def advisory_key(run_id: str) -> int:
     """The run's PostgreSQL advisory-lock key: a signed 64-bit hash of a namespaced id."""
     digest = hashlib.sha256(f"vragent-run:{run_id}".encode()).digest()
@@ -104,7 +110,7 @@ class RunLock:
         if dialect == "sqlite":
             db = self.store.sqlite_path()
             if db is not None:
-                self._acquire_file(db.with_name(db.name + ".locks") / f"{self.run_id}.lock")
+                self._acquire_file(db.with_name(db.name + ".locks") / _file_name(self.run_id))
         elif dialect == "postgresql":
             self._acquire_advisory()
 

@@ -138,7 +138,9 @@ def clean_real_model_run(tmp_path_factory):
     return path, url
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+# Seeds chosen so the first kills cover every point: log, decide, perceive, feedback (and the
+# second ones committed and log).
+@pytest.mark.parametrize("seed", [0, 1, 5, 7])
 def test_run_killed_twice_inside_steps_resumes_to_the_same_store(tmp_path, seed,
                                                                  clean_real_model_run):
     """Two SIGKILLs at seeded points inside steps (profiles stored, fan-out under way, inside

@@ -128,7 +128,7 @@ def _execute_run(run_id: str, db: str) -> None:
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError
     from sandbox.policies import PolicyError
-    from sandbox.runner import RunError, checkpoint_path, execute
+    from sandbox.runner import RunBusyError, RunError, checkpoint_path, execute
     from sandbox.store import Store
 
     shown = shown_url(db)
@@ -152,6 +152,8 @@ def _execute_run(run_id: str, db: str) -> None:
             rows = execute(store, run_id, progress=on_progress)
     except KeyboardInterrupt:
         _fail(f"interrupted ({resumable})", 130)
+    except RunBusyError as exc:
+        _fail(str(exc))  # the owner goes on; this process touched nothing
     except (ScenarioError, RunError, PolicyError) as exc:
         _fail(scrub_url(str(exc), db), 2)
     except (AssetError, DataFormatError, BackendError, OSError) as exc:

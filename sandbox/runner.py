@@ -20,6 +20,7 @@ from sandbox import faults
 from sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
 from sandbox.graph import build_step_graph
 from sandbox.paths import vragent_home
+from sandbox.run_lock import RunBusyError, RunLock
 from sandbox.runtime import SimulationRuntime
 from sandbox.store import Arm, Run, Store
 
@@ -93,22 +94,40 @@ class RunDriver:
     Building it loads the runtime (dataset, recommenders, LLM), replays what the store already
     holds and opens the LangGraph checkpointer; :meth:`step` runs one step; :meth:`close` marks
     the run finished when it is. Used as a context manager, a failure marks the run ``failed``
-    (``interrupted`` on Ctrl-C) and it stays resumable.
+    (``interrupted`` on Ctrl-C) and it stays resumable. From its start until :meth:`close` or
+    :meth:`fail` it holds the run's lock (sandbox/run_lock.py): one process executes a run.
 
     Args:
         store: the run store.
         run_id: a run created by :func:`create_run` (fresh or interrupted).
         backend: an LLM backend to use instead of the scenario's.
         progress: ``progress(event, done, total)``; events are ``"users"`` and ``"step"``.
+
+    Raises:
+        RunBusyError: another live process executes the run (nothing was changed).
+        RunError: no such run, or it is finished.
     """
 
     def __init__(self, store: Store, run_id: str, *, backend: LLMBackend | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
-        run = store.get_run(run_id)
-        if run is None:
+        if store.get_run(run_id) is None:
             raise RunError(f"no run {run_id!r} in {store.url}")
-        if run.status == "finished":
-            raise RunError(f"run {run_id} is already finished")
+        # One owner at a time (sandbox/run_lock.py), taken before anything is written: a second
+        # process must leave the run exactly as the owner has it, status included.
+        self.lock = RunLock(store, run_id)
+        self.lock.acquire()
+        try:
+            self._open(store, run_id, backend, progress)
+        except BaseException:
+            self.lock.release()  # a process that goes on (tests, sweeps) may resume it
+            raise
+
+    def _open(self, store: Store, run_id: str, backend: LLMBackend | None,
+              progress: Callable[[str, int, int], None] | None) -> None:
+        run = store.get_run(run_id)  # again, now that no one else can change it
+        if run is None or run.status == "finished":
+            raise RunError(f"run {run_id} is already finished" if run else
+                           f"no run {run_id!r} in {store.url}")
         self.store, self.run_id, self.progress = store, run_id, progress
         self.scenario = parse_scenario(yaml.safe_load(run.scenario_yaml), f"run {run_id}")
         self.t0 = time.perf_counter()
@@ -126,15 +145,26 @@ class RunDriver:
             self.done_users = n_done * sc.population.size * len(sc.arms)
             saver, self.conn = _saver(checkpoint_path(store))
             self.graph = build_step_graph(self.rt, saver)
+            n_steps = sc.simulation.steps
             # In-process models share one set of cores and one global sampler RNG: run their
             # fan-out tasks one at a time so results are reproducible. Servers take many.
             concurrency = sc.backend.max_concurrency if self.rt.backend.kind == "openai" else 1
             self.cfg = {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000,
                         "max_concurrency": concurrency}
             state = self.graph.get_state(self.cfg)
-            self._input: dict | None = None if state.values else {
-                "step": 0, "n_steps": sc.simulation.steps}
-            self.done = bool(state.values) and not state.next
+            # The store decides where the run goes on: at the first step it does not hold.
+            # The checkpoint agrees after a clean stop between steps. After a failure or a
+            # kill inside a step it does not: LangGraph saved the step half done (its exit
+            # checkpoint), or the step's write committed and the checkpoint after it never
+            # came. Memory was rebuilt for the step boundary only, so the step starts over.
+            at_boundary = (state.values.get("step") == n_done
+                           and state.next == (("perceive",) if n_done < n_steps else ()))
+            self.done = n_done >= n_steps
+            self._input: dict | None = None
+            if not self.done and not at_boundary:
+                if state.values:
+                    saver.delete_thread(run_id)
+                self._input = {"step": n_done, "n_steps": n_steps}
         except BaseException as exc:
             self.fail(exc)
             raise
@@ -178,6 +208,7 @@ class RunDriver:
             pass  # the original error is the one to report
         finally:
             self._close_conn()
+            self.lock.release()
 
     def _close_conn(self) -> None:
         if self.conn is not None:
@@ -187,9 +218,12 @@ class RunDriver:
     def close(self) -> None:
         """Release the checkpointer; mark the run finished when every step is done."""
         self._close_conn()
-        if self.done:
-            self.store.update_run(self.run_id, status="finished",
-                                  finished_at=dt.datetime.now(dt.UTC), wall_s=self._wall())
+        try:
+            if self.done:
+                self.store.update_run(self.run_id, status="finished",
+                                      finished_at=dt.datetime.now(dt.UTC), wall_s=self._wall())
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> RunDriver:
         return self
@@ -246,4 +280,5 @@ def start(
     return run_id, execute(store, run_id, backend=backend, progress=progress)
 
 
-__all__ = ["RunDriver", "RunError", "ScenarioError", "create_run", "execute", "start"]
+__all__ = ["RunBusyError", "RunDriver", "RunError", "ScenarioError", "create_run", "execute",
+           "start"]

@@ -25,6 +25,7 @@ from environments import metrics as em
 from environments.grounding import CollaborativeGrounding, Evidence
 from environments.platform import Platform
 from environments.response_model import LogisticResponseModel
+from sandbox import faults
 from sandbox.backend_factory import make_backend, policy_backend
 from sandbox.config import Scenario
 from sandbox.perception import (
@@ -264,6 +265,7 @@ class SimulationRuntime:
             self.ip_agent, self.store, self.dataset_key, [self.item_text[i] for i in wanted],
             batch_size=max(1, len(wanted)), run_id=self.run_id, step=step)
         self.profile_text.update(profiles)
+        faults.checkpoint("perceive")
         return stats.made
 
     def recommend(self, step: int) -> dict[str, dict[str, list[list[float]]]]:
@@ -388,13 +390,13 @@ class SimulationRuntime:
                 "left": o["left"], "leave_prob": o["leave_prob"],
             })
             for d in o["decisions"]:
-                # The outcome dicts are this step's own and dropped after it: each becomes its
-                # decision row in place (a population step would otherwise copy a million).
                 impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
                                     "position": d["position"], "item_id": d["item_id"],
-                                    "rec_score": d.pop("rec_score"),
-                                    "source": d.pop("source", "rec")})
-                d["step"] = step
+                                    "rec_score": d["rec_score"],
+                                    "source": d.get("source", "rec")})
+                # The outcome dict itself, read only: it is graph state, which LangGraph saves
+                # in its exit checkpoint when this write fails, so it must stay as decide()
+                # made it. log_step takes the decision's columns from it (and adds the step).
                 decisions.append(d)
         steps = []
         for arm in self.arm_names:
@@ -412,6 +414,7 @@ class SimulationRuntime:
                      for a, ms in metrics.items() for n, v in ms.items() if v is not None],
         )
         if wrote:
+            faults.checkpoint("committed")
             for o in outcomes:
                 for d in sorted(o["decisions"], key=lambda d: d["position"]):
                     self._apply(o["arm"], o["user_id"], d["item_id"], d["action"])
@@ -468,5 +471,7 @@ class SimulationRuntime:
         if k and (step + 1) % k == 0:
             for arm in self.arm_names:
                 self.platform.refit(arm)
+            faults.checkpoint("feedback")
             return True
+        faults.checkpoint("feedback")
         return False

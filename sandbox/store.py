@@ -309,6 +309,19 @@ class LlmCall(Base):
     __table_args__ = (UniqueConstraint("run_id", "agent", "arm", "step", "task", "seq"),)
 
 
+class RunOwner(Base):
+    """Who executes a run now (PostgreSQL, sandbox/run_lock.py).
+
+    For messages only: the advisory lock, not this row, keeps a second process out.
+    """
+
+    __tablename__ = "run_owners"
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    host: Mapped[str | None] = mapped_column(NulSafeText, nullable=True)
+    since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class AbExperiment(Base):
     """A simulated A/B experiment: one run per seed of a scenario (``vragent ab``)."""
 
@@ -557,6 +570,9 @@ class Store:
     ) -> bool:
         """Write a whole step in one transaction.
 
+        Each row gets ``run_id`` and ``step``; keys its table has no column for are left out
+        (a decision row may be the runtime's whole outcome dict). The rows are never changed.
+
         Returns:
             ``False`` (and writes nothing) when the step is already logged, e.g. when a
             resumed run replays the step it crashed in after its commit.
@@ -575,9 +591,12 @@ class Store:
                 # Core inserts on the table: the ORM's bulk path costs several times more per
                 # row. A population step can hold a million rows, so they go in slices: the
                 # driver's copies of the parameters then never hold the whole step at once.
+                cols = set(model.__table__.columns.keys())
                 for start in range(0, len(rows), LOG_CHUNK_ROWS):
-                    s.execute(model.__table__.insert(),
-                              [{"run_id": run_id, **r} for r in rows[start:start + LOG_CHUNK_ROWS]])
+                    s.execute(model.__table__.insert(), [
+                        {"run_id": run_id, "step": step,
+                         **{k: v for k, v in r.items() if k in cols}}
+                        for r in rows[start:start + LOG_CHUNK_ROWS]])
             s.execute(
                 Run.__table__.update().where(Run.id == run_id).values(steps_done=step + 1)
             )

@@ -20,6 +20,8 @@ runtime with :meth:`FaultInjectingServer.set_fault`:
 ``drip``        send 200 headers announcing a large body, then one byte every ``drip_s``
                 seconds until the client hangs up (each read is quick; the whole never ends)
 ``reply``       answer the status and raw body given to :meth:`FaultInjectingServer.set_reply`
+``logprob``     pass through, but set every log-probability in the answer to ``bad_logprob``
+                (NaN, an infinity, 1000.0 …; written as Python's json writes them)
 ==============  ==========================================================================
 
 ``rewrite_text``, when set, replaces the text of chat completions that pass through unharmed
@@ -43,7 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MODES = ("ok", "refuse", "hang", "500", "503", "429", "400", "truncate", "malformed", "garbage",
-         "down_after", "drip", "reply")
+         "down_after", "drip", "reply", "logprob")
 GARBAGE = "garbage ~~ no tags and no prediction here"
 
 
@@ -150,6 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(status, data[: len(data) // 2], length=len(data) + 100)
             self._drop()
             return
+        if fault == "logprob" and status == 200:
+            data = _spoil_logprobs(data, owner.bad_logprob)
         text = GARBAGE if fault == "garbage" else owner.rewrite_text
         if text is not None and status == 200 and self.path.endswith("/chat/completions"):
             reply = json.loads(data)
@@ -158,6 +162,21 @@ class _Handler(BaseHTTPRequestHandler):
                     choice["message"]["content"] = text
             data = json.dumps(reply).encode()
         self._reply(status, data)
+
+
+def _spoil_logprobs(data: bytes, bad: float) -> bytes:
+    """Every logprob of a chat or completions answer replaced by ``bad``."""
+    reply = json.loads(data)
+    for choice in reply.get("choices", []):
+        lp = choice.get("logprobs") or {}
+        for entry in lp.get("content") or []:  # chat: top_logprobs lists
+            entry["logprob"] = bad
+            for t in entry.get("top_logprobs") or []:
+                t["logprob"] = bad
+        for top in lp.get("top_logprobs") or []:  # completions: dicts token -> logprob
+            for tok in top or {}:
+                top[tok] = bad
+    return json.dumps(reply).encode()  # NaN and Infinity as Python writes them
 
 
 class FaultInjectingServer:
@@ -189,6 +208,7 @@ class FaultInjectingServer:
         self.log: list[tuple[str, str]] = []  # (path, fault or "ok")
         # When set, chat completions that pass through answer this text (a scripted model).
         self.rewrite_text: str | None = None
+        self.bad_logprob = float("nan")  # what the ``logprob`` mode writes
 
     # ------------------------------------------------------------------ lifecycle
 

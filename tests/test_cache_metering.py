@@ -295,3 +295,22 @@ def test_an_older_store_gets_the_new_columns(tmp_path):
         conn.execute(text("ALTER TABLE decisions DROP COLUMN cache_hit"))
     store = Store(url)
     assert "cache_hit" in {c["name"] for c in inspect(store.engine).get_columns("decisions")}
+
+
+def test_a_non_finite_score_is_never_cached_and_a_poisoned_entry_is_asked_again(tmp_path):
+    """Whatever the backend, a NaN score stops the call as a backend error (never blamed on
+    the store, never cached); a NaN an older version left in the cache is not served."""
+    store = Store(f"sqlite:///{tmp_path}/c.sqlite")
+    cache = SqlResponseCache(store, "r1")
+    prompts = [_prompt("a"), _prompt("b")]
+    with pytest.raises(BackendError, match="not a finite probability"):
+        CachingBackend(ConstantBackend(p_yes=float("nan")), cache).score(prompts)
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(LlmCacheEntry)) == 0
+    healthy = CachingBackend(ConstantBackend(p_yes=0.25), cache)
+    key = healthy._key(prompts[0], "score", healthy._params({"options": ["Yes", "No"]}))
+    cache.put_many([(key, {"probs": {"Yes": float("nan"), "No": 0.5}, "logits": {},
+                           "found": True, "tokens_in": 1})])
+    scores = healthy.score(prompts)
+    assert [s.probs["Yes"] for s in scores] == [0.25, 0.25]
+    assert healthy.stats["sent"] == 2  # the poisoned entry was asked again

@@ -153,6 +153,51 @@ def test_each_fault_is_retried_then_succeeds(server, fault, backends, mode, tiny
         assert s.probs["Yes"] == pytest.approx(r.probs["Yes"], abs=1e-4)
 
 
+BAD_LOGPROBS = [float("nan"), float("inf"), float("-inf"), 1000.0, 0.5]
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+@pytest.mark.parametrize("bad", BAD_LOGPROBS, ids=["nan", "inf", "-inf", "1000", "positive"])
+def test_a_bad_logprob_is_a_bad_response_retried_never_cached(server, fault, backends,
+                                                              tiny_backend, tmp_path, api, bad):
+    """NaN, infinite or positive log-probs (1000.0 overflowed exp) are retried like any bad
+    answer; when they persist the error names the backend, and the response cache of the
+    store never holds them (issue 16)."""
+    from sqlalchemy import func, select
+
+    from sandbox.config import BackendConfig
+    from sandbox.response_cache import wrap_backend
+    from sandbox.store import LlmCacheEntry, Store
+
+    prompts = _prompts(n_users=1, n_cands=2)
+    ref = tiny_backend.score_naive(prompts)
+    fault.bad_logprob = bad
+    store = Store(f"sqlite:///{tmp_path}/cache.sqlite")
+    cached = wrap_backend(backends(fault.url, score_api=api, max_retries=3), BackendConfig(
+        kind="openai", base_url=fault.url), store, "r1")
+    fault.set_fault("logprob", count=2)
+    scores = cached.score(prompts)  # two spoiled answers, then good ones
+    assert fault.injected == 2
+    for s, r in zip(scores, ref, strict=True):
+        assert s.probs["Yes"] == pytest.approx(r.probs["Yes"], abs=1e-4)
+    fault.set_fault("logprob")  # every answer spoiled: retries run out
+    with pytest.raises(BackendError, match="MalformedResponse") as info:
+        cached.score(_prompts(n_users=2, n_cands=1)[1:])
+    assert "\n" not in str(info.value)
+    with store.session() as s:
+        results = s.scalars(select(LlmCacheEntry.result)).all()
+        assert s.scalar(select(func.count()).select_from(LlmCacheEntry)) == len(prompts)
+    assert all(0.0 <= p <= 1.0 for r in results for p in r["probs"].values())
+
+
+def test_very_negative_logprobs_do_not_underflow_to_an_error():
+    from agents.backends.openai_backend import _option_score
+
+    s = _option_score([("Yes", -1000.0), (" Yes", -1001.0), ("No", -1200.0)], ("Yes", "No"),
+                      3, 0.0)
+    assert s.probs["Yes"] == pytest.approx(1.0) and s.logits["Yes"] > -1000.0
+
+
 def test_a_refused_port_is_retried_until_it_comes_back(server, fault, backends):
     b = backends(fault.url, max_retries=10, backoff_base_s=0.05, backoff_max_s=0.2)
     fault.set_fault("refuse")

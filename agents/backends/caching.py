@@ -175,6 +175,17 @@ def generation_from_dict(d: dict[str, Any]) -> Generation:
                       truncated_prompt=bool(d.get("truncated_prompt", False)), cached=True)
 
 
+def _usable(stored: dict[str, Any]) -> bool:
+    """Whether a stored result may be served: a score's probabilities must be finite, in [0, 1]."""
+    probs = stored.get("probs")
+    if probs is None:
+        return True  # a generation
+    try:
+        return all(0.0 <= float(p) <= 1.0 for p in probs.values())  # False for NaN
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 _SCOPE: ContextVar[list[CallRecord] | None] = ContextVar("vragent_llm_meter", default=None)
 
 
@@ -292,7 +303,8 @@ class CachingBackend(LLMBackend):
         if self.cache is not None and keys:
             found = self.cache.get_many(list({k.digest: k for k in keys}.values()))
             for i, k in enumerate(keys):
-                if k.digest in found:
+                # An entry a poisoned cache holds (NaN from an older version) is asked again.
+                if k.digest in found and _usable(found[k.digest]):
                     results[i] = from_dict(found[k.digest])
         miss = [i for i, r in enumerate(results) if r is None]
         if miss:
@@ -301,6 +313,11 @@ class CachingBackend(LLMBackend):
                 raise BackendError(f"{self.inner.kind} backend returned {len(fresh)} results "
                                    f"for {len(miss)} prompts")
             for i, r in zip(miss, fresh, strict=True):
+                if not _usable(to_dict(r)):
+                    # Whatever the backend, a NaN or infinite score must never be cached for
+                    # every run of the store, nor reach its metrics: stop here, naming it.
+                    raise BackendError(f"{self.inner.kind} backend returned a score that is "
+                                       f"not a finite probability: {r.probs}")
                 results[i] = r
             if self.cache is not None:
                 self.cache.put_many([(keys[i], to_dict(r)) for i, r in zip(miss, fresh,

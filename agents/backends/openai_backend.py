@@ -102,6 +102,7 @@ def judgement_schema(max_new_tokens: int | None = None) -> dict[str, Any]:
 JUDGEMENT_REGEX = judgement_regex()
 JUDGEMENT_SCHEMA = judgement_schema()
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
+LOGPROB_SLACK = 1e-4  # a logprob this far above 0 is float rounding of a certain token
 
 
 class _Secret:
@@ -208,6 +209,19 @@ def _root_of(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def _logprob(value: Any) -> float:
+    """A server's log-probability, checked: a number in ``[-inf, 0]`` exclusive of ``-inf``.
+
+    NaN, an infinity or a positive value (1000.0 overflows ``exp``) is a bad response: the
+    ``ValueError`` makes :meth:`OpenAIBackend._post` retry it like a malformed answer, so it
+    never reaches the response cache or the store.
+    """
+    lp = float(value)
+    if not math.isfinite(lp) or lp > LOGPROB_SLACK:
+        raise ValueError(f"logprob {lp!r} is not a finite number <= 0")
+    return min(lp, 0.0)
+
+
 def _option_score(top: list[tuple[str, float]], options: Sequence[str], tokens_in: int,
                   latency: float) -> Score:
     """Option log-scores from a first token's top log-probs.
@@ -219,7 +233,9 @@ def _option_score(top: list[tuple[str, float]], options: Sequence[str], tokens_i
     for opt in options:
         hits = [lp for tok, lp in top if tok in (opt, " " + opt)]
         if hits:
-            logits[opt] = math.log(sum(math.exp(h) for h in hits))
+            # Log-sum-exp around the largest: exp(-1000) underflows to 0, and log(0) fails.
+            top_hit = max(hits)
+            logits[opt] = top_hit + math.log(sum(math.exp(h - top_hit) for h in hits))
     found = bool(logits)
     # An option missing from the top-k is less likely than any listed token.
     floor = (min(lp for _, lp in top) - 1.0) if top else -30.0
@@ -702,7 +718,7 @@ class OpenAIBackend(LLMBackend):
         def parse(data: Any) -> Score:
             content = data["choices"][0]["logprobs"]["content"] or []
             top = content[0]["top_logprobs"] if content else []
-            pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
+            pairs = [(str(t["token"]), _logprob(t["logprob"])) for t in top]
             n_in = int((data.get("usage") or {}).get("prompt_tokens") or 0)
             # Scored inside parse: numbers that break the arithmetic are a broken answer.
             return _option_score(pairs, options, n_in, 0.0)
@@ -741,7 +757,7 @@ class OpenAIBackend(LLMBackend):
 
         def parse(data: Any) -> Score:
             first = data["choices"][0]["logprobs"]["top_logprobs"][0] or {}
-            pairs = [(str(t), float(lp)) for t, lp in first.items()]
+            pairs = [(str(t), _logprob(lp)) for t, lp in first.items()]
             n_in = int((data.get("usage") or {}).get("prompt_tokens") or 0)
             n_in = n_in or (len(body["prompt"]) if text is None else 0)
             # Scored inside parse: numbers that break the arithmetic are a broken answer.

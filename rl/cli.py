@@ -295,6 +295,44 @@ def report_(
         console.print(f"report: {report}")
 
 
+@rl_app.command("train-head")
+def train_head(
+    policy: Annotated[str, typer.Option(help="Name to register the head policy under.")],
+    dataset: DatasetOption = "movielens-100k",
+    path: Annotated[str | None, typer.Option(help="Data folder (default: the embedded "
+                                             "MovieLens asset or $VRAGENT_DATA_DIR).")] = None,
+    seed: int = 0,
+    eval_users: Annotated[int, typer.Option(help="Held-out users, split as build-data does "
+                                            "(never trained on).")] = 500,
+    train_users: Annotated[int, typer.Option(help="At most this many train users.")] = 2000,
+    c: Annotated[float, typer.Option(help="The head's inverse L2 strength.")] = 0.1,
+    registry: RegistryOption = None,
+) -> None:
+    """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
+    from environments.schema import DataFormatError
+    from rl.datasets import RLDataError
+    from rl.grounded import HeadTrainConfig, train_head_policy
+    from sandbox.assets import AssetError
+    from sandbox.policies import PolicyError
+
+    data_path = path
+    if data_path is None and dataset == "movielens-100k":
+        from sandbox.assets import require_movielens
+
+        data_path = str(require_movielens())
+    cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=data_path, seed=seed,
+                          eval_users=eval_users, train_users=train_users, c=c)
+
+    def progress(done: int, total: int) -> None:
+        err.print(f"hidden states {done}/{total}")
+
+    try:
+        folder = train_head_policy(cfg, registry, progress)
+    except (RLDataError, DataFormatError, AssetError, PolicyError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+    console.print(f"policy {policy} → {folder} (evaluate it: vragent rl eval --policy {policy})")
+
+
 @rl_app.command("policies")
 def policies(registry: RegistryOption = None) -> None:
     """List the registered policies."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -189,3 +190,78 @@ def interactions_frame(histories: Mapping[int, Sequence[int]]) -> pd.DataFrame:
     """``user_id, item_id, order`` rows of some histories."""
     return pd.DataFrame([(u, i, k) for u, h in histories.items() for k, i in enumerate(h)],
                         columns=["user_id", "item_id", "order"])
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    """What ``vragent rl train-head`` trains.
+
+    The users are split exactly as ``vragent rl build-data`` splits them (same seed and
+    ``eval_users``), so a head trained here never saw the held-out users that ``rl eval``
+    scores it on.
+
+    Attributes:
+        policy: the name to register.
+        dataset: a dataset kind.
+        dataset_path: its files (``None``: the embedded MovieLens or ``$VRAGENT_DATA_DIR``).
+        seed: the split, negatives, grounding and solver seed.
+        eval_users: held-out users (never trained on).
+        train_users: most training users.
+        history_len: history titles a prompt shows.
+        c: the head's inverse L2 strength.
+        min_len: users with fewer interactions are left out (as in build-data).
+    """
+
+    policy: str
+    dataset: str = "movielens-100k"
+    dataset_path: str | None = None
+    seed: int = 0
+    eval_users: int = 500
+    train_users: int = 2000
+    history_len: int = 10
+    c: float = 0.1
+    min_len: int = 5
+
+
+def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Path:
+    """Train a grounded head policy on real logs and register it; return its folder."""
+    import datetime as dt
+
+    import torch
+
+    from agents.backends.hf import HFBackend
+    from rl.datasets import RLDataConfig, load_source, split_users, user_samples
+    from rl.negatives import item_popularity
+    from sandbox.assets import require_smollm2
+    from sandbox.policies import PolicyManifest, policy_dir, write_manifest
+    from sandbox.runner import git_revision, package_versions
+
+    torch.manual_seed(cfg.seed)
+    data = load_source(RLDataConfig(dataset=cfg.dataset, dataset_path=cfg.dataset_path))
+    sequences = data.sequences()
+    users = user_samples(sequences, min_len=cfg.min_len)
+    train, held_out = split_users(users, cfg.seed, cfg.eval_users, cfg.train_users)
+    histories = without_last(sequences)
+    grounding = CollaborativeGrounding(histories, data.items["item_id"].astype(int).tolist(),
+                                       seed=cfg.seed)
+    sampler = NegativeSampler(grounding.catalogue, item_popularity(histories), cfg.seed)
+    examples = training_examples(sequences, train, sampler)
+    backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
+    prompts = example_prompts(examples, grounding, PromptMaker(data, cfg.history_len))
+    states = hidden_states(backend, prompts, progress)
+    head = fit_head(states, [e.label for e in examples], c=cfg.c, seed=cfg.seed)
+    folder = policy_dir(cfg.policy, registry)
+    head.save(folder)
+    stamp = dt.datetime.now(dt.UTC)
+    manifest = PolicyManifest(
+        name=cfg.policy, algo="head", base_model="smollm2",
+        model_id=f"{cfg.policy}@{stamp:%Y%m%dT%H%M%S}", thinking=False,
+        data={"dataset": cfg.dataset, "train_users": len(train), "held_out_users": len(held_out),
+              "examples": len(examples)},
+        config={"grounding": True, **{k: v for k, v in vars(cfg).items()
+                                      if k not in ("policy", "dataset_path")}},
+        created_at=stamp.isoformat(), git_revision=git_revision(),
+        versions=package_versions())
+    write_manifest(manifest, registry)
+    return folder

@@ -221,3 +221,20 @@ def test_example_prompts_share_one_evidence_call_per_user(sequences, grounding, 
     evs = grounding.evidence(hist, [1, 2, 3])
     for p, ev in zip(prompts, evs, strict=True):
         assert ev.line() in p.assistant_prefix
+
+
+@pytest.mark.slow
+def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
+    import subprocess
+    import sys
+
+    reg = tmp_path / "policies"
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox.cli", "rl", "train-head", "--policy", "g-test",
+         "--dataset", "synthetic", "--eval-users", "20", "--train-users", "24",
+         "--registry", str(reg)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pol = load_policy("g-test", reg)
+    assert pol.is_head and pol.grounded and pol.manifest.data["train_users"] == 24
+    assert pol.manifest.data["examples"] == 72  # positive, uniform and matched negative each
+    assert ScoreHead.load(pol.path).width == 576  # SmolLM2-135M's hidden size

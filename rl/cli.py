@@ -185,6 +185,8 @@ def eval_(
                             ] = None,
     judgement_m: Annotated[list[int] | None, typer.Option(
         help="Evaluate only these judgement m values (repeatable; default all).")] = None,
+    llm_task: Annotated[list[str] | None, typer.Option(
+        help="Tasks the LLMs run (repeatable; default judgement and selection).")] = None,
     max_groups: Annotated[int, typer.Option(help="Held-out users per cell (score mode and "
                                             "baselines); 0 = all.")] = 20,
     generate_groups: Annotated[int, typer.Option(help="Users per cell in generate mode "
@@ -218,6 +220,7 @@ def eval_(
                      recommenders=tuple(recommender or ("mf", "sasrec")), fit_on=fit_on,
                      dataset_path=dataset_path,
                      judgement_ms=tuple(judgement_m) if judgement_m else None,
+                     llm_tasks=tuple(llm_task or ("judgement", "selection")),
                      max_groups=max_groups or None, generate_groups=generate_groups,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                      threads=threads, n_boot=n_boot, registry=registry)

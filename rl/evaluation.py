@@ -109,6 +109,8 @@ class LLMPolicy:
             generate mode it gets the answer-only instruction and an ``<answer>`` opening
             (:func:`rl.prompting.prompt_for`), as in training.
         users_per_call: users whose prompts share one ``score`` call in :meth:`prescore`.
+        keep_scores: keep every score for reuse (``False``: the backend scores each call's
+            prompts afresh, the cell-by-cell layout before :meth:`prescore`).
 
     Score mode keeps every score it computed (by prompt and options), so a prompt that recurs
     in several cells (the m=1 negative is the first of the m=9 ones) is scored once.
@@ -123,6 +125,7 @@ class LLMPolicy:
     batch_size: int = 16
     thinking: bool = True
     users_per_call: int = 8
+    keep_scores: bool = True
     _memo: dict[tuple[ChatPrompt, tuple[str, ...]], Any] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -168,6 +171,8 @@ class LLMPolicy:
             RuntimeError: the backend returned a different number of scores.
         """
         opts = tuple(options)
+        if not self.keep_scores:
+            self._memo.clear()
         todo = list(dict.fromkeys(p for p in prompts if (p, opts) not in self._memo))
         if todo:
             scores = self.backend.score(todo, opts)

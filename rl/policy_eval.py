@@ -66,6 +66,7 @@ class EvalConfig:
         dataset_path: the source dataset's folder when the default
             (``$VRAGENT_DATA_DIR``, or the MovieLens asset) is not it.
         judgement_ms: judgement m values to evaluate (``None``: all in the data).
+        llm_tasks: the tasks the LLMs are evaluated on (the baselines run on every task).
         max_groups: users per (task, protocol, m) cell in score mode and for baselines.
         generate_groups: users per cell in generate mode (0 turns generate mode off).
         generate_ms: judgement m values evaluated in generate mode.
@@ -85,6 +86,7 @@ class EvalConfig:
     fit_on: str = "full"
     dataset_path: str | None = None
     judgement_ms: tuple[int, ...] | None = None
+    llm_tasks: tuple[str, ...] = ("judgement", "selection")
     max_groups: int | None = 20
     generate_groups: int = 12
     generate_ms: tuple[int, ...] = (1,)
@@ -215,7 +217,7 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
                    for n, b in llms.items()}
         t1 = time.perf_counter()
         frames.append(evaluate(scoring, eval_rows, max_rows_per_group=_cap(cfg.max_groups),
-                               **common))
+                               tasks=cfg.llm_tasks, **common))
         n_rows = int(frames[-1]["n"].sum())
         log(f"score mode: {n_rows} rows in {time.perf_counter() - t1:.0f} s "
             f"({n_rows / max(time.perf_counter() - t1, 1e-9):.2f} rows/s, all LLMs)")
@@ -226,7 +228,7 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
                         for n, b in llms.items()}
             gen_rows = [r for r in eval_rows if r["protocol"] in cfg.generate_protocols
                         and (r["task"] == "selection" or r["m"] in cfg.generate_ms)]
-            frames.append(evaluate(sampling, gen_rows,
+            frames.append(evaluate(sampling, gen_rows, tasks=cfg.llm_tasks,
                                    max_rows_per_group=_cap(cfg.generate_groups), **common))
     table = pd.concat([f for f in frames if not f.empty], ignore_index=True)
     # Intervals again over every model: the paired differences span the separate calls.

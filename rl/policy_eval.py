@@ -129,7 +129,8 @@ def _source_sequences(cfg: EvalConfig, manifest: dict[str, Any]) -> tuple[dict, 
 def _baselines(cfg: EvalConfig, manifest: dict[str, Any], train_rows: list[dict],
                eval_rows: list[dict], popularity: pd.Series | None, log: Log) -> dict[str, Any]:
     """Every baseline, fitted on all logs (``fit_on="full"``) or on the prompts' histories."""
-    tune = [r for r in train_rows if r["task"] == "judgement"]
+    # Real rows only: a logged row's item (a simulated decision on a real item) is no target.
+    tune = [r for r in train_rows if r["task"] == "judgement" and r.get("source") == "real"]
     if cfg.fit_on == "full" and (manifest.get("config") or {}).get("dataset"):
         sequences, catalogue = _source_sequences(cfg, manifest)
         inter = training_interactions(sequences, row_targets([*eval_rows, *tune]))

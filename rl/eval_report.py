@@ -167,12 +167,20 @@ def paired_markdown(df: pd.DataFrame, mode: str = "score") -> str:
 
 
 def report_markdown(df: pd.DataFrame, title: str, command: str) -> str:
-    """The headline table followed by every cell (:func:`rl.evaluation.results_markdown`)."""
+    """The key figures, each LLM against each cell's best baseline, then every cell.
+
+    The cells are :func:`results_markdown`'s tables.
+    """
     full = results_markdown(df, title, command)
     head, _, rest = full.partition("\n## ")
+    paired = ""
+    if (df["mode"] != "scorer").any():
+        paired = (f"### Against the best baseline, paired on the same rows\n\n"
+                  f"{paired_markdown(df)}\n")
     return (f"{head}\n### Key figures\n\n{headline_markdown(df)}\n"
             f"Score mode for LLMs unless marked gen (sampled at temperature 0.8, top-p 0.95, "
-            f"parsed as in the simulator).\n\n## {rest}")
+            f"parsed as in the simulator). Brackets: 95 % bootstrap intervals over users "
+            f"(whole groups resampled).\n\n{paired}## {rest}")
 
 
 def table_from_store(store: Store, eval_id: str) -> pd.DataFrame:

@@ -223,3 +223,22 @@ def test_no_held_out_target_enters_any_baseline_fit(tmp_path: Path, monkeypatch)
         # Not just the prompts' histories: the fit sees (nearly) the whole log.
         assert len(inter) >= len(full) - 2 * len(targets) - len(full) // 20
     assert table["auc_lo"].notna().any() and table["diff_auc"].notna().any()
+
+
+def test_intervals_survive_the_store_and_the_report(tmp_path: Path):
+    from rl.eval_report import headline_markdown, report_markdown, table_from_store
+    from sandbox.store import Store
+    from sandbox.training_log import log_eval
+
+    df = evaluate({"popularity": _popularity(), "random": RandomScorer(0)}, _cells(), seed=0)
+    store = Store(f"sqlite:///{tmp_path}/e.sqlite")
+    log_eval(store, "e1", df.to_dict("records"), policy=None, data="d")
+    keys = ["model", "mode", "task", "protocol", "m"]
+    back = table_from_store(store, "e1").sort_values(keys).reset_index(drop=True)
+    live = df.sort_values(keys).reset_index(drop=True)
+    cols = ["auc", "auc_lo", "auc_hi", "accuracy_lo", "diff_accuracy", "diff_auc_hi"]
+    assert np.allclose(back[cols].to_numpy(float), live[cols].to_numpy(float), equal_nan=True)
+    assert back["vs"].tolist() == live["vs"].tolist()  # names found again by the same rule
+    rec = df[(df.model == "popularity") & (df.task == "judgement")].iloc[0]
+    assert f"{rec['auc']:.3f} [{rec['auc_lo']:.3f}, {rec['auc_hi']:.3f}]" in headline_markdown(df)
+    assert "Brackets: 95 %" in report_markdown(df, "T", "cmd")

@@ -218,6 +218,6 @@ def results_section(df: pd.DataFrame, title: str, command: str, data_manifest: d
             f"Held-out users in the data: {users}; per cell at most the users given by the "
             f"command's caps. LLMs in score mode unless marked gen. Brackets: 95 % bootstrap "
             f"intervals over users (1,000 resamples of whole groups).\n\n"
-            f"{headline_markdown(df)}\n"
-            f"Each LLM against the best baseline of each cell, paired on the same rows:\n\n"
-            f"{paired_markdown(df)}")
+            f"{headline_markdown(df)}"
+            + (f"\nEach LLM against the best baseline of each cell, paired on the same "
+               f"rows:\n\n{paired_markdown(df)}" if (df["mode"] != "scorer").any() else ""))

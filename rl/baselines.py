@@ -28,10 +28,10 @@ Baselines:
 * :class:`ItemKNNScorer`: item-to-item cosine (or raw co-occurrence) on the training
   interactions; a candidate's score is the sum of its similarities to the row's history
   items. Its judgement threshold is tuned on training rows (:func:`tune_threshold`).
-* :class:`RecommenderScorer`: any fitted :mod:`environments.recommenders` model's
-  ``score(user_ids)`` for the row's candidates.
-* :class:`ResponseModelScorer`: the simulator's learned (non-LLM) user model, the one that
-  drives population-scale runs: a fidelity baseline for the LLM users.
+* :class:`~rl.fitted_baselines.RecommenderScorer` and
+  :class:`~rl.fitted_baselines.ResponseModelScorer` (a recommender's scores, the simulator's
+  learned user model) wrap fitted models; :mod:`rl.fitted_baselines` also fits every baseline
+  on all training logs.
 """
 
 from __future__ import annotations
@@ -47,9 +47,6 @@ import scipy.sparse as sp
 
 Row = Mapping[str, Any]
 TieBreak = Literal["random", "first"]
-
-#: Users scored at once by :class:`RecommenderScorer` (bounds the dense user × item matrix).
-RECOMMENDER_CHUNK_USERS = 256
 
 
 # ---------------------------------------------------------------------------- row helpers
@@ -128,33 +125,6 @@ def catalogue_columns(catalogue: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.full(ids.shape, -1, dtype=np.int64)
     pos = np.minimum(np.searchsorted(catalogue, ids), catalogue.size - 1)
     return np.where(catalogue[pos] == ids, pos, -1).astype(np.int64)
-
-
-def history_interactions(rows: Iterable[Row]) -> pd.DataFrame:
-    """The users' histories in the rows as an interactions frame (``user_id, item_id, order``).
-
-    Use it to fit a recommender (or :class:`ItemKNNScorer`) on the training interactions plus
-    the held-out users' visible histories, never their targets, so the held-out users are known
-    users. A user met in several rows keeps the longest history given.
-
-    Args:
-        rows: evaluation rows.
-
-    Returns:
-        The frame, sorted by ``(user_id, order)``.
-    """
-    longest: dict[int, list[int]] = {}
-    for r in rows:
-        hist = [int(i) for i in r["history_ids"]]
-        user = int(r["user_id"])
-        if len(hist) > len(longest.get(user, ())):
-            longest[user] = hist
-    users = [u for u, h in sorted(longest.items()) for _ in h]
-    items = [i for _, h in sorted(longest.items()) for i in h]
-    order = [k for _, h in sorted(longest.items()) for k in range(len(h))]
-    return pd.DataFrame({"user_id": np.asarray(users, dtype=np.int64),
-                         "item_id": np.asarray(items, dtype=np.int64),
-                         "order": np.asarray(order, dtype=np.int64)})
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -502,124 +472,3 @@ def _keep_top_k(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
     row_of = np.repeat(np.arange(sim.shape[0]), counts)
     return sp.csr_matrix((sim.data[keep], (row_of[keep], sim.indices[keep])), shape=sim.shape)
 
-
-class RecommenderScorer(BaseScorer):
-    """Scores from a fitted :mod:`environments.recommenders` model.
-
-    A candidate's score is the model's ``score([user_id])`` column for that item; items outside
-    the model's catalogue get ``-inf``. The model scores users by the history **it was fitted
-    on**, not by the row's ``history_ids``: users it never saw get its fallback (popularity for
-    the built-in models, see :meth:`environments.recommenders.base.Recommender.score`). To score
-    held-out users by their histories, fit it on the training interactions concatenated with
-    :func:`history_interactions` of the evaluation rows (histories only, never targets).
-
-    Args:
-        recommender: a fitted recommender.
-        name: the model's name in result tables; defaults to the recommender's ``name``.
-        seed: seeds selection tie-breaking.
-        threshold: a known judgement threshold, else tune one with :meth:`fit_threshold`.
-        tie_break: see :class:`BaseScorer`.
-    """
-
-    def __init__(self, recommender: Any, name: str | None = None, *, seed: int = 0,
-                 threshold: float | None = None, tie_break: TieBreak = "random") -> None:
-        super().__init__(name or str(getattr(recommender, "name", "recommender")), seed=seed,
-                         threshold=threshold, tie_break=tie_break)
-        self.recommender = recommender
-
-    def item_scores(self, rows: Sequence[Row]) -> list[np.ndarray]:
-        """The recommender's score of each row's candidates for the row's user."""
-        rows = as_rows(rows)
-        rec = self.recommender
-        # The recommender's score columns follow its catalogue order, which need not be sorted.
-        cat = np.asarray(rec.item_ids, dtype=np.int64)
-        sorter = np.argsort(cat, kind="stable")
-        cat_sorted = cat[sorter]
-        users = np.unique(np.array([int(r["user_id"]) for r in rows], dtype=np.int64))
-        row_of = {int(u): k for k, u in enumerate(users)}
-        out: list[np.ndarray | None] = [None] * len(rows)
-        by_user: dict[int, list[int]] = {}
-        for k, r in enumerate(rows):
-            by_user.setdefault(int(r["user_id"]), []).append(k)
-        for start in range(0, users.size, RECOMMENDER_CHUNK_USERS):
-            part = users[start:start + RECOMMENDER_CHUNK_USERS]
-            matrix = np.asarray(rec.score(part), dtype=np.float64)
-            for u in part.tolist():
-                line = matrix[row_of[u] - start]
-                for k in by_user[u]:
-                    pos = catalogue_columns(cat_sorted, np.asarray(rows[k]["item_ids"]))
-                    cols = sorter[np.maximum(pos, 0)] if cat.size else pos
-                    out[k] = np.where(pos >= 0, line[cols] if cat.size else 0.0, -np.inf)
-        return [s if s is not None else np.zeros(0) for s in out]
-
-
-class ResponseModelScorer(BaseScorer):
-    """The simulator's learned user model as a baseline: p(watch | the row's history, item).
-
-    This is :class:`environments.response_model.LogisticResponseModel`, the model that decides
-    for users in population-scale runs (``response_model: learned``), scored on the same rows
-    as the LLM policies: how well it agrees with real users is the fidelity bar the LLM users
-    have to clear to be worth their cost. The user vector comes from the row's own
-    ``history_ids``, so held-out users need not have been seen in training. The judgement
-    threshold is tuned on training rows (:meth:`fit_threshold`).
-
-    Args:
-        model: a fitted response model.
-        name: the model's name in result tables.
-        seed: seeds selection tie-breaking.
-        threshold: a known judgement threshold, else tune one.
-        tie_break: see :class:`BaseScorer`.
-    """
-
-    def __init__(self, model: Any, name: str = "learned response model", *, seed: int = 0,
-                 threshold: float | None = None, tie_break: TieBreak = "random") -> None:
-        super().__init__(name, seed=seed, threshold=threshold, tie_break=tie_break)
-        self.model = model
-
-    @classmethod
-    def fit_on(cls, interactions: pd.DataFrame,
-               item_vectors: Mapping[int, np.ndarray] | None = None, *, dim: int = 32,
-               seed: int = 0, **kwargs: Any) -> ResponseModelScorer:
-        """Fit the response model on an interactions frame (``user_id, item_id, order``).
-
-        Args:
-            interactions: what the model may learn from (histories, never targets).
-            item_vectors: item vectors (text or category); without them, vectors come from
-                the interactions themselves
-                (:func:`environments.response_model.collaborative_item_vectors`).
-            dim: width of those collaborative vectors.
-            seed: seeds the fit's sampling and the SVD.
-            **kwargs: passed to the scorer.
-
-        Returns:
-            The fitted scorer.
-
-        Raises:
-            ValueError: no user has two or more items to learn from.
-        """
-        from environments.response_model import (
-            LogisticResponseModel,
-            collaborative_item_vectors,
-        )
-
-        ordered = interactions.sort_values(["user_id", "order"], kind="stable")
-        histories = {int(u): g["item_id"].astype(int).tolist()
-                     for u, g in ordered.groupby("user_id", sort=True)}
-        vectors = (item_vectors if item_vectors is not None
-                   else collaborative_item_vectors(histories, dim=dim, seed=seed))
-        popularity = interactions["item_id"].astype(int).value_counts().to_dict()
-        model = LogisticResponseModel(vectors, popularity, seed=seed)
-        model.fit(histories)
-        return cls(model, seed=seed, **kwargs)
-
-    def item_scores(self, rows: Sequence[Row]) -> list[np.ndarray]:
-        """p(watch) of each row's candidates given the row's history."""
-        rows = as_rows(rows)
-        if not rows:
-            return []
-        sizes = [len(r["item_ids"]) for r in rows]
-        user_vecs = np.stack([self.model.user_vector([int(i) for i in r["history_ids"]])
-                              for r in rows])
-        items = np.concatenate([np.asarray(r["item_ids"], dtype=np.int64) for r in rows])
-        flat = self.model.predict(np.repeat(user_vecs, sizes, axis=0), items)
-        return np.split(np.asarray(flat, dtype=np.float64), np.cumsum(sizes)[:-1])

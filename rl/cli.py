@@ -200,8 +200,19 @@ def eval_(
                                             "policies: smollm2, a folder, or none.")
                           ] = "smollm2",
     baselines: Annotated[bool, typer.Option(help="Run the non-LLM baselines.")] = True,
-    recommender: Annotated[str, typer.Option(help="Recommender whose scores are a baseline.")
-                           ] = "mf",
+    recommender: Annotated[list[str] | None, typer.Option(
+        help="Recommender whose scores are a baseline (repeatable; default mf and sasrec).")
+                           ] = None,
+    fit_on: Annotated[str, typer.Option(help="Fit the baselines on all logs but the rows' "
+                                        "targets (full) or on the prompts' histories.")
+                      ] = "full",
+    dataset_path: Annotated[str | None, typer.Option(
+        help="The data's source dataset folder (default: $VRAGENT_DATA_DIR or the asset).")
+                            ] = None,
+    judgement_m: Annotated[list[int] | None, typer.Option(
+        help="Evaluate only these judgement m values (repeatable; default all).")] = None,
+    llm_task: Annotated[list[str] | None, typer.Option(
+        help="Tasks the LLMs run (repeatable; default judgement and selection).")] = None,
     max_groups: Annotated[int, typer.Option(help="Held-out users per cell (score mode and "
                                             "baselines); 0 = all.")] = 20,
     generate_groups: Annotated[int, typer.Option(help="Users per cell in generate mode "
@@ -210,6 +221,8 @@ def eval_(
     batch_size: int = 8,
     seed: int = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the 95 % intervals.")
+                      ] = 1000,
     report: Annotated[Path | None, typer.Option(help="Write the markdown report here.")] = None,
     results: Annotated[Path | None, typer.Option(help="Also write the key figures into this "
                                                  "file's own section (docs/results.md).")
@@ -220,13 +233,8 @@ def eval_(
 ) -> None:
     """Evaluate policies, the base model and baselines on held-out users."""
     from rl.datasets import RLDataError, load_rl_data
-    from rl.policy_eval import (
-        EvalConfig,
-        headline_markdown,
-        report_markdown,
-        results_section,
-        run_eval,
-    )
+    from rl.eval_report import headline_markdown, report_markdown, results_section
+    from rl.policy_eval import EvalConfig, run_eval
     from sandbox.assets import AssetError
     from sandbox.policies import PolicyError
     from sandbox.report_sections import write_section
@@ -234,10 +242,14 @@ def eval_(
 
     cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
                      base_model=None if base_model == "none" else base_model,
-                     baselines=baselines, recommender=recommender,
+                     baselines=baselines,
+                     recommenders=tuple(recommender or ("mf", "sasrec")), fit_on=fit_on,
+                     dataset_path=dataset_path,
+                     judgement_ms=tuple(judgement_m) if judgement_m else None,
+                     llm_tasks=tuple(llm_task or ("judgement", "selection")),
                      max_groups=max_groups or None, generate_groups=generate_groups,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                     threads=threads, registry=registry)
+                     threads=threads, n_boot=n_boot, registry=registry)
     try:
         table, eval_id = run_eval(cfg, Store(db), log=err.print)
     except (RLDataError, PolicyError, AssetError, KeyError, ValueError) as exc:
@@ -272,7 +284,12 @@ def report_(
     import pandas as pd
 
     from rl.datasets import RLDataError, load_rl_data
-    from rl.policy_eval import headline_markdown, report_markdown, results_section, table_from_store
+    from rl.eval_report import (
+        headline_markdown,
+        report_markdown,
+        results_section,
+        table_from_store,
+    )
     from sandbox.report_sections import write_section
     from sandbox.store import Store
 

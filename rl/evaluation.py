@@ -26,11 +26,6 @@ Modes of an LLM policy (:class:`LLMPolicy`, any :class:`~agents.backends.base.LL
       :func:`~agents.parsing.parse_selection`; the table adds the format-valid rate (the
       parser's ``format_ok``) and the mean completion length in words. There is no AUC.
 
-Preference (the paper's open-ended task, :func:`llm_preference`)
-    ``generate`` mode only: the mean sentence-embedding similarity of the answer's
-    ``Next_video`` text to the real next item's title (``similarity``), and the share above the
-    reward's 0.5 (``accuracy``). Non-LLM models and score mode skip its cells.
-
 Non-LLM baselines (:mod:`rl.baselines`) run in mode ``scorer``.
 
 Calibration (tests/test_rl_evaluation.py, the shared data in ``VRAGENT_DATA_DIR``)
@@ -54,7 +49,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,16 +57,22 @@ import pandas as pd
 
 from agents.backends.base import ChatPrompt, LLMBackend
 from agents.parsing import parse_judgement, parse_selection
-from agents.prompts import SCORE_PREFIX
-from agents.selection import (
-    CANDIDATES_HEADER,
-    HISTORY_HEADER,
-    LETTER_LABELS,
-    selection_letter_prompt,
-)
+from agents.selection import LETTER_LABELS
 from rl.baselines import Scorer, as_rows, is_yes
-from rl.eval_metrics import judgement_metrics, mean_words, selection_metrics
+from rl.eval_stats import INTERVAL_COLUMNS, RowOutcome, add_intervals
+from rl.metrics import (  # noqa: F401 (pairwise_auc: re-exported for callers of this module)
+    judgement_metrics,
+    mean_words,
+    pairwise_auc,
+    selection_metrics,
+)
 from rl.preference_eval import llm_preference
+from rl.prompting import (  # noqa: F401 (row_chat_prompt, history_titles_...: re-exported)
+    history_titles_from_prompt,
+    judgement_score_prompt,
+    row_chat_prompt,
+    selection_score_prompt,
+)
 
 if TYPE_CHECKING:
     from rl.text_similarity import Similarity
@@ -83,63 +84,12 @@ MODES = ("score", "generate")
 TASKS = ("judgement", "selection", "preference")
 KEY_COLUMNS = ("model", "mode", "task", "protocol", "m")
 METRIC_COLUMNS = ("n", "accuracy", "precision", "recall", "f1", "auc", "format_rate",
-                  "answer_words", "none_rate", "similarity", "seconds")
-COLUMNS = (*KEY_COLUMNS, *METRIC_COLUMNS)
-_NO_HISTORY = "(no history yet)"
+                  "answer_words", "none_rate", "similarity", "seconds", *INTERVAL_COLUMNS)
+#: ``vs``: the best baseline of the cell, which the ``diff_*`` columns compare against.
+COLUMNS = (*KEY_COLUMNS, *METRIC_COLUMNS, "vs")
 
 Row = Mapping[str, Any]
 Progress = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------- prompts
-
-
-def row_chat_prompt(row: Row, assistant_prefix: str | None = None) -> ChatPrompt:
-    """The row's prompt as a :class:`ChatPrompt` (its own ``assistant_prefix`` by default)."""
-    messages = tuple((str(m["role"]), str(m["content"])) for m in row["prompt"])
-    prefix = row.get("assistant_prefix", "") if assistant_prefix is None else assistant_prefix
-    return ChatPrompt(messages=messages, assistant_prefix=prefix or "")
-
-
-def history_titles_from_prompt(text: str) -> list[str]:
-    """The ``- title`` bullets between the history and the candidates headers of a user turn.
-
-    Args:
-        text: a selection prompt's user message (:func:`agents.selection.selection_prompt`).
-
-    Returns:
-        The history titles as shown (``[]`` for the ``(no history yet)`` placeholder).
-
-    Raises:
-        ValueError: the message lacks the history or the candidates header.
-    """
-    lines = text.split("\n")
-    try:
-        start = lines.index(HISTORY_HEADER)
-        stop = lines.index(CANDIDATES_HEADER, start + 1)
-    except ValueError:
-        raise ValueError("selection prompt lacks the history/candidates headers "
-                         f"({HISTORY_HEADER!r}, {CANDIDATES_HEADER!r})") from None
-    titles = [ln[2:] for ln in lines[start + 1:stop] if ln.startswith("- ")]
-    return [] if titles == [_NO_HISTORY] else titles
-
-
-def judgement_score_prompt(row: Row) -> ChatPrompt:
-    """The row's judgement messages opened right before the Yes/No word (``SCORE_PREFIX``)."""
-    return row_chat_prompt(row, SCORE_PREFIX)
-
-
-def selection_score_prompt(row: Row) -> ChatPrompt:
-    """The row's selection prompt rebuilt with letter labels for one-token scoring.
-
-    The history titles are read back from the row's last user message; the candidates are the
-    row's ``candidates`` (already the shown, cleaned text; cleaning again changes nothing).
-    """
-    user = [m["content"] for m in row["prompt"] if m["role"] == "user"]
-    if not user:
-        raise ValueError(f"selection row {row.get('group_id')!r} has no user message")
-    return selection_letter_prompt(history_titles_from_prompt(str(user[-1])),
-                                   list(row["candidates"]))
 
 
 # ---------------------------------------------------------------------------- LLM policy
@@ -161,6 +111,12 @@ class LLMPolicy:
         thinking: ``False`` for a policy trained without thinking (the paper's ablation): in
             generate mode it gets the answer-only instruction and an ``<answer>`` opening
             (:func:`rl.prompting.prompt_for`), as in training.
+        users_per_call: users whose prompts share one ``score`` call in :meth:`prescore`.
+        keep_scores: keep every score for reuse (``False``: the backend scores each call's
+            prompts afresh, the cell-by-cell layout before :meth:`prescore`).
+
+    Score mode keeps every score it computed (by prompt and options), so a prompt that recurs
+    in several cells (the m=1 negative is the first of the m=9 ones) is scored once.
     """
 
     backend: LLMBackend
@@ -171,6 +127,10 @@ class LLMPolicy:
     seed: int = 0
     batch_size: int = 16
     thinking: bool = True
+    users_per_call: int = 8
+    keep_scores: bool = True
+    _memo: dict[tuple[ChatPrompt, tuple[str, ...]], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def prompt(self, row: Row) -> ChatPrompt:
         """The generate-mode prompt of a row for this policy (thinking or answer only)."""
@@ -208,16 +168,66 @@ class LLMPolicy:
         return texts
 
     def score(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> list[Any]:
-        """Option probabilities for each prompt.
+        """Option probabilities for each prompt (kept ones reused, the rest in one call).
 
         Raises:
             RuntimeError: the backend returned a different number of scores.
         """
-        scores = self.backend.score(list(prompts), tuple(options))
-        if len(scores) != len(prompts):
-            raise RuntimeError(f"backend returned {len(scores)} scores for "
-                               f"{len(prompts)} prompts")
-        return scores
+        opts = tuple(options)
+        if not self.keep_scores:
+            self._memo.clear()
+        todo = list(dict.fromkeys(p for p in prompts if (p, opts) not in self._memo))
+        if todo:
+            scores = self.backend.score(todo, opts)
+            if len(scores) != len(todo):
+                raise RuntimeError(f"backend returned {len(scores)} scores for "
+                                   f"{len(todo)} prompts")
+            self._memo.update({(p, opts): s for p, s in zip(todo, scores, strict=True)})
+        return [self._memo[(p, opts)] for p in prompts]
+
+    def prescore(self, rows: Sequence[Row], progress: Progress | None = None) -> int:
+        """Score the score-mode prompts of all these rows, grouped by user, and keep them.
+
+        One user's judgement prompts share their whole prefix (instructions, persona, history)
+        and differ only in the candidate at the end; the user's selection prompts share the
+        history. Scored user by user, each prefix runs once and the candidates run behind it
+        (the backend's prefix reuse, e.g. :class:`~agents.backends.hf.HFBackend`), instead of
+        once per cell as the cell-by-cell order would. Identical prompts run once. The scores
+        equal the one-by-one path's (the backend's prefix reuse is exact).
+
+        Args:
+            rows: evaluation rows of every cell to be scored.
+            progress: called with a one-line message after each call.
+
+        Returns:
+            The number of distinct prompts scored.
+        """
+        by_user: dict[int, dict[tuple[str, ...], list[ChatPrompt]]] = {}
+        for r in rows:
+            if r["task"] == "preference":  # an open answer: nothing to score
+                continue
+            opts = (("Yes", "No") if r["task"] == "judgement"
+                    else tuple(LETTER_LABELS[:len(r["candidates"])]))
+            prompt = (judgement_score_prompt(r) if r["task"] == "judgement"
+                      else selection_score_prompt(r))
+            by_user.setdefault(int(r["user_id"]), {}).setdefault(opts, []).append(prompt)
+        users = sorted(by_user)
+        done, t0 = 0, time.perf_counter()
+        for start in range(0, len(users), self.users_per_call):
+            calls: dict[tuple[str, ...], list[ChatPrompt]] = {}
+            for u in users[start:start + self.users_per_call]:
+                for opts, prompts in by_user[u].items():
+                    calls.setdefault(opts, []).extend(prompts)
+            for opts, prompts in calls.items():
+                before = len(self._memo)
+                self.score(prompts, opts)
+                done += len(self._memo) - before
+            if progress is not None:
+                seconds = time.perf_counter() - t0
+                n_users = min(start + self.users_per_call, len(users))
+                progress(f"scored {done} prompts of {n_users}/{len(users)} users in "
+                         f"{seconds:.0f} s ({done / max(seconds, 1e-9):.2f}/s)")
+        return done
 
 
 def _labels(rows: Sequence[Row]) -> list[bool]:
@@ -228,27 +238,49 @@ def _groups(rows: Sequence[Row]) -> list[str]:
     return [str(r["group_id"]) for r in rows]
 
 
+def _judged(rows: Sequence[Row], preds: Sequence[bool | None],
+            scores: Sequence[float] | None) -> dict[str, Any]:
+    """Judgement metrics plus the rows' :class:`RowOutcome` (key ``outcome``)."""
+    labels = _labels(rows)
+    out: dict[str, Any] = judgement_metrics(labels, preds, scores, _groups(rows))
+    correct = [p is not None and bool(p) == y for p, y in zip(preds, labels, strict=True)]
+    out["outcome"] = RowOutcome(_groups(rows), correct, labels,
+                                None if scores is None else [float(x) for x in scores])
+    return out
+
+
+def _selected(rows: Sequence[Row], picks: Sequence[int | None]) -> dict[str, Any]:
+    """Selection metrics plus the rows' :class:`RowOutcome` (key ``outcome``)."""
+    truth = [int(r["correct_index"]) for r in rows]
+    out: dict[str, Any] = selection_metrics(truth, picks)
+    out["outcome"] = RowOutcome(_groups(rows), [p is not None and int(p) == c
+                                                for p, c in zip(picks, truth, strict=True)])
+    return out
+
+
 def llm_judgement(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str, Any]:
-    """Judgement metrics of an LLM policy in ``score`` or ``generate`` mode."""
+    """Judgement metrics of an LLM policy in ``score`` or ``generate`` mode.
+
+    The dict also holds the rows' :class:`~rl.eval_stats.RowOutcome` under ``outcome``.
+    """
     if mode == "score":
         scores = policy.score([judgement_score_prompt(r) for r in rows], ("Yes", "No"))
         p_yes = [float(s.probs.get("Yes", 0.5)) for s in scores]
         preds: list[bool | None] = [p > 0.5 if s.found else None
                                     for p, s in zip(p_yes, scores, strict=True)]
-        return judgement_metrics(_labels(rows), preds, p_yes, _groups(rows))
+        return _judged(rows, preds, p_yes)
     texts = policy.generate(rows)
     parsed = [parse_judgement(t, policy.prompt(r).assistant_prefix)
               for t, r in zip(texts, rows, strict=True)]
     preds = [None if p.prediction is None else p.prediction == "Yes" for p in parsed]
-    out = judgement_metrics(_labels(rows), preds, None, _groups(rows))
+    out = _judged(rows, preds, None)
     out["format_rate"] = float(np.mean([p.format_ok for p in parsed])) if parsed else None
     out["answer_words"] = mean_words(texts)
     return out
 
 
 def llm_selection(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str, Any]:
-    """Selection metrics of an LLM policy in ``score`` or ``generate`` mode."""
-    correct = [int(r["correct_index"]) for r in rows]
+    """Selection metrics (and ``outcome``) of an LLM policy in ``score`` or ``generate`` mode."""
     if mode == "score":
         picks: list[int | None] = [None] * len(rows)
         by_size: dict[int, list[int]] = {}
@@ -262,11 +294,11 @@ def llm_selection(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
                 if s.found:
                     probs = [float(s.probs.get(lab, 0.0)) for lab in letters]
                     picks[k] = int(np.argmax(probs))  # ties: the first letter
-        return selection_metrics(correct, picks)
+        return _selected(rows, picks)
     texts = policy.generate(rows)
     parsed = [parse_selection(t, list(r["candidates"]), policy.prompt(r).assistant_prefix)
               for t, r in zip(texts, rows, strict=True)]
-    out = selection_metrics(correct, [p.index for p in parsed])
+    out = _selected(rows, [p.index for p in parsed])
     out["format_rate"] = float(np.mean([p.format_ok for p in parsed])) if parsed else None
     out["answer_words"] = mean_words(texts)
     return out
@@ -276,18 +308,18 @@ def llm_selection(policy: LLMPolicy, rows: Sequence[Row], mode: str) -> dict[str
 
 
 def scorer_judgement(scorer: Scorer, rows: Sequence[Row]) -> dict[str, Any]:
-    """Judgement metrics of a non-LLM scorer (its scores also give the AUC)."""
+    """Judgement metrics (and ``outcome``) of a non-LLM scorer (its scores give the AUC)."""
     scores = np.asarray(scorer.judgement_scores(rows), dtype=np.float64)
     threshold = getattr(scorer, "threshold", None)
     preds = scores > threshold if threshold is not None else np.asarray(scorer.judge(rows))
-    out = judgement_metrics(_labels(rows), [bool(p) for p in preds], scores, _groups(rows))
+    out = _judged(rows, [bool(p) for p in preds], scores)
     out["none_rate"] = 0.0
     return out
 
 
 def scorer_selection(scorer: Scorer, rows: Sequence[Row]) -> dict[str, Any]:
-    """Selection metrics of a non-LLM scorer."""
-    return selection_metrics([int(r["correct_index"]) for r in rows], scorer.select(rows))
+    """Selection metrics (and ``outcome``) of a non-LLM scorer."""
+    return _selected(rows, scorer.select(rows))
 
 
 # ---------------------------------------------------------------------------- the table
@@ -349,14 +381,44 @@ def _as_model(model: Any) -> LLMPolicy | Scorer:
                     "Scorer")
 
 
+Cap = int | None | Callable[[str, int], int | None]
+
+
+def select_rows(rows: Any, max_rows_per_group: Cap = None, seed: int = 0,
+                tasks: Sequence[str] = TASKS) -> dict[tuple[str, str, int], list[Row]]:
+    """The rows every model is evaluated on, per ``(task, protocol, m)`` cell.
+
+    Args:
+        rows: the evaluation rows (HF dataset or list of dicts).
+        max_rows_per_group: cap on each cell's rows (whole groups, :func:`subsample_groups`);
+            ``None`` keeps all; a function of ``(task, m)`` gives each cell its own cap.
+        seed: each cell draws from ``[seed, crc32 of its key]``.
+        tasks: the tasks to keep.
+
+    Raises:
+        ValueError: a row has an unknown task.
+    """
+    out = {}
+    for (task, protocol, m), cell_rows in _cells(as_rows(rows)).items():
+        if task not in tasks:
+            continue
+        cap = max_rows_per_group(task, m) if callable(max_rows_per_group) else max_rows_per_group
+        key = zlib.crc32(f"{task}/{protocol}/{m}".encode())
+        out[(task, protocol, m)] = subsample_groups(cell_rows, cap, seed=[int(seed), key])
+    return out
+
+
 def evaluate(
     models: Mapping[str, Any],
     rows: Any,
     *,
-    max_rows_per_group: int | None = None,
+    max_rows_per_group: Cap = None,
     seed: int = 0,
     tasks: Sequence[str] = TASKS,
     progress: Progress | None = None,
+    outcomes: dict[tuple[str, str, str, str, int], RowOutcome] | None = None,
+    group_prefixes: bool = True,
+    n_boot: int = 1000,
     similarity: Similarity | None = None,
 ) -> pd.DataFrame:
     """Evaluate every model on every ``(task, protocol, m)`` cell of the rows.
@@ -367,29 +429,43 @@ def evaluate(
         rows: the evaluation rows (HF dataset or list of dicts).
         max_rows_per_group: cap on the rows of each ``(task, protocol, m)`` cell, applied by
             :func:`subsample_groups` (whole ``group_id`` groups, seeded) once for all models,
-            so every model sees the same rows. ``None`` keeps all.
+            so every model sees the same rows. ``None`` keeps all; a function of
+            ``(task, m)`` gives each cell its own cap (:func:`select_rows`).
         seed: seeds the subsampling (non-negative; each cell draws from ``[seed, crc32 of
-            its key]``).
+            its key]``) and the bootstrap.
         tasks: the tasks to evaluate.
         progress: called with a one-line message after each (model, mode, cell).
+        outcomes: filled with each table row's :class:`~rl.eval_stats.RowOutcome`, for
+            intervals over several calls (:func:`rl.eval_stats.add_intervals`).
+        group_prefixes: score-mode LLMs score the kept rows of every cell first, user by
+            user (:meth:`LLMPolicy.prescore`); ``False`` scores cell by cell.
+        n_boot: bootstrap resamples of the intervals (:mod:`rl.eval_stats`).
         similarity: the preference task's text similarity (default: all-MiniLM-L6-v2).
 
     Returns:
         A long table, one row per (model, mode, task, protocol, m), with the columns
-        :data:`COLUMNS`; metrics that do not apply are NaN.
+        :data:`COLUMNS`; metrics that do not apply are NaN. For score-mode LLMs prescored
+        by ``group_prefixes``, ``seconds`` leaves out the shared first pass.
 
     Raises:
         ValueError: a row has an unknown task.
         TypeError: a model is of an unknown kind.
     """
     table = []
-    cells = _cells(as_rows(rows))
+    found = outcomes if outcomes is not None else {}
+    cells = select_rows(rows, max_rows_per_group, seed, tasks)
     wrapped = {name: _as_model(m) for name, m in models.items()}
-    for (task, protocol, m), cell_rows in cells.items():
-        if task not in tasks:
-            continue
-        key = zlib.crc32(f"{task}/{protocol}/{m}".encode())
-        kept = subsample_groups(cell_rows, max_rows_per_group, seed=[int(seed), key])
+    if group_prefixes:
+        every = [r for kept in cells.values() for r in kept]
+        for name, model in wrapped.items():
+            if isinstance(model, LLMPolicy) and "score" in model.modes:
+                t0 = time.perf_counter()
+                n = model.prescore(every, None if progress is None else
+                                   (lambda msg, name=name: progress(f"{name} [score] {msg}")))
+                if progress is not None:
+                    progress(f"{name} [score]: {n} distinct prompts for {len(every)} rows in "
+                             f"{time.perf_counter() - t0:.0f} s")
+    for (task, protocol, m), kept in cells.items():
         for name, model in wrapped.items():
             modes = model.modes if isinstance(model, LLMPolicy) else ("scorer",)
             if task == "preference":  # open answers: sampled LLMs only
@@ -405,7 +481,10 @@ def evaluate(
                     fn2 = scorer_judgement if task == "judgement" else scorer_selection
                     metrics = fn2(model, kept)
                 seconds = time.perf_counter() - t0
-                record = {c: math.nan for c in COLUMNS}
+                outcome = metrics.pop("outcome", None)  # preference: no interval yet
+                if outcome is not None:
+                    found[(name, mode, task, protocol, m)] = outcome
+                record: dict[str, Any] = {c: math.nan for c in COLUMNS}
                 record.update(model=name, mode=mode, task=task, protocol=protocol, m=m)
                 record.update({k: (math.nan if v is None else v) for k, v in metrics.items()
                                if k in METRIC_COLUMNS})
@@ -415,48 +494,7 @@ def evaluate(
                     progress(f"{name} [{mode}] {task}/{protocol}/m={m}: n={record['n']} "
                              f"acc={record['accuracy']:.3f} ({seconds:.1f}s)")
     df = pd.DataFrame(table, columns=list(COLUMNS))
-    return df.astype({"m": "int64", "n": "int64"}) if not df.empty else df
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    return f"{float(value):.{digits}f}"
-
-
-def results_markdown(df: pd.DataFrame, title: str, command: str) -> str:
-    """The :func:`evaluate` table as markdown, one table per ``(task, protocol, m)``.
-
-    Args:
-        df: :func:`evaluate`'s output.
-        title: the document's heading.
-        command: the shell command that regenerates the table (shown in a code block).
-
-    Returns:
-        Markdown text ending with a newline.
-    """
-    out = [f"# {title}", "", "Regenerate with:", "", "```", command, "```", ""]
     if df.empty:
-        return "\n".join([*out, "(no rows)", ""])
-    judgement_cols = [("accuracy", "acc"), ("precision", "P"), ("recall", "R"), ("f1", "F1"),
-                      ("auc", "AUC")]
-    common = [("format_rate", "format ok"), ("answer_words", "words"),
-              ("none_rate", "no answer"), ("seconds", "s")]
-    for (task, protocol, m), part in df.groupby(["task", "protocol", "m"], sort=True):
-        shape = (f"1:{m}" if task == "judgement" else "open" if task == "preference"
-                 else f"1 of {int(m) + 1}")
-        cols = (judgement_cols if task == "judgement"
-                else [("similarity", "sim"), ("accuracy", "sim > 0.5")] if task == "preference"
-                else [("accuracy", "acc")]) + common
-        out += [f"## {task} · {protocol} · {shape}", ""]
-        out.append("| model | mode | n | " + " | ".join(h for _, h in cols) + " |")
-        out.append("|---|---|--:|" + "--:|" * len(cols))
-        for rec in part.to_dict("records"):
-            cells = [_fmt(rec[c], 1 if c in ("answer_words", "seconds") else 3)
-                     for c, _ in cols]
-            out.append(f"| {rec['model']} | {rec['mode']} | {int(rec['n'])} | "
-                       + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
+        return df
+    df = add_intervals(df, found, seed=seed, n_boot=n_boot)[list(COLUMNS)]
+    return df.astype({"m": "int64", "n": "int64"})

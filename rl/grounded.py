@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,9 @@ from rl.baselines import BaseScorer, Row, as_rows
 from rl.negatives import NegativeSampler
 from sandbox.perception import item_texts
 from sandbox.world import user_profiles
+
+if TYPE_CHECKING:
+    from sandbox.policies import Policy
 
 #: Scoring chunk: bounds the prompts held at once, keeps a user's rows together.
 CHUNK = 256
@@ -265,3 +269,24 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
         versions=package_versions())
     write_manifest(manifest, registry)
     return folder
+
+
+def head_policy_scorer(pol: Policy, dataset: Dataset, *, seed: int = 0,
+                       threads: int | None = None) -> GroundedPolicyScorer:
+    """A registered head policy as an evaluation scorer on ``dataset``'s held-out rows.
+
+    The evidence comes from a grounding fitted on every user's sequence without its last item
+    (the rows' targets are last items), and reads each user's whole history before it.
+    """
+    from agents.backends.hf import HFBackend
+    from sandbox.assets import require_smollm2
+
+    base = pol.manifest.base_model
+    backend = HFBackend(require_smollm2() if base == "smollm2" else Path(base),
+                        model_name=pol.manifest.model_id, threads=threads,
+                        score_head=ScoreHead.load(pol.path))
+    histories = without_last(dataset.sequences())
+    grounding = CollaborativeGrounding(histories, dataset.items["item_id"].astype(int).tolist(),
+                                       seed=seed)
+    return GroundedPolicyScorer(backend, grounding, histories, PromptMaker(dataset),
+                                name=pol.manifest.name, seed=seed)

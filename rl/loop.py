@@ -32,7 +32,7 @@ import yaml
 from sqlalchemy import select
 
 from rl.configs import GRPORunConfig, SFTRunConfig
-from rl.eval_metrics import pairwise_auc
+from rl.metrics import pairwise_auc
 from sandbox.config import Scenario, load_scenario
 from sandbox.runner import create_run, execute
 from sandbox.store import Decision, Store

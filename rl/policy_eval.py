@@ -2,10 +2,14 @@
 
 Models, side by side on the same rows:
 
-* non-LLM baselines (:mod:`rl.baselines`): random, the popularity prior (counts from
-  histories only, ``popularity.json`` of the data folder), item-kNN over co-watching, a
-  recommender's scores (the simulation's recommenders, fitted on histories, never targets),
-  and the learned response model that drives population-scale runs;
+* non-LLM baselines (:mod:`rl.baselines`, :mod:`rl.fitted_baselines`): random, the
+  popularity prior, item-kNN over co-watching, recommenders' scores (MF and SASRec by
+  default) and the learned response model that drives population-scale runs, all fitted on
+  **all** logged interactions of the data's source dataset except the rows' targets: every
+  user's full sequence, the held-out users' and the train users' cut before their target
+  (the train users' rows tune the judgement thresholds, so their targets stay out too: one
+  interaction per train user). ``fit_on="histories"`` fits on the prompts' histories only
+  (the layout before, and the fallback for data folders that name no dataset);
 * the frozen base model with the prompt alone (Agent4Rec-style prompting);
 * registered policies (SFT, GRPO, GRPO without thinking ...).
 
@@ -13,28 +17,34 @@ LLMs run in ``score`` mode (one forward pass: p(Yes), or the most probable candi
 on every cell, and in ``generate`` mode (reason, then answer; parsed like the simulator does)
 on a smaller set of cells, because sampling 128 tokens costs about 100 forward passes. The
 table goes to the store (``policy_evals``), to each policy's manifest (a summary) and to a
-markdown report with the command that regenerates it.
+markdown report with the command that regenerates it. Every cell carries 95 % bootstrap
+intervals and the paired difference to the cell's best baseline (:mod:`rl.eval_stats`).
+
+Score mode scores every cell's rows in one user-ordered pass
+(:meth:`rl.evaluation.LLMPolicy.prescore`): a user's rows share the prompt prefix, which the
+``hf`` backend runs once and reuses, and the prompts repeated across cells run once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rl.baselines import (
-    ItemKNNScorer,
-    PopularityScorer,
-    RandomScorer,
-    RecommenderScorer,
-    ResponseModelScorer,
+from environments.schema import Dataset
+from rl.eval_report import headline
+from rl.eval_stats import add_intervals
+from rl.evaluation import COLUMNS, LLMPolicy, evaluate
+from rl.fitted_baselines import (
+    fit_baselines,
     history_interactions,
+    row_targets,
+    training_interactions,
 )
-from rl.evaluation import LLMPolicy, evaluate, results_markdown
 from sandbox.policies import load_policy, update_metrics
 from sandbox.store import Store
 from sandbox.training_log import log_eval, new_id
@@ -51,7 +61,13 @@ class EvalConfig:
         policies: registered policy names.
         base_model: the frozen base model (``smollm2`` or a folder); ``None`` skips it.
         baselines: run the non-LLM baselines.
-        recommender: the recommender whose scores are a baseline (any registered name).
+        recommenders: recommenders whose scores are baselines (registered names).
+        fit_on: ``"full"`` fits the baselines on all logged interactions but the rows'
+            targets (the data's source dataset); ``"histories"`` on the prompts' histories.
+        dataset_path: the source dataset's folder when the default
+            (``$VRAGENT_DATA_DIR``, or the MovieLens asset) is not it.
+        judgement_ms: judgement m values to evaluate (``None``: all in the data).
+        llm_tasks: the tasks the LLMs are evaluated on (the baselines run on every task).
         max_groups: users per (task, protocol, m) cell in score mode and for baselines.
         generate_groups: users per cell in generate mode (0 turns generate mode off).
         generate_ms: judgement m values evaluated in generate mode.
@@ -60,13 +76,18 @@ class EvalConfig:
         batch_size: prompts per backend call.
         seed: subsampling and sampling seed.
         threads: torch CPU threads.
+        n_boot: bootstrap resamples of the intervals.
     """
 
     data: str
     policies: tuple[str, ...] = ()
     base_model: str | None = "smollm2"
     baselines: bool = True
-    recommender: str = "mf"
+    recommenders: tuple[str, ...] = ("mf", "sasrec")
+    fit_on: str = "full"
+    dataset_path: str | None = None
+    judgement_ms: tuple[int, ...] | None = None
+    llm_tasks: tuple[str, ...] = ("judgement", "selection")
     max_groups: int | None = 20
     generate_groups: int = 12
     generate_ms: tuple[int, ...] = (1,)
@@ -75,36 +96,65 @@ class EvalConfig:
     batch_size: int = 8
     seed: int = 0
     threads: int | None = None
+    n_boot: int = 1000
     registry: str | None = None
     extra_models: dict[str, Any] = field(default_factory=dict)
 
 
-def _baselines(cfg: EvalConfig, train_rows: list[dict], eval_rows: list[dict],
-               popularity: pd.Series | None) -> dict[str, Any]:
-    from environments.recommenders import make_recommender
+def _source(cfg: EvalConfig, manifest: dict[str, Any]) -> Dataset:
+    """The data's source dataset, loaded with the build's settings.
 
-    # Histories of every row (train users' and held-out users'), never a target.
-    inter = history_interactions([*train_rows, *eval_rows])
-    catalogue = None if popularity is None else [int(i) for i in popularity.index]
-    pop = (PopularityScorer({int(i): int(c) for i, c in popularity.items()}, catalogue)
-           if popularity is not None
-           else PopularityScorer.from_interactions(inter, inter["item_id"].unique()))
-    knn = ItemKNNScorer(seed=cfg.seed).fit(inter)
-    rec = make_recommender(cfg.recommender, seed=cfg.seed).fit(inter)
-    rec_scorer = RecommenderScorer(rec, f"{cfg.recommender} scores", seed=cfg.seed)
-    out = {"random": RandomScorer(cfg.seed), "popularity": pop, "item-kNN": knn,
-           f"{cfg.recommender} scores": rec_scorer}
-    try:
-        # The simulator's non-LLM user model: the fidelity an LLM user has to beat.
-        learned = ResponseModelScorer.fit_on(inter, seed=cfg.seed)
-        out[learned.name] = learned
-    except ValueError:
-        pass  # no history of two items or more: nothing it could learn, so no row for it
-    judge_train = [r for r in train_rows if r["task"] == "judgement"]
-    for name, scorer in out.items():
-        if judge_train and name not in ("random", "popularity"):
-            scorer.fit_threshold(judge_train)  # tuned on train users, applied to held-out
-    return out
+    Raises:
+        ValueError: the manifest names no dataset.
+    """
+    import os
+
+    from rl.datasets import RLDataConfig, load_source
+
+    config = dict(manifest.get("config") or {})
+    if not config.get("dataset"):
+        raise ValueError("the data's manifest names no source dataset")
+    config.update(dataset_path=cfg.dataset_path, store_url=None, store_runs=())
+    build = RLDataConfig.from_dict(config)
+    if (build.dataset_path is None and build.dataset.lower() in ("movielens-100k", "ml-100k")
+            and not os.environ.get("VRAGENT_DATA_DIR")):
+        from sandbox.assets import require_movielens
+
+        build.dataset_path = str(require_movielens())
+    return load_source(build)
+
+
+def _source_sequences(cfg: EvalConfig, manifest: dict[str, Any]) -> tuple[dict, list[int]]:
+    """The data's source dataset as user sequences and catalogue (the build's settings)."""
+    from environments.splits import as_sequences
+
+    ds = _source(cfg, manifest)
+    catalogue = sorted(int(i) for i in ds.interactions["item_id"].unique())
+    return as_sequences(ds), catalogue
+
+
+def _baselines(cfg: EvalConfig, manifest: dict[str, Any], train_rows: list[dict],
+               eval_rows: list[dict], popularity: pd.Series | None, log: Log) -> dict[str, Any]:
+    """Every baseline, fitted on all logs (``fit_on="full"``) or on the prompts' histories."""
+    # Real rows only: a logged row's item (a simulated decision on a real item) is no target.
+    tune = [r for r in train_rows if r["task"] == "judgement" and r.get("source") == "real"]
+    if cfg.fit_on == "full" and (manifest.get("config") or {}).get("dataset"):
+        sequences, catalogue = _source_sequences(cfg, manifest)
+        inter = training_interactions(sequences, row_targets([*eval_rows, *tune]))
+        log(f"baselines: fitted on all logs but the rows' targets ({len(inter)} interactions "
+            f"of {sum(len(s) for s in sequences.values())}, {len(sequences)} users)")
+    else:
+        if cfg.fit_on == "full":
+            log("baselines: the data's manifest names no dataset; fitted on the prompts' "
+                "histories")
+        elif cfg.fit_on != "histories":
+            raise ValueError(f"fit_on must be 'full' or 'histories', got {cfg.fit_on!r}")
+        # Histories of every row (train users' and held-out users'), never a target.
+        inter = history_interactions([*train_rows, *eval_rows])
+        catalogue = ([int(i) for i in popularity.index] if popularity is not None
+                     else sorted(int(i) for i in inter["item_id"].unique()))
+    return fit_baselines(inter, catalogue, recommenders=cfg.recommenders, threshold_rows=tune,
+                         seed=cfg.seed, log=log)
 
 
 def _backend(path: Path, name: str, cfg: EvalConfig):
@@ -127,6 +177,8 @@ def _llms(cfg: EvalConfig) -> tuple[dict[str, Any], set[str]]:
             out["base (prompt only)"] = _backend(Path(cfg.base_model), cfg.base_model, cfg)
     for name in cfg.policies:
         pol = load_policy(name, cfg.registry)
+        if pol.is_head:  # scored through rl.grounded.GroundedPolicyScorer instead
+            continue
         out[name] = _backend(pol.model_dir, pol.manifest.model_id, cfg)
         if not pol.manifest.thinking:
             no_thinking.add(name)
@@ -134,22 +186,23 @@ def _llms(cfg: EvalConfig) -> tuple[dict[str, Any], set[str]]:
     return out, no_thinking
 
 
-def _per_m(models: dict[str, Any], rows: list[dict], groups: int | None, seed: int,
-           log: Log) -> list[pd.DataFrame]:
-    """Evaluate m by m, so a cap in users means the same for 1:1 and 1:9."""
-    out = []
-    for (task, m), part in _by(rows, ("task", "m")).items():
-        cap = None if groups is None else groups * (int(m) + 1 if task == "judgement" else 1)
-        out.append(evaluate(models, part, max_rows_per_group=cap, seed=seed, tasks=(task,),
-                            progress=log))
-    return out
+def _head_policies(cfg: EvalConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Head policies (the grounded LLM users) as scorers on the data's source dataset."""
+    heads = [p for p in (load_policy(n, cfg.registry) for n in cfg.policies) if p.is_head]
+    if not heads:
+        return {}
+    from rl.grounded import head_policy_scorer
+
+    ds = _source(cfg, manifest)
+    return {p.manifest.name: head_policy_scorer(p, ds, seed=cfg.seed, threads=cfg.threads)
+            for p in heads}
 
 
-def _by(rows: Sequence[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return dict(sorted(out.items()))
+def _cap(groups: int | None) -> Any:
+    """Cell caps in users: ``groups`` users of 1 + m rows (judgement) or of one row."""
+    if groups is None:
+        return None
+    return lambda task, m: groups * (int(m) + 1 if task == "judgement" else 1)
 
 
 def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> tuple[
@@ -162,8 +215,11 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
     """
     from rl.datasets import RLDataError, load_popularity, load_rl_data
 
-    dd, _ = load_rl_data(cfg.data)
+    dd, manifest = load_rl_data(cfg.data)
     eval_rows = [dict(r) for r in dd["eval"]]
+    if cfg.judgement_ms is not None:
+        eval_rows = [r for r in eval_rows
+                     if r["task"] != "judgement" or int(r["m"]) in cfg.judgement_ms]
     train_rows = [dict(r) for r in dd["train"]] if "train" in dd else []
     try:
         popularity = load_popularity(cfg.data)
@@ -171,17 +227,27 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
         popularity = None
     t0 = time.perf_counter()
     frames: list[pd.DataFrame] = []
+    outcomes: dict = {}
+    common = {"seed": cfg.seed, "progress": log, "outcomes": outcomes, "n_boot": cfg.n_boot}
     # The open-ended preference task has no candidates: only sampled LLMs answer it.
     closed = [r for r in eval_rows if r["task"] != "preference"]
     closed_train = [r for r in train_rows if r["task"] != "preference"]
-    if cfg.baselines:
-        frames += _per_m(_baselines(cfg, closed_train, closed, popularity), closed,
-                         cfg.max_groups, cfg.seed, log)
+    models = (_baselines(cfg, manifest, closed_train, closed, popularity, log)
+              if cfg.baselines else {})
+    models.update(_head_policies(cfg, manifest))
+    if models:
+        frames.append(evaluate(models, closed, max_rows_per_group=_cap(cfg.max_groups),
+                               **common))
     llms, no_thinking = _llms(cfg)
     if llms:
         scoring = {n: LLMPolicy(b, modes=("score",), seed=cfg.seed, batch_size=cfg.batch_size)
                    for n, b in llms.items()}
-        frames += _per_m(scoring, closed, cfg.max_groups, cfg.seed, log)
+        t1 = time.perf_counter()
+        frames.append(evaluate(scoring, closed, max_rows_per_group=_cap(cfg.max_groups),
+                               tasks=cfg.llm_tasks, **common))
+        n_rows = int(frames[-1]["n"].sum())
+        log(f"score mode: {n_rows} rows in {time.perf_counter() - t1:.0f} s "
+            f"({n_rows / max(time.perf_counter() - t1, 1e-9):.2f} rows/s, all LLMs)")
         if cfg.generate_groups > 0:
             sampling = {n: LLMPolicy(b, modes=("generate",), seed=cfg.seed,
                                      max_new_tokens=cfg.max_new_tokens,
@@ -190,8 +256,11 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
             gen_rows = [r for r in eval_rows if r["task"] == "preference"
                         or (r["protocol"] in cfg.generate_protocols
                             and (r["task"] == "selection" or r["m"] in cfg.generate_ms))]
-            frames += _per_m(sampling, gen_rows, cfg.generate_groups, cfg.seed, log)
+            frames.append(evaluate(sampling, gen_rows, tasks=(*cfg.llm_tasks, "preference"),
+                                   max_rows_per_group=_cap(cfg.generate_groups), **common))
     table = pd.concat([f for f in frames if not f.empty], ignore_index=True)
+    # Intervals again over every model: the paired differences span the separate calls.
+    table = add_intervals(table, outcomes, seed=cfg.seed, n_boot=cfg.n_boot)[list(COLUMNS)]
     eval_id = new_id()
     if store is not None:
         log_eval(store, eval_id, table.to_dict("records"), policy=None, data=str(cfg.data))
@@ -199,96 +268,3 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
         update_metrics(name, f"eval:{Path(cfg.data).name}", headline(table, name), cfg.registry)
     log(f"evaluated {len(table)} cells in {time.perf_counter() - t0:.0f} s (eval {eval_id})")
     return table, eval_id
-
-
-def _cell(df: pd.DataFrame, model: str, mode: str, task: str, protocol: str, m: int,
-          metric: str) -> float | None:
-    hit = df[(df.model == model) & (df["mode"] == mode) & (df.task == task)
-             & (df.protocol == protocol) & (df.m == m)]
-    if hit.empty or pd.isna(hit.iloc[0][metric]):
-        return None
-    return float(hit.iloc[0][metric])
-
-
-HEADLINE = (
-    # (column, mode for LLMs, task, protocol, m, metric)
-    ("judge acc 1:1 random", "score", "judgement", "random", 1, "accuracy"),
-    ("judge acc 1:1 popular", "score", "judgement", "popular", 1, "accuracy"),
-    ("judge acc 1:1 hard", "score", "judgement", "hard", 1, "accuracy"),
-    ("judge AUC 1:9 random", "score", "judgement", "random", 9, "auc"),
-    ("select acc random", "score", "selection", "random", 3, "accuracy"),
-    ("select acc hard", "score", "selection", "hard", 3, "accuracy"),
-    ("gen judge acc 1:1 random", "generate", "judgement", "random", 1, "accuracy"),
-    ("gen select acc hard", "generate", "selection", "hard", 3, "accuracy"),
-    ("gen format ok", "generate", "judgement", "random", 1, "format_rate"),
-    ("gen words", "generate", "judgement", "random", 1, "answer_words"),
-    ("gen preference sim", "generate", "preference", "open", 0, "similarity"),
-)
-
-
-def headline(df: pd.DataFrame, model: str) -> dict[str, float | None]:
-    """One model's key figures (the before/after table's row)."""
-    is_llm = set(df[df.model == model]["mode"]) != {"scorer"}
-    out = {}
-    for col, mode, task, proto, m, metric in HEADLINE:
-        if mode == "generate" and not is_llm:
-            continue
-        out[col] = _cell(df, model, mode if is_llm else "scorer", task, proto, m, metric)
-    return out
-
-
-def headline_markdown(df: pd.DataFrame) -> str:
-    """The before/after table: one row per model, the key cells as columns."""
-    cols = [c for c, *_ in HEADLINE]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for model in dict.fromkeys(df.model):
-        h = headline(df, model)
-        cells = ["–" if h.get(c) is None else f"{h[c]:.3f}" if c != "gen words"
-                 else f"{h[c]:.0f}" for c in cols]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def report_markdown(df: pd.DataFrame, title: str, command: str) -> str:
-    """The headline table followed by every cell (:func:`rl.evaluation.results_markdown`)."""
-    full = results_markdown(df, title, command)
-    head, _, rest = full.partition("\n## ")
-    return (f"{head}\n### Key figures\n\n{headline_markdown(df)}\n"
-            f"Score mode for LLMs unless marked gen (sampled at temperature 0.8, top-p 0.95, "
-            f"parsed as in the simulator).\n\n## {rest}")
-
-
-def table_from_store(store: Store, eval_id: str) -> pd.DataFrame:
-    """An evaluation's table rebuilt from ``policy_evals`` (the :func:`run_eval` layout).
-
-    Raises:
-        KeyError: no evaluation with this id in the store.
-    """
-    from rl.evaluation import COLUMNS
-    from sandbox.training_log import eval_rows
-
-    rows = eval_rows(store, eval_id)
-    if not rows:
-        raise KeyError(f"no evaluation {eval_id!r} in {store.url}")
-    keys = ["model", "mode", "task", "protocol", "m"]
-    long = pd.DataFrame(rows)
-    order = list(dict.fromkeys(long["model"]))
-    # Only the (model, mode, cell) combinations that exist; NaN metrics stay NaN.
-    wide = long.groupby([*keys, "metric"], sort=False)["value"].first().unstack(
-        "metric").reset_index()
-    for col in COLUMNS:
-        if col not in wide.columns:
-            wide[col] = float("nan")
-    wide["model"] = pd.Categorical(wide["model"], categories=order, ordered=True)
-    wide = wide.sort_values(keys).reset_index(drop=True)
-    wide["model"] = wide["model"].astype(str)
-    return wide[list(COLUMNS)].astype({"m": "int64", "n": "int64"})
-
-
-def results_section(df: pd.DataFrame, title: str, command: str, data_manifest: dict) -> str:
-    """The key figures of an evaluation as a section of docs/results.md."""
-    users = (data_manifest.get("users") or {}).get("eval")
-    return (f"### {title}\n\n```\n{command}\n```\n\n"
-            f"Held-out users in the data: {users}; per cell at most the users given by the "
-            f"command's caps. LLMs in score mode unless marked gen.\n\n"
-            f"{headline_markdown(df)}")

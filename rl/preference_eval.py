@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agents.parsing import parse_preference
-from rl.eval_metrics import mean_words
+from rl.metrics import mean_words
 
 if TYPE_CHECKING:
     from rl.evaluation import LLMPolicy

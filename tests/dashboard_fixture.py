@@ -85,7 +85,7 @@ def _training(store: Store, folder: Path) -> tuple[str, str]:
                                      max_completion_length=16, **common),
                        store, registry=registry, log=lambda *a: None)
     _, eval_id = run_eval(EvalConfig(data=str(data), policies=(POLICY,), base_model=None,
-                                     recommender="popular", max_groups=12, generate_groups=0,
+                                     recommenders=("popular",), max_groups=12, generate_groups=0,
                                      registry=str(registry), threads=1),
                           store, log=lambda *a: None)
     return res.training_run_id, eval_id

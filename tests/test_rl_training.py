@@ -246,7 +246,7 @@ def test_decision_auc_matches_mann_whitney():
     import numpy as np
     from scipy.stats import mannwhitneyu
 
-    from rl.eval_metrics import pairwise_auc
+    from rl.metrics import pairwise_auc
 
     rng = np.random.default_rng(0)
     pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 60).astype(float)

@@ -1,4 +1,7 @@
-"""The evaluation's metrics: judgement accuracy, P/R/F1 and grouped AUC; selection accuracy."""
+"""Metrics of the US-agent evaluation (definitions in :mod:`rl.evaluation`).
+
+Judgement: accuracy, precision, recall, F1 and the grouped pairwise AUC; selection: accuracy.
+"""
 
 from __future__ import annotations
 
@@ -123,3 +126,5 @@ def selection_metrics(
                for c, p in zip(correct_index, predicted_index, strict=True))
     nones = sum(p is None for p in predicted_index)
     return {"n": n, "accuracy": hits / n, "none_rate": nones / n}
+
+

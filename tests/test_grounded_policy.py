@@ -238,3 +238,17 @@ def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
     assert pol.is_head and pol.grounded and pol.manifest.data["train_users"] == 24
     assert pol.manifest.data["examples"] == 72  # positive, uniform and matched negative each
     assert ScoreHead.load(pol.path).width == 576  # SmolLM2-135M's hidden size
+
+    # rl eval scores it on held-out users of the same split, beside the baselines.
+    from rl.datasets import RLDataConfig, build_and_save
+    from rl.policy_eval import EvalConfig, run_eval
+
+    cfg = RLDataConfig(dataset="synthetic", eval_users=20, train_users=24, seed=0,
+                       protocols=("random",), train_protocols=("random",), judgement_ms=(1,))
+    build_and_save(cfg, tmp_path / "data")
+    table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), policies=("g-test",),
+                                   base_model=None, generate_groups=0, registry=str(reg),
+                                   threads=1, recommenders=("mf",)), log=lambda *a: None)
+    mine = table[(table.model == "g-test") & (table.task == "judgement")]
+    assert len(mine) == 1 and mine.iloc[0]["n"] == 40
+    assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None

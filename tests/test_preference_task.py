@@ -11,7 +11,8 @@ from agents.preference import PREFERENCE_FORMAT_NO_THINKING, preference_prompt
 from environments.datasets import load_dataset
 from rl.configs import GRPORunConfig, LoraSettings
 from rl.datasets import BuildStats, RLDataConfig, build_rl_data, save_rl_data
-from rl.evaluation import LLMPolicy, evaluate, results_markdown
+from rl.eval_report import results_markdown
+from rl.evaluation import LLMPolicy, evaluate
 from rl.prompting import prompt_for, sft_target
 from rl.reward_funcs import make_reward_funcs, score_batch
 from rl.rewards import score, score_preference
@@ -178,7 +179,8 @@ def test_rl_eval_reports_preference_for_sampled_llms_only(tmp_path, monkeypatch)
     backend = ScriptedBackend(complete=lambda p: answer(TRUTH))
     table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), base_model=None,
                                    extra_models={"llm": backend}, generate_groups=3,
-                                   generate_protocols=("random",), threads=1),
+                                   generate_protocols=("random",), threads=1,
+                                   fit_on="histories"),  # data built from an in-memory world
                         log=lambda *a: None)
     pref = table[table.task == "preference"]
     assert list(pref.model) == ["llm"] and list(pref["mode"]) == ["generate"]

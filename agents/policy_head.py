@@ -1,4 +1,4 @@
-"""A learned decision head on the language model's final hidden state.
+"""A learned decision head on the language model's hidden state (of its last or an earlier layer).
 
 The grounded US policy (docs/rl.md, "The default US policy") decides with the language model:
 the model reads the user's persona and history, the candidate's title and the collaborative
@@ -7,6 +7,10 @@ in place of the two rows ``Yes`` and ``No`` of the model's own output layer. A 1
 own Yes/No rows say Yes to nearly everything (docs/results.md); the head is those rows
 re-learned on real logs (a logistic regression on the standardised state), which costs no
 backward pass through the model and ships as a few kilobytes.
+
+A head may read an earlier layer's state (``layer``): the model then runs only that many layers
+when it scores with the head, which is both more faithful (a frozen small model's middle
+layers keep more of what it read than its last one, docs/results.md) and faster.
 
 The head is a pair of logits, ``Yes = w·(h - mean)/scale + b`` and ``No = 0``, so a backend
 returns it through the ordinary :class:`~agents.backends.base.Score` and everything that reads
@@ -34,12 +38,15 @@ class ScoreHead:
         bias: ``b``.
         mean: the training states' mean, per unit.
         scale: the training states' standard deviation, per unit (never 0).
+        layer: the decoder layers the state comes after (normed by the model's final norm);
+            0 means all of them.
     """
 
     weight: np.ndarray
     bias: float
     mean: np.ndarray
     scale: np.ndarray
+    layer: int = 0
 
     def __post_init__(self) -> None:
         shapes = {self.weight.shape, self.mean.shape, self.scale.shape}
@@ -48,6 +55,8 @@ class ScoreHead:
         if not (np.isfinite(self.weight).all() and np.isfinite(self.bias)
                 and np.isfinite(self.mean).all() and (self.scale > 0).all()):
             raise ValueError("head parameters must be finite with a positive scale")
+        if int(self.layer) < 0:
+            raise ValueError(f"head layer must be >= 0, got {self.layer}")
 
     @property
     def width(self) -> int:
@@ -67,7 +76,8 @@ class ScoreHead:
         save_file({"weight": self.weight.astype(np.float32),
                    "bias": np.array([self.bias], dtype=np.float32),
                    "mean": self.mean.astype(np.float32),
-                   "scale": self.scale.astype(np.float32)}, str(path),
+                   "scale": self.scale.astype(np.float32),
+                   "layer": np.array([int(self.layer)], dtype=np.int64)}, str(path),
                   metadata={"format": "vragent-score-head-1"})
         return path
 
@@ -85,7 +95,8 @@ class ScoreHead:
 
         try:
             t = load_file(str(path))
+            layer = int(t["layer"][0]) if "layer" in t else 0  # heads before layers: final
             return cls(t["weight"].astype(np.float64), float(t["bias"][0]),
-                       t["mean"].astype(np.float64), t["scale"].astype(np.float64))
+                       t["mean"].astype(np.float64), t["scale"].astype(np.float64), layer)
         except (KeyError, IndexError, OSError, SafetensorError) as exc:
             raise ValueError(f"{path}: not a score head ({exc})") from None

@@ -104,6 +104,26 @@ class Dataset:
             int(u): g.tolist() for u, g in inter.groupby("user_id", sort=True)["item_id"]
         }
 
+    def like_share(self) -> float:
+        """The real logs' share of likes among watched items.
+
+        Rated data (MovieLens and the interactions loader with a rating): the share of
+        interactions with ``like`` (rating at or above the like threshold). Data with per-item
+        like and view counts (MicroLens): likes per view over the catalogue.
+
+        Raises:
+            DataFormatError: the dataset has neither (one line naming it).
+        """
+        if "like" in self.interactions and self.interactions["like"].notna().any():
+            return float(self.interactions["like"].dropna().astype(bool).mean())
+        if {"likes", "views"} <= set(self.items.columns):
+            views = float(pd.to_numeric(self.items["views"], errors="coerce").fillna(0).sum())
+            if views > 0:
+                likes = pd.to_numeric(self.items["likes"], errors="coerce").fillna(0).sum()
+                return float(likes) / views
+        raise DataFormatError(f"{self.name}: no like share in the logs (neither a like/rating "
+                              "column nor per-item likes and views): give like_share a number")
+
     def summary(self) -> dict[str, int]:
         """Counts for logs and the CLI."""
         return {

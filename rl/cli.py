@@ -323,6 +323,8 @@ def train_head(
                                             "(never trained on).")] = 500,
     train_users: Annotated[int, typer.Option(help="At most this many train users.")] = 2000,
     c: Annotated[float, typer.Option(help="The head's inverse L2 strength.")] = 0.1,
+    layer: Annotated[int, typer.Option(help="The head reads the state after this many layers "
+                                       "(0: all); scoring then runs only those.")] = 18,
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
@@ -338,14 +340,15 @@ def train_head(
 
         data_path = str(require_movielens())
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=data_path, seed=seed,
-                          eval_users=eval_users, train_users=train_users, c=c)
+                          eval_users=eval_users, train_users=train_users, c=c, layer=layer)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")
 
     try:
         folder = train_head_policy(cfg, registry, progress)
-    except (RLDataError, DataFormatError, AssetError, PolicyError, FileNotFoundError) as exc:
+    except (RLDataError, DataFormatError, AssetError, PolicyError, FileNotFoundError,
+            ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
     console.print(f"policy {policy} → {folder} (evaluate it: vragent rl eval --policy {policy})")
 

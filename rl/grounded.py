@@ -125,25 +125,27 @@ def example_prompts(examples: Sequence[Example], grounding: CollaborativeGroundi
 
 
 def hidden_states(backend: LLMBackend, prompts: Sequence[ChatPrompt],
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Final hidden states of ``prompts`` in chunks (the backend must be ``hf``)."""
+                  progress: Callable[[int, int], None] | None = None,
+                  layer: int = 0) -> np.ndarray:
+    """Hidden states of ``prompts`` after ``layer`` layers (0: all), in chunks (``hf`` only)."""
     out = []
     for start in range(0, len(prompts), CHUNK):
-        out.append(backend.hidden_states(prompts[start:start + CHUNK]).numpy())
+        out.append(backend.hidden_states(prompts[start:start + CHUNK], layer=layer).numpy())
         if progress:
             progress(min(start + CHUNK, len(prompts)), len(prompts))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def fit_head(states: np.ndarray, labels: Sequence[bool], *, c: float = 0.1,
-             seed: int = 0) -> ScoreHead:
+             seed: int = 0, layer: int = 0) -> ScoreHead:
     """L2 logistic regression on standardised states (sklearn's lbfgs, deterministic).
 
     Args:
-        states: ``(n, hidden)`` final hidden states.
+        states: ``(n, hidden)`` hidden states after ``layer`` layers.
         labels: whether each example is the user's real next item.
         c: inverse regularisation strength.
         seed: passed to the solver (lbfgs itself draws nothing).
+        layer: the layer the states come after (0: all), recorded in the head.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -152,7 +154,8 @@ def fit_head(states: np.ndarray, labels: Sequence[bool], *, c: float = 0.1,
     scale = np.where(scale > 1e-6, scale, 1.0)
     model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
     model.fit((x - mean) / scale, np.asarray(labels, dtype=bool))
-    return ScoreHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale)
+    return ScoreHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale,
+                     layer)
 
 
 class GroundedPolicyScorer(BaseScorer):
@@ -214,6 +217,8 @@ class HeadTrainConfig:
         history_len: history titles a prompt shows.
         c: the head's inverse L2 strength.
         min_len: users with fewer interactions are left out (as in build-data).
+        layer: the decoder layers the head reads after (0: all). SmolLM2's layer 18 keeps
+            the evidence best (docs/results.md) and runs 18 of 30 layers.
     """
 
     policy: str
@@ -225,6 +230,7 @@ class HeadTrainConfig:
     history_len: int = 10
     c: float = 0.1
     min_len: int = 5
+    layer: int = 18
 
 
 def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
@@ -253,8 +259,8 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     examples = training_examples(sequences, train, sampler)
     backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
     prompts = example_prompts(examples, grounding, PromptMaker(data, cfg.history_len))
-    states = hidden_states(backend, prompts, progress)
-    head = fit_head(states, [e.label for e in examples], c=cfg.c, seed=cfg.seed)
+    states = hidden_states(backend, prompts, progress, layer=cfg.layer)
+    head = fit_head(states, [e.label for e in examples], c=cfg.c, seed=cfg.seed, layer=cfg.layer)
     folder = policy_dir(cfg.policy, registry)
     head.save(folder)
     stamp = dt.datetime.now(dt.UTC)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from environments.sources import InteractionsOptions
 
@@ -127,7 +127,16 @@ class PopulationConfig(_Strict):
 class SessionConfig(_Strict):
     """How decisions become likes and exits (docs/user-actions.md)."""
 
-    like_share: float = Field(0.5, ge=0, le=1)
+    @field_validator("like_share")
+    @classmethod
+    def _share_in_unit(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and not 0 <= v <= 1:
+            raise ValueError("like_share must be between 0 and 1, or 'real'")
+        return v
+
+    like_share: float | Literal["real"] = Field(
+        0.5, description="Share of positive decisions that are likes; 'real': the dataset's "
+        "own (MovieLens: ratings >= 4 among rated; MicroLens: likes per view).")
     base_leave_prob: float = Field(0.05, ge=0, le=1)
     bored_leave_prob: float = Field(0.3, ge=0, le=1)
 

@@ -121,7 +121,8 @@ class SimulationRuntime:
         self.us_agent = USAgent(
             self.backend, mode=b.decision_mode, seed=scenario.seed, trace_rate=b.trace_rate,
             max_new_tokens=b.max_new_tokens, temperature=b.temperature,
-            rules=SessionRules(s.like_share, s.base_leave_prob, s.bored_leave_prob),
+            rules=SessionRules(self.dataset.like_share() if s.like_share == "real"
+                               else s.like_share, s.base_leave_prob, s.bored_leave_prob),
             format_retries=b.format_retries,
             **self._response_model(),
         )

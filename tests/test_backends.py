@@ -77,7 +77,7 @@ def test_openai_backend_reports_a_down_server():
 
 
 def test_prefix_groups_split_at_user_boundaries():
-    from agents.backends.hf import _prefix_groups
+    from agents.backends.prefix_tree import prefix_groups as _prefix_groups
 
     system = [1] * 20
     user_a = system + [2] * 30

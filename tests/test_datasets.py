@@ -126,6 +126,19 @@ def test_ml100k_grouplens_layout(tmp_path: Path) -> None:
     assert user2["zip_code"] == "22222"
 
 
+def test_like_share_reads_ratings_or_likes_per_view(tmp_path: Path) -> None:
+    ds = load_movielens_100k(write_ml100k(tmp_path))
+    want = sum(r >= 4 for _, _, r, _ in RATINGS) / len(RATINGS)
+    assert ds.like_share() == pytest.approx(want) and 0 < want < 1
+    # Per-item like and view counts (MicroLens): likes per view over the catalogue.
+    ds.interactions = ds.interactions.drop(columns=["like"])
+    ds.items = ds.items.assign(likes=[1, 2, 3, 4, 5, 6], views=[10, 10, 10, 10, 10, 50])
+    assert ds.like_share() == pytest.approx(21 / 100)
+    ds.items = ds.items.drop(columns=["likes", "views"])
+    with pytest.raises(DataFormatError, match="movielens-100k: no like share"):
+        ds.like_share()
+
+
 def test_ml100k_order_ties_keep_file_order(tmp_path: Path) -> None:
     ratings = [(1, 1, 5, 200), (1, 2, 3, 100), (1, 3, 4, 100), (2, 3, 2, 50)]
     ds = load_movielens_100k(write_ml100k(tmp_path, ratings))

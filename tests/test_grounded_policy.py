@@ -252,3 +252,45 @@ def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
     mine = table[(table.model == "g-test") & (table.task == "judgement")]
     assert len(mine) == 1 and mine.iloc[0]["n"] == 40
     assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None
+
+
+def test_a_head_on_an_earlier_layer_runs_only_that_many_layers(tiny_backend):
+    """hidden_states(layer=k) is the final norm of the k-th layer's output of the full model,
+    and scoring with a layer-k head matches it through the prefix path and the naive path."""
+    persona = PersonaView("a viewer of films", ("Alpha", "Beta", "Gamma"))
+    prompts = [score_prompt(persona, f"Candidate {k}", evidence=Evidence(k, 2 * k, 3 * k))
+               for k in range(5)]
+    body = tiny_backend.model.model
+    assert len(body.layers) >= 2
+    enc = tiny_backend.tokenizer([tiny_backend.render(p) for p in prompts[:1]],
+                                 add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        states = body(**enc, output_hidden_states=True).hidden_states
+        expect = body.norm(states[1])[0, -1].float()
+    got = tiny_backend.hidden_states(prompts, layer=1)
+    torch.testing.assert_close(got[0], expect, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, tiny_backend.hidden_states(prompts), atol=1e-3)
+    assert len(body.layers) == tiny_backend.model.config.num_hidden_layers  # model untouched
+    width = tiny_backend.model.config.hidden_size
+    rng = np.random.default_rng(2)
+    head = ScoreHead(rng.normal(size=width), -0.2, rng.normal(size=width),
+                     rng.uniform(0.5, 2, size=width), layer=1)
+    tiny_backend.score_head = head
+    try:
+        fast = [s.probs["Yes"] for s in tiny_backend.score(prompts)]
+        naive = [s.probs["Yes"] for s in tiny_backend.score_naive(prompts)]
+    finally:
+        tiny_backend.score_head = None
+    want = 1 / (1 + np.exp(-head.logits(got).numpy()))
+    np.testing.assert_allclose(fast, want, atol=1e-4)
+    np.testing.assert_allclose(naive, want, atol=1e-4)
+
+
+def test_head_layer_round_trips_and_must_exist(tmp_path, tiny_backend):
+    from agents.backends.depth import truncated_body
+
+    head = ScoreHead(np.arange(4.0), 0.1, np.zeros(4), np.ones(4), layer=3)
+    head.save(tmp_path)
+    assert ScoreHead.load(tmp_path).layer == 3
+    with pytest.raises(ValueError, match="layer 99"):
+        truncated_body(tiny_backend.model.model, 99)

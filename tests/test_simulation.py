@@ -133,3 +133,15 @@ def test_every_recommender_serves_as_an_arm_with_refits(tmp_path, tiny_backend):
     assert store.get_run(run_id).status == "finished"
     assert {r["arm"] for r in rows} == {a["name"] for a in arms}
     assert all(r["impressions"] > 0 for r in rows)
+
+
+def test_like_share_real_takes_the_datasets_own_share(tmp_path, tiny_backend):
+    """``session.like_share: real``: P(like | watched) in score mode is the logs' like share."""
+    from sandbox.runtime import SimulationRuntime
+
+    sc = parse_scenario(tiny_scenario(simulation={"session": {"like_share": "real"}}))
+    rt = SimulationRuntime(sc, Store(f"sqlite:///{tmp_path}/l.sqlite"), "x", backend=tiny_backend)
+    assert rt.us_agent.rules.like_share == pytest.approx(rt.dataset.like_share())
+    assert 0.2 < rt.us_agent.rules.like_share < 0.8
+    with pytest.raises(ValueError, match="like_share"):
+        parse_scenario(tiny_scenario(simulation={"session": {"like_share": 1.5}}))

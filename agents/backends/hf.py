@@ -6,7 +6,6 @@ import inspect
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,12 @@ import torch
 from transformers import DynamicCache
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
-from agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
+from agents.backends.depth import truncated_body
+from agents.backends.prefix_cache import PrefixKVCache
+from agents.backends.prefix_tree import Unit as _Unit
+from agents.backends.prefix_tree import prefix_groups as _prefix_groups
+from agents.backends.prefix_tree import shared_prefix_len as _shared_prefix_len
+from agents.backends.prefix_tree import tree_inputs
 from agents.policy_head import ScoreHead
 
 
@@ -46,22 +50,6 @@ def sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float,
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     return kwargs
-
-
-@dataclass
-class _Unit:
-    """Candidates of one slate that run together behind their shared prefix."""
-
-    kv: list | None  # per-layer (keys, values) of the prefix's whole blocks
-    n_kv: int
-    trunk: list[int]  # the rest of the shared prefix
-    prompt_ids: list[int]  # indices into the call's prompts
-    suffixes: list[list[int]]
-    prompt_lens: list[int]  # untruncated prompt lengths
-
-    @property
-    def n_query(self) -> int:
-        return len(self.trunk) + sum(len(x) for x in self.suffixes)
 
 
 class HFBackend(LLMBackend):
@@ -137,7 +125,10 @@ class HFBackend(LLMBackend):
         self._option_ids: dict[tuple[str, ...], dict[str, list[int]]] = {}
         self._heads: dict[tuple, tuple[torch.Tensor, list[slice]]] = {}
         self.kv_block = kv_block
-        self.prefix_cache = PrefixKVCache(budget_bytes=kv_cache_mb << 20, block=kv_block)
+        # One KV store per depth: a head on layer k runs only k layers (agents.backends.depth).
+        self._caches = {0: PrefixKVCache(budget_bytes=kv_cache_mb << 20, block=kv_block)}
+        self._bodies: dict[int, Any] = {0: model.model}
+        self._depth = 0  # layers the current call runs; 0: all
         # transformers >= 5.2x takes the KV cache as `cache`; older releases as
         # `past_key_values`, and silently ignore the other name.
         params = inspect.signature(self.model.model.forward).parameters
@@ -147,6 +138,10 @@ class HFBackend(LLMBackend):
             raise ValueError(f"score head reads {score_head.width} units, the model has "
                              f"{self.model.config.hidden_size}")
         self.score_head = score_head
+        if score_head is not None and score_head.layer:
+            self._depth = score_head.layer
+            self._body()  # a head on a layer the model lacks fails here, not at the first score
+            self._depth = 0
         # Tokens actually run by score(): what the FLOP roofline of the benchmark counts.
         self.stats: Counter[str] = Counter()
 
@@ -154,6 +149,29 @@ class HFBackend(LLMBackend):
     def model_id(self) -> str:
         """The model's stored name."""
         return self._model_id
+
+    @property
+    def prefix_cache(self) -> PrefixKVCache:
+        """The KV store of the depth that Yes/No scores run at (the head's layer, if any)."""
+        return self._store(self.score_head.layer if self.score_head else 0)
+
+    def _store(self, depth: int) -> PrefixKVCache:
+        if depth not in self._caches:
+            self._caches[depth] = PrefixKVCache(budget_bytes=self._caches[0].budget_bytes,
+                                                block=self.kv_block)
+        return self._caches[depth]
+
+    def _body(self) -> Any:
+        """The decoder that the current call runs (all layers, or a head's first ``layer``)."""
+        if self._depth not in self._bodies:
+            self._bodies[self._depth] = truncated_body(self.model.model, self._depth)
+        return self._bodies[self._depth]
+
+    def _depth_for(self, options: Sequence[str]) -> int:
+        return self.score_head.layer if self._uses_head(options) else 0
+
+    def _uses_head(self, options: Sequence[str]) -> bool:
+        return self.score_head is not None and tuple(options) == ("Yes", "No")
 
     # ------------------------------------------------------------------ helpers
 
@@ -248,28 +266,38 @@ class HFBackend(LLMBackend):
         ids = [self._token_ids(p) for p in prompts]
         out: list[Score | None] = [None] * len(prompts)
         t0 = time.perf_counter()
-        for units, h in self._unit_batches(ids):
-            self._score_units(units, h, table, head, slices, out)
+        self._depth = self._depth_for(options)
+        try:
+            for units, h in self._unit_batches(ids):
+                self._score_units(units, h, table, head, slices, out)
+        finally:
+            self._depth = 0
         latency = (time.perf_counter() - t0) / max(1, len(prompts))
         for s in out:
             s.latency_s = latency
         return [s for s in out if s is not None]
 
     @torch.inference_mode()
-    def hidden_states(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
-        """The final (normed) hidden state after each prompt, through the same prefix reuse.
+    def hidden_states(self, prompts: Sequence[ChatPrompt], layer: int = 0) -> torch.Tensor:
+        """The (normed) hidden state after each prompt, through the same prefix reuse.
 
-        This is what :meth:`score` multiplies by the options' output rows; a learned head
-        (:mod:`agents.policy_head`) is trained on it.
+        With ``layer=0`` it is what :meth:`score` multiplies by the options' output rows; with
+        ``layer=k`` the state after the first ``k`` layers, normed by the final norm, which is
+        what a head on layer ``k`` reads. A learned head (:mod:`agents.policy_head`) is
+        trained on it.
 
         Returns:
             A float32 tensor of shape ``(len(prompts), hidden_size)``.
         """
         ids = [self._token_ids(p) for p in prompts]
         out = torch.zeros((len(prompts), self.model.config.hidden_size), dtype=torch.float32)
-        for units, h in self._unit_batches(ids):
-            order = [i for u in units for i in u.prompt_ids]
-            out[torch.tensor(order)] = h.float().cpu()
+        self._depth = layer
+        try:
+            for units, h in self._unit_batches(ids):
+                order = [i for u in units for i in u.prompt_ids]
+                out[torch.tensor(order)] = h.float().cpu()
+        finally:
+            self._depth = 0
         return out
 
     def _unit_batches(self, ids: list[list[int]]):
@@ -333,7 +361,7 @@ class HFBackend(LLMBackend):
 
     def _score_units(self, units: list[_Unit], h: torch.Tensor, table, head, slices,
                      out: list) -> None:
-        if self.score_head is not None and tuple(table) == ("Yes", "No"):
+        if self._uses_head(tuple(table)):
             z = self.score_head.logits(h)
             logits = torch.stack([z, torch.zeros_like(z)], dim=1)
             slices = [slice(0, 1), slice(1, 2)]
@@ -367,27 +395,28 @@ class HFBackend(LLMBackend):
         self.stats["prefix_tokens"] += len(tokens)
         if not aligned:
             return None, 0
-        kv, n_hit = self.prefix_cache.lookup(tokens[:aligned])
+        store = self._store(self._depth)
+        kv, n_hit = store.lookup(tokens[:aligned])
         n_hit = min(n_hit, aligned) // block * block
         self.stats["prefix_tokens_reused"] += n_hit
         cache = None
         if n_hit:
             cache = DynamicCache(
                 ddp_cache_data=[(k[:, :, :n_hit], v[:, :, :n_hit]) for k, v in kv],
-                config=self.model.config,
+                config=self._body().config,
             )
         if n_hit == aligned:
             return [(layer.keys, layer.values) for layer in cache.layers], aligned
         for lo in range(n_hit, aligned, block):
             new = torch.tensor([tokens[lo : lo + block]], dtype=torch.long, device=self.device)
             pos = torch.arange(lo, lo + block, device=self.device).unsqueeze(0)
-            res = self.model.model(input_ids=new, position_ids=pos, use_cache=True,
+            res = self._body()(input_ids=new, position_ids=pos, use_cache=True,
                                    **{self._cache_kw: cache})
             # transformers >= 5.2x names it `cache`; older releases `past_key_values`.
             cache = getattr(res, "cache", None) or res.past_key_values
             self.stats["tokens_run"] += block
         kv_full = [(layer.keys, layer.values) for layer in cache.layers]
-        self.prefix_cache.put(tokens[:aligned], kv_full)
+        store.put(tokens[:aligned], kv_full)
         return kv_full, aligned
 
     def _tree_forward(self, units: list[_Unit]) -> torch.Tensor:
@@ -403,33 +432,10 @@ class HFBackend(LLMBackend):
         """
         n_rows = len(units)
         l_max = max(u.n_kv for u in units)
-        q_max = max(u.n_query for u in units)
-        pad = self.tokenizer.pad_token_id
-        tokens = torch.full((n_rows, q_max), pad, dtype=torch.long)
-        pos = torch.zeros((n_rows, q_max), dtype=torch.long)
-        mask = torch.zeros((n_rows, 1, q_max, l_max + q_max), dtype=torch.bool)
-        last: list[tuple[int, int]] = []
-        for row, u in enumerate(units):
-            t, base = len(u.trunk), u.n_kv + len(u.trunk)
-            flat = [*u.trunk, *(tok for x in u.suffixes for tok in x)]
-            tokens[row, : len(flat)] = torch.tensor(flat, dtype=torch.long)
-            lengths = [len(x) for x in u.suffixes]
-            pos[row, : len(flat)] = torch.tensor(
-                [*range(u.n_kv, base), *(base + i for n in lengths for i in range(n))])
-            m = mask[row, 0]
-            m[: len(flat), : u.n_kv] = True
-            m[:t, l_max : l_max + t] = torch.ones((t, t), dtype=torch.bool).tril()
-            m[t : len(flat), l_max : l_max + t] = True
-            at = t
-            for n in lengths:
-                m[at : at + n, l_max + at : l_max + at + n] = torch.ones(
-                    (n, n), dtype=torch.bool).tril()
-                at += n
-                last.append((row, at - 1))
-            for k in range(len(flat), q_max):
-                m[k, l_max + k] = True  # a padded query attends to itself: no empty softmax
-            self.stats["suffix_tokens"] += len(flat) - t
-            self.stats["tokens_run"] += len(flat)
+        tokens, pos, mask, last = tree_inputs(units, self.tokenizer.pad_token_id)
+        for u in units:
+            self.stats["suffix_tokens"] += u.n_query - len(u.trunk)
+            self.stats["tokens_run"] += u.n_query
         cache = None
         if l_max:
             layers = []
@@ -442,8 +448,8 @@ class HFBackend(LLMBackend):
                         keys[row, :, : u.n_kv] = u.kv[layer][0][0, :, : u.n_kv]
                         values[row, :, : u.n_kv] = u.kv[layer][1][0, :, : u.n_kv]
                 layers.append((keys, values))
-            cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        hidden = self.model.model(
+            cache = DynamicCache(ddp_cache_data=layers, config=self._body().config)
+        hidden = self._body()(
             input_ids=tokens.to(self.device), position_ids=pos.to(self.device),
             attention_mask=mask.to(self.device), use_cache=cache is not None,
             **{self._cache_kw: cache},
@@ -465,9 +471,13 @@ class HFBackend(LLMBackend):
             t0 = time.perf_counter()
             # Explicit positions: with left padding the model would otherwise shift them.
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-            head = self.score_head if tuple(table) == ("Yes", "No") else None
+            head = self.score_head if self._uses_head(tuple(table)) else None
             if head is not None:
-                h = self.model.model(**enc, position_ids=pos).last_hidden_state[:, -1, :]
+                self._depth = head.layer
+                try:
+                    h = self._body()(**enc, position_ids=pos).last_hidden_state[:, -1, :]
+                finally:
+                    self._depth = 0
                 z = head.logits(h)
             else:
                 logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
@@ -488,30 +498,3 @@ class HFBackend(LLMBackend):
                     )
                 )
         return out
-
-
-def _shared_prefix_len(seqs: list[list[int]]) -> int:
-    """Length of the prefix every sequence shares."""
-    return min(common_prefix_len(seqs[0], x) for x in seqs)
-
-
-def _prefix_groups(ids: list[list[int]], min_shared: int) -> list[list[int]]:
-    """Runs of consecutive prompts that share a long leading prefix.
-
-    A prompt joins the current run when it shares at least ``min_shared`` tokens with the run's
-    first prompt *and* does not shorten the run's common prefix. So one user's slate (same
-    instructions, persona and history) forms a run, and the next user, who shares only the
-    instructions, starts a new one.
-    """
-    groups: list[list[int]] = []
-    shared: list[int] = []  # common prefix length of each group so far
-    for i, x in enumerate(ids):
-        if groups:
-            lcp = common_prefix_len(ids[groups[-1][0]], x)
-            if lcp >= min_shared and (len(groups[-1]) == 1 or lcp >= shared[-1]):
-                shared[-1] = lcp if len(groups[-1]) == 1 else min(shared[-1], lcp)
-                groups[-1].append(i)
-                continue
-        groups.append([i])
-        shared.append(len(x))
-    return groups

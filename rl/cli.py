@@ -79,6 +79,7 @@ def build_data(
         rl_manifest,
         save_rl_data,
     )
+    from sandbox.progress import Tracker
 
     try:
         options = dataset_options(dataset, items_path, column, like_threshold)
@@ -105,7 +106,11 @@ def build_data(
             base.update({"store_url": db, "store_runs": list(from_run)})
         cfg = RLDataConfig.from_dict(base)
         stats = BuildStats()
-        dd = build_rl_data(cfg, stats=stats)
+        with Tracker(err) as tracker:
+            users = tracker.task("RL data: users", unit="users", every=5.0)
+            dd = build_rl_data(cfg, stats=stats, progress=users)
+            tracker.log(f"RL data: {len(dd['train'])} train and {len(dd['eval'])} held-out "
+                        f"rows built in {stats.seconds:.0f} s; saving to {out}")
         manifest = rl_manifest(dd, cfg, stats)
         folder = save_rl_data(dd, out, manifest, stats.popularity)
     except (RLDataError, DataFormatError, FileNotFoundError, OSError, yaml.YAMLError) as exc:
@@ -237,6 +242,7 @@ def eval_(
     from rl.policy_eval import EvalConfig, run_eval
     from sandbox.assets import AssetError
     from sandbox.policies import PolicyError
+    from sandbox.progress import Tracker
     from sandbox.report_sections import write_section
     from sandbox.store import Store
 
@@ -251,7 +257,8 @@ def eval_(
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                      threads=threads, n_boot=n_boot, registry=registry)
     try:
-        table, eval_id = run_eval(cfg, Store(db), log=err.print)
+        with Tracker(err) as tracker:
+            table, eval_id = run_eval(cfg, Store(db), log=tracker.log, tracker=tracker)
     except (RLDataError, PolicyError, AssetError, KeyError, ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
     console.print(headline_markdown(table), markup=False, highlight=False)
@@ -396,6 +403,7 @@ def loop(
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError
     from sandbox.policies import PolicyError
+    from sandbox.progress import Tracker
 
     if algo not in ("sft", "grpo"):
         _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
@@ -404,7 +412,8 @@ def loop(
                      steps=steps, eval_users=eval_users, train_users=train_users,
                      eval_groups=eval_groups, train=train, seed=seed)
     try:
-        res = run_loop(cfg, db, registry, log=console.print)
+        with Tracker(err) as tracker:
+            res = run_loop(cfg, db, registry, log=tracker.log, tracker=tracker)
     except (ScenarioError, RLDataError, TrainingError, PolicyError, ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:

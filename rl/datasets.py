@@ -74,6 +74,7 @@ from rl.negatives import (
     top_k_lists,
     user_rng,
 )
+from sandbox.progress import Task
 from sandbox.world import user_profiles
 
 if TYPE_CHECKING:
@@ -423,7 +424,8 @@ def _hard_tops(cfg: RLDataConfig, plans: list[_Plan], samples: Mapping[int, User
 
 
 def build_rl_data(
-    cfg: RLDataConfig, dataset: Dataset | None = None, *, stats: BuildStats | None = None
+    cfg: RLDataConfig, dataset: Dataset | None = None, *, stats: BuildStats | None = None,
+    progress: Task | None = None,
 ) -> datasets.DatasetDict:
     """Build the train and eval RL datasets from real logs (plus logged store rows).
 
@@ -431,6 +433,7 @@ def build_rl_data(
         cfg: the build settings.
         dataset: the dataset, already loaded; ``None`` loads the one ``cfg`` names.
         stats: filled with what the build did (for :func:`rl_manifest`).
+        progress: counts the users whose rows are built.
 
     Returns:
         Splits ``"train"`` and ``"eval"`` in the :data:`COLUMNS` schema.
@@ -455,11 +458,13 @@ def build_rl_data(
     tops = _hard_tops(cfg, plans, samples, catalogue, stats)
     prompts = PromptBuilder(ds, cfg.history_len, [*train, *held_out])
     rows: dict[str, list[dict[str, Any]]] = {}
+    if progress is not None:
+        progress.update(0, total=sum(len(p.users) for p in plans))
     for plan in plans:
         max_m = max([*plan.ms, SELECTION_NEGATIVES if "selection" in cfg.tasks else 1])
         fallbacks = stats.hard_fallbacks.setdefault(plan.split, {})
         rows[plan.split] = [
-            row for u in plan.users
+            row for u in (progress.track(plan.users) if progress else plan.users)
             for row in _user_rows(prompts, _Negatives(sampler, tops.get(u), samples[u], max_m),
                                   plan, cfg.tasks, fallbacks, cfg.seed)
         ]
@@ -483,12 +488,11 @@ def _duplicate_titles(rows: Iterable[Mapping[str, Any]]) -> int:
                and len({t.casefold() for t in r["candidates"]}) < len(r["candidates"]))
 
 
-def build_and_save(
-    cfg: RLDataConfig, path: str | Path, dataset: Dataset | None = None
-) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+def build_and_save(cfg: RLDataConfig, path: str | Path, dataset: Dataset | None = None,
+                   progress: Task | None = None) -> tuple[datasets.DatasetDict, dict[str, Any]]:
     """Build, then save with the manifest and popularity; returns the splits and manifest."""
     stats = BuildStats()
-    dd = build_rl_data(cfg, dataset, stats=stats)
+    dd = build_rl_data(cfg, dataset, stats=stats, progress=progress)
     manifest = rl_manifest(dd, cfg, stats)
     save_rl_data(dd, path, manifest, stats.popularity)
     return dd, manifest

@@ -416,6 +416,7 @@ def evaluate(
     seed: int = 0,
     tasks: Sequence[str] = TASKS,
     progress: Progress | None = None,
+    on_cell: Callable[[int, int], None] | None = None,
     outcomes: dict[tuple[str, str, str, str, int], RowOutcome] | None = None,
     group_prefixes: bool = True,
     n_boot: int = 1000,
@@ -435,6 +436,7 @@ def evaluate(
             its key]``) and the bootstrap.
         tasks: the tasks to evaluate.
         progress: called with a one-line message after each (model, mode, cell).
+        on_cell: called with ``(done, total)`` (model, mode, cell) units after each.
         outcomes: filled with each table row's :class:`~rl.eval_stats.RowOutcome`, for
             intervals over several calls (:func:`rl.eval_stats.add_intervals`).
         group_prefixes: score-mode LLMs score the kept rows of every cell first, user by
@@ -455,46 +457,43 @@ def evaluate(
     found = outcomes if outcomes is not None else {}
     cells = select_rows(rows, max_rows_per_group, seed, tasks)
     wrapped = {name: _as_model(m) for name, m in models.items()}
+    say = progress or (lambda msg: None)
     if group_prefixes:
         every = [r for kept in cells.values() for r in kept]
         for name, model in wrapped.items():
             if isinstance(model, LLMPolicy) and "score" in model.modes:
                 t0 = time.perf_counter()
-                n = model.prescore(every, None if progress is None else
-                                   (lambda msg, name=name: progress(f"{name} [score] {msg}")))
-                if progress is not None:
-                    progress(f"{name} [score]: {n} distinct prompts for {len(every)} rows in "
-                             f"{time.perf_counter() - t0:.0f} s")
-    for (task, protocol, m), kept in cells.items():
-        for name, model in wrapped.items():
-            modes = model.modes if isinstance(model, LLMPolicy) else ("scorer",)
-            if task == "preference":  # open answers: sampled LLMs only
-                modes = tuple(md for md in modes if md == "generate")
-            for mode in modes:
-                t0 = time.perf_counter()
-                if task == "preference":
-                    metrics = llm_preference(model, kept, mode, similarity)
-                elif isinstance(model, LLMPolicy):
-                    fn = llm_judgement if task == "judgement" else llm_selection
-                    metrics = fn(model, kept, mode)
-                else:
-                    fn2 = scorer_judgement if task == "judgement" else scorer_selection
-                    metrics = fn2(model, kept)
-                seconds = time.perf_counter() - t0
-                outcome = metrics.pop("outcome", None)  # preference: no interval yet
-                if outcome is not None:
-                    found[(name, mode, task, protocol, m)] = outcome
-                record: dict[str, Any] = {c: math.nan for c in COLUMNS}
-                record.update(model=name, mode=mode, task=task, protocol=protocol, m=m)
-                record.update({k: (math.nan if v is None else v) for k, v in metrics.items()
-                               if k in METRIC_COLUMNS})
-                record["seconds"] = seconds
-                table.append(record)
-                if progress is not None:
-                    progress(f"{name} [{mode}] {task}/{protocol}/m={m}: n={record['n']} "
-                             f"acc={record['accuracy']:.3f} ({seconds:.1f}s)")
-    df = pd.DataFrame(table, columns=list(COLUMNS))
-    if df.empty:
-        return df
-    df = add_intervals(df, found, seed=seed, n_boot=n_boot)[list(COLUMNS)]
+                n = model.prescore(every, lambda msg, name=name: say(f"{name} [score] {msg}"))
+                say(f"{name} [score]: {n} distinct prompts for {len(every)} rows in "
+                    f"{time.perf_counter() - t0:.0f} s")
+    # One unit per (cell, model, mode); open preference answers: sampled LLMs only.
+    units = [(cell, kept, name, model, mode) for cell, kept in cells.items()
+             for name, model in wrapped.items()
+             for mode in (model.modes if isinstance(model, LLMPolicy) else ("scorer",))
+             if cell[0] != "preference" or mode == "generate"]
+    for done, ((task, protocol, m), kept, name, model, mode) in enumerate(units, 1):
+        t0 = time.perf_counter()
+        if task == "preference":
+            metrics = llm_preference(model, kept, mode, similarity)
+        elif isinstance(model, LLMPolicy):
+            metrics = (llm_judgement if task == "judgement" else llm_selection)(model, kept, mode)
+        else:
+            metrics = (scorer_judgement if task == "judgement" else scorer_selection)(model, kept)
+        seconds = time.perf_counter() - t0
+        outcome = metrics.pop("outcome", None)  # preference: no interval yet
+        if outcome is not None:
+            found[(name, mode, task, protocol, m)] = outcome
+        record: dict[str, Any] = {c: math.nan for c in COLUMNS}
+        record.update(model=name, mode=mode, task=task, protocol=protocol, m=m, seconds=seconds)
+        record.update({k: (math.nan if v is None else v) for k, v in metrics.items()
+                       if k in METRIC_COLUMNS and k != "seconds"})
+        table.append(record)
+        say(f"{name} [{mode}] {task}/{protocol}/m={m}: n={record['n']} "
+            f"acc={record['accuracy']:.3f} ({seconds:.1f}s)")
+        if on_cell is not None:
+            on_cell(done, len(units))
+    if not table:
+        return pd.DataFrame(table, columns=list(COLUMNS))
+    df = add_intervals(pd.DataFrame(table, columns=list(COLUMNS)), found, seed=seed,
+                       n_boot=n_boot)[list(COLUMNS)]
     return df.astype({"m": "int64", "n": "int64"})

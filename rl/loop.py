@@ -34,6 +34,7 @@ from sqlalchemy import select
 from rl.configs import GRPORunConfig, SFTRunConfig
 from rl.metrics import pairwise_auc
 from sandbox.config import Scenario, load_scenario
+from sandbox.progress import RunProgress, Tracker
 from sandbox.runner import create_run, execute
 from sandbox.store import Decision, Store
 
@@ -97,10 +98,12 @@ def _base_model(sc: Scenario) -> str:
                      "supported (use hf or tiny; serve the trained policy with vLLM afterwards)")
 
 
-def _simulate(store: Store, sc: Scenario, source: str | None) -> str:
+def _simulate(store: Store, sc: Scenario, source: str | None, tracker: Tracker | None,
+              stage: str) -> str:
     text = yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)
     run_id = create_run(store, sc, text, source)
-    execute(store, run_id)
+    execute(store, run_id, progress=RunProgress(tracker, f"{stage} run {run_id}")
+            if tracker else None)
     return run_id
 
 
@@ -154,18 +157,18 @@ def decision_fidelity(store: Store, run_id: str, sequences: dict[int, list[int]]
 
 
 def _held_out(data: str, before: Any, after: Any, groups: int, seed: int, store: Store,
-              log: Log) -> dict[str, dict[str, float | None]]:
+              log: Log, tracker: Tracker | None) -> dict[str, dict[str, float | None]]:
     from rl.policy_eval import EvalConfig, headline, run_eval
 
     cfg = EvalConfig(data=data, base_model=None, baselines=False, max_groups=groups,
                      generate_groups=0, seed=seed,
                      extra_models={"before": before, "after": after})
-    table, _ = run_eval(cfg, store, log=log)
+    table, _ = run_eval(cfg, store, log=log, tracker=tracker)
     return {name: headline(table, name) for name in ("before", "after")}
 
 
 def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
-             log: Log = print) -> LoopResult:
+             log: Log = print, tracker: Tracker | None = None) -> LoopResult:
     """Run the four stages and measure fidelity before and after.
 
     Args:
@@ -173,6 +176,8 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
         db: the store's SQLAlchemy URL (both runs, the data's trajectories, the curves).
         registry: the policy registry (default ``$VRAGENT_POLICIES`` or ``runs/policies``).
         log: a print-like function.
+        tracker: shows the stages, both simulations' steps, the data's users and the
+            evaluation's cells.
 
     Returns:
         The runs, the policy and the fidelity table.
@@ -191,14 +196,19 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
     store = Store(db)
     wall: dict[str, float] = {}
 
+    stages = tracker.task("loop", 4, unit="stages") if tracker else None
     t0 = time.perf_counter()
     log(f"[1/4] simulate {sc.name} with {sc.backend.kind}:{sc.backend.model}")
-    run_before = _simulate(store, sc, str(path))
+    run_before = _simulate(store, sc, str(path), tracker, "[1/4]")
     wall["simulate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if stages:
+        stages.update(1)
     log(f"[2/4] build data from run {run_before} + real logs → {data_out}")
-    build_and_save(_data_config(sc, cfg, db, run_before), data_out)
+    build_and_save(_data_config(sc, cfg, db, run_before), data_out,
+                   progress=tracker.task("[2/4] users", unit="users", every=5.0)
+                   if tracker else None)
     dd, _ = load_rl_data(data_out)
     logged = sum(1 for r in dd["train"] if r["protocol"] == "logged")
     log(f"      {len(dd['train'])} train rows ({logged} from the run), "
@@ -206,6 +216,8 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
     wall["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if stages:
+        stages.update(2)
     log(f"[3/4] train {cfg.algo} policy {policy!r}")
     cls = GRPORunConfig if cfg.algo == "grpo" else SFTRunConfig
     train_cfg = cls(policy=policy, data=data_out, base_model=cfg.base_model or _base_model(sc),
@@ -214,10 +226,15 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
     wall["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if stages:
+        stages.update(3)
     after_sc = sc.model_copy(update={"policy": policy})
     log(f"[4/4] simulate {sc.name} again with policy {policy!r}")
-    run_after = _simulate(store, after_sc, str(path))
+    run_after = _simulate(store, after_sc, str(path), tracker, "[4/4]")
     wall["simulate_again"] = time.perf_counter() - t0
+    if stages:
+        stages.update(4)
+    log("fidelity before and after: the runs' decisions and the held-out users")
 
     t0 = time.perf_counter()
     dataset, _ = load_world(sc)
@@ -225,7 +242,7 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
     sim = {"before": decision_fidelity(store, run_before, seqs),
            "after": decision_fidelity(store, run_after, seqs)}
     held = _held_out(data_out, make_backend(sc.backend, seed=sc.seed), policy_backend(after_sc),
-                     cfg.eval_groups, cfg.seed, store, log)
+                     cfg.eval_groups, cfg.seed, store, log, tracker)
     wall["evaluate"] = time.perf_counter() - t0
     table = [{"metric": f"held-out {k}", "before": v, "after": held["after"].get(k)}
              for k, v in held["before"].items()]

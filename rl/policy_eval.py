@@ -46,6 +46,7 @@ from rl.fitted_baselines import (
     training_interactions,
 )
 from sandbox.policies import load_policy, update_metrics
+from sandbox.progress import Tracker
 from sandbox.store import Store
 from sandbox.training_log import log_eval, new_id
 
@@ -205,9 +206,12 @@ def _cap(groups: int | None) -> Any:
     return lambda task, m: groups * (int(m) + 1 if task == "judgement" else 1)
 
 
-def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> tuple[
-        pd.DataFrame, str]:
+def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print,
+             tracker: Tracker | None = None) -> tuple[pd.DataFrame, str]:
     """Evaluate baselines, the base model and policies on the data's held-out users.
+
+    ``log`` gets one line per (model, mode, cell) and per scored batch of users;
+    ``tracker`` also counts the cells of the baselines, score mode and generate mode.
 
     Returns:
         The long table (:func:`rl.evaluation.evaluate` columns) and the evaluation id under
@@ -229,6 +233,9 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
     frames: list[pd.DataFrame] = []
     outcomes: dict = {}
     common = {"seed": cfg.seed, "progress": log, "outcomes": outcomes, "n_boot": cfg.n_boot}
+
+    def cells(label: str) -> Any:
+        return tracker.task(label, unit="cells").update if tracker is not None else None
     # The open-ended preference task has no candidates: only sampled LLMs answer it.
     closed = [r for r in eval_rows if r["task"] != "preference"]
     closed_train = [r for r in train_rows if r["task"] != "preference"]
@@ -237,14 +244,14 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
     models.update(_head_policies(cfg, manifest))
     if models:
         frames.append(evaluate(models, closed, max_rows_per_group=_cap(cfg.max_groups),
-                               **common))
+                               on_cell=cells("baselines"), **common))
     llms, no_thinking = _llms(cfg)
     if llms:
         scoring = {n: LLMPolicy(b, modes=("score",), seed=cfg.seed, batch_size=cfg.batch_size)
                    for n, b in llms.items()}
         t1 = time.perf_counter()
         frames.append(evaluate(scoring, closed, max_rows_per_group=_cap(cfg.max_groups),
-                               tasks=cfg.llm_tasks, **common))
+                               tasks=cfg.llm_tasks, on_cell=cells("score mode"), **common))
         n_rows = int(frames[-1]["n"].sum())
         log(f"score mode: {n_rows} rows in {time.perf_counter() - t1:.0f} s "
             f"({n_rows / max(time.perf_counter() - t1, 1e-9):.2f} rows/s, all LLMs)")
@@ -257,7 +264,8 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print) -> t
                         or (r["protocol"] in cfg.generate_protocols
                             and (r["task"] == "selection" or r["m"] in cfg.generate_ms))]
             frames.append(evaluate(sampling, gen_rows, tasks=(*cfg.llm_tasks, "preference"),
-                                   max_rows_per_group=_cap(cfg.generate_groups), **common))
+                                   max_rows_per_group=_cap(cfg.generate_groups),
+                                   on_cell=cells("generate mode"), **common))
     table = pd.concat([f for f in frames if not f.empty], ignore_index=True)
     # Intervals again over every model: the paired differences span the separate calls.
     table = add_intervals(table, outcomes, seed=cfg.seed, n_boot=cfg.n_boot)[list(COLUMNS)]

@@ -142,6 +142,9 @@ def _load(path: Path, cfg: SFTRunConfig | GRPORunConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+
+    quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tok = AutoTokenizer.from_pretrained(str(path))

@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from agents.backends.base import LLMBackend
 from sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
 from sandbox.config import Scenario, load_scenario, parse_scenario
+from sandbox.progress import RunProgress, Tracker
 from sandbox.runner import create_run, execute
 from sandbox.store import AbExperiment, Store
 
@@ -127,6 +129,28 @@ def run_experiment(
         store.update_experiment(experiment_id, status="interrupted")
         raise
     return run_ids
+
+
+def experiment_progress(store: Store, experiment_id: str, tracker: Tracker) -> dict[str, Any]:
+    """:func:`run_experiment`'s ``progress`` and ``on_run`` showing seeds, arms and steps.
+
+    One count runs over every seed's steps (the estimate covers the whole experiment); the
+    label names the seed, its rank, the arms and the run.
+
+    Raises:
+        AbError: no such experiment.
+    """
+    exp = store.get_experiment(experiment_id)
+    if exp is None:
+        raise AbError(f"no experiment {experiment_id!r} in {store.url}")
+    seeds = list(exp.seeds)
+    view = RunProgress(tracker, experiment_id, runs=len(seeds))
+
+    def on_run(seed: int, run_id: str) -> None:
+        view.next_run(f"{experiment_id} seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) · "
+                      f"{len(exp.arms)} arms · run {run_id}")
+
+    return {"progress": view, "on_run": on_run}
 
 
 def analyse_experiment(store: Store, experiment_id: str,

@@ -131,6 +131,9 @@ def convert_gguf_to_safetensors(gguf_dir: Path, gguf_name: str, out: Path) -> No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+
+    quiet_hf_bars_outside_terminal()  # the de-quantizing bar stays out of logs
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32

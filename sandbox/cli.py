@@ -33,6 +33,15 @@ experiment_app = typer.Typer(help="The paper's experiments.", no_args_is_help=Tr
 app.add_typer(experiment_app, name="experiment")
 
 
+@app.callback()
+def _start() -> None:
+    # Before any command imports huggingface_hub, transformers or datasets: their tqdm bars
+    # (model loading, GGUF conversion, dataset saving) write every redraw into a log.
+    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+
+    quiet_hf_bars_outside_terminal()
+
+
 def _register_run_commands() -> None:
     # First, so that run, runs, show and export lead the help as before the split.
     from sandbox import cli_run
@@ -101,8 +110,6 @@ def perceive(
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
     """Profile a catalogue with the IP agent (cached per item and model; rerun to resume)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from agents.backends.base import BackendError
     from environments.schema import DataFormatError
     from sandbox.assets import AssetError
@@ -113,6 +120,7 @@ def perceive(
         perceive_items,
         perception_setup,
     )
+    from sandbox.progress import Tracker
     from sandbox.store import Store
 
     ip = {"staged": staged, "vision": vision, "clip_model": clip_model,
@@ -140,14 +148,11 @@ def perceive(
     order = order[:items] if items else order
     console.print(f"perceiving {len(order)} items of {key} with {agent.cache_key} → "
                   f"{shown_url(db)}")
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), console=err)
-    with progress:
-        task = progress.add_task("profiling items", total=len(order))
+    with Tracker(err) as tracker:
+        task = tracker.task("profiling items", len(order), unit="items")
         try:
             _, stats = perceive_items(agent, store, key, [texts[i] for i in order],
-                                      batch_size=batch_size,
-                                      on_batch=lambda n: progress.advance(task, n))
+                                      batch_size=batch_size, on_batch=task.advance)
         except BackendError as exc:
             _fail(f"{exc} (profiles made so far are stored; rerun to resume)")
     rate = stats.made / stats.seconds if stats.seconds else 0.0
@@ -238,8 +243,6 @@ def experiment_ip_agent(
     import os
     import shlex
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from agents.backends.base import BackendError
     from environments.schema import DataFormatError
     from sandbox.assets import AssetError
@@ -252,6 +255,7 @@ def experiment_ip_agent(
         save_results,
     )
     from sandbox.paths import vragent_home
+    from sandbox.progress import Tracker
     from sandbox.store import Store
 
     if data is None:
@@ -274,15 +278,11 @@ def experiment_ip_agent(
                                  cold_start=cold_start, sasrec_activation=sasrec_activation)
     except ValueError as exc:
         _fail(str(exc), 2)
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), console=err)
-    task = progress.add_task("IP profiles", total=None)
     try:
-        with progress:
+        with Tracker(err) as tracker:
             results = run_ip_experiment(
                 cfg, Store(db), embed_cache_dir=vragent_home() / "embeddings",
-                log=progress.console.log,
-                on_perceive=lambda d, t: progress.update(task, completed=d, total=t))
+                log=tracker.log, tracker=tracker)
     except (ScenarioError, ValueError) as exc:
         _fail(str(exc), 2)
     except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:

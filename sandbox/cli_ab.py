@@ -50,12 +50,14 @@ def register(app: typer.Typer) -> None:
             analyse_experiment,
             create_experiment,
             default_report_dir,
+            experiment_progress,
             run_experiment,
         )
         from sandbox.ab_report import terminal_table, write_report
         from sandbox.assets import AssetError
         from sandbox.config import ScenarioError, load_scenario
         from sandbox.policies import PolicyError, load_policy
+        from sandbox.progress import Tracker
         from sandbox.runner import RunError
         from sandbox.store import Store
 
@@ -86,12 +88,11 @@ def register(app: typer.Typer) -> None:
         except PolicyError as exc:
             _fail(f"{scenario}: policy: {exc}", 2)
         console.print(Text.assemble("experiment ", (exp_id, "bold"), f" → {shown_url(db)}"))
-
-        def on_run(seed: int, run_id: str) -> None:
-            err.print(f"seed {seed}: run {run_id}")
-
         try:
-            run_ids = run_experiment(store, exp_id, on_run=on_run)
+            with Tracker(err) as tracker:
+                run_ids = run_experiment(store, exp_id, **experiment_progress(store, exp_id,
+                                                                             tracker))
+                tracker.log(f"{exp_id}: analysing the paired differences")
             res = analyse_experiment(store, exp_id, settings if not resume else None)
         except (AbError, RunError, ScenarioError, PolicyError) as exc:
             _fail(str(exc), 2)
@@ -125,14 +126,17 @@ def register(app: typer.Typer) -> None:
         from sandbox.assets import AssetError
         from sandbox.config import ScenarioError, load_scenario
         from sandbox.fidelity import fidelity_markdown, run_fidelity
+        from sandbox.progress import Tracker
         from sandbox.report_sections import write_section
         from sandbox.store import Store
 
         try:
             base_seed = load_scenario(scenario)[0].seed
-            res = run_fidelity(Store(db), scenario, seeds=[base_seed + k for k in range(seeds)],
-                               overrides=tuple(sets or ()), max_eval_users=max_eval_users,
-                               n_resamples=resamples)
+            with Tracker(err) as tracker:
+                res = run_fidelity(Store(db), scenario,
+                                   seeds=[base_seed + k for k in range(seeds)],
+                                   overrides=tuple(sets or ()), max_eval_users=max_eval_users,
+                                   n_resamples=resamples, tracker=tracker)
         except (ScenarioError, AbError) as exc:
             _fail(str(exc), 2)
         except (AssetError, DataFormatError, FileNotFoundError, BackendError) as exc:
@@ -158,11 +162,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Sweep scenario parameters with Mesa's batch_run; one run per point and seed."""
         from sandbox.config import ScenarioError
+        from sandbox.progress import Tracker
         from sandbox.sweep import parse_grid, run_sweep
 
         try:
             grid = parse_grid(param)
-            frame = run_sweep(scenario, grid, db, iterations=iterations, overrides=sets or ())
+            with Tracker(err) as tracker:
+                frame = run_sweep(scenario, grid, db, iterations=iterations,
+                                  overrides=sets or (), tracker=tracker)
         except (ScenarioError, ValueError) as exc:
             _fail(str(exc), 2)
         path = out or Path("runs") / "sweeps" / f"{Path(scenario).stem}.csv"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -120,7 +119,6 @@ def _execute_run(run_id: str, db: str) -> None:
     """Execute a stored run with a progress bar; print its table or a one-line error."""
     import sqlite3
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from sqlalchemy.exc import SQLAlchemyError
 
     from agents.backends.base import BackendError
@@ -128,28 +126,18 @@ def _execute_run(run_id: str, db: str) -> None:
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError
     from sandbox.policies import PolicyError
+    from sandbox.progress import RunProgress, Tracker
     from sandbox.runner import RunBusyError, RunError, checkpoint_path, execute
     from sandbox.store import Store
 
     shown = shown_url(db)
     resumable = f"run {run_id} is resumable: vragent run --resume {run_id} --db {shown}"
     console.print(Text.assemble("run ", (run_id, "bold"), f" → {shown}"))
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                        disable=not sys.stderr.isatty())
-    task = progress.add_task("simulating users", total=None)
-
-    def on_progress(event: str, done: int, total: int) -> None:
-        if event == "users":
-            progress.update(task, completed=done, total=total)
-        else:
-            progress.console.log(f"step {done}/{total} logged")
-
     store = None
     try:
         store = Store(db)
-        with progress:
-            rows = execute(store, run_id, progress=on_progress)
+        with Tracker(err) as tracker:
+            rows = execute(store, run_id, progress=RunProgress(tracker, f"run {run_id}"))
     except KeyboardInterrupt:
         _fail(f"interrupted ({resumable})", 130)
     except RunBusyError as exc:

@@ -30,11 +30,13 @@ from sandbox.ab import (
     AbSettings,
     analyse_experiment,
     create_experiment,
+    experiment_progress,
     run_experiment,
     scenario_for_seed,
 )
 from sandbox.ab_report import pooled
 from sandbox.config import Scenario
+from sandbox.progress import Tracker
 from sandbox.store import Store
 from sandbox.world import load_world, make_split
 
@@ -58,12 +60,14 @@ class FidelityResult:
     wall_s: float
 
 
-def offline_scores(sc: Scenario, *, max_users: int | None = None) -> tuple[dict, int]:
+def offline_scores(sc: Scenario, *, max_users: int | None = None,
+                   tracker: Tracker | None = None) -> tuple[dict, int]:
     """HR@10 and NDCG@10 of every arm's recommender on the scenario's real test items.
 
     Args:
         sc: the scenario (dataset, split and arms).
         max_users: evaluate a seeded sample of this many users (all when ``None``).
+        tracker: shows a count of the arms fitted and evaluated.
 
     Returns:
         ``{arm: {"HR@10": …, "NDCG@10": …}}`` and the number of users evaluated.
@@ -78,6 +82,7 @@ def offline_scores(sc: Scenario, *, max_users: int | None = None) -> tuple[dict,
     items = ds.items["item_id"].astype("int64").to_numpy()
     titles = dict(zip(items.tolist(), ds.items["title"].astype(str), strict=True))
     out = {}
+    task = tracker.task("offline evaluation", len(sc.arms), unit="arms") if tracker else None
     for arm in sc.arms:
         rec = make_recommender(arm.recommender, seed=sc.seed, **arm.params)
         if rec.uses_item_text:
@@ -85,13 +90,17 @@ def offline_scores(sc: Scenario, *, max_users: int | None = None) -> tuple[dict,
         rec.fit(train, items=items)
         res = evaluate(rec, split, "test", users=users, ks=(10,))
         out[arm.name] = {"HR@10": res["HR@10"], "NDCG@10": res["NDCG@10"]}
+        if task:
+            task.update(task.done + 1, label=f"offline evaluation ({arm.name} done)")
     return out, len(users)
 
 
 def run_fidelity(store: Store, scenario_ref: str, *, seeds: list[int],
                  overrides: tuple[str, ...] = (), max_eval_users: int | None = 5000,
-                 n_resamples: int = 1000) -> FidelityResult:
+                 n_resamples: int = 1000, tracker: Tracker | None = None) -> FidelityResult:
     """Run the simulated A/B experiment and the offline evaluation; correlate them.
+
+    ``tracker`` shows the offline arms and the experiment's seeds, arms and steps.
 
     Raises:
         ScenarioError: the scenario or an override is invalid.
@@ -105,8 +114,9 @@ def run_fidelity(store: Store, scenario_ref: str, *, seeds: list[int],
     if len(exp.arms) < 3:
         raise AbError(f"macro fidelity needs at least 3 arms, {scenario_ref} has {exp.arms}")
     sc, _ = scenario_for_seed(exp.scenario_yaml, seeds[0])
-    offline, n_eval = offline_scores(sc, max_users=max_eval_users)
-    run_experiment(store, exp_id)
+    offline, n_eval = offline_scores(sc, max_users=max_eval_users, tracker=tracker)
+    run_experiment(store, exp_id, **(experiment_progress(store, exp_id, tracker)
+                                     if tracker else {}))
     res = analyse_experiment(store, exp_id)
     values = {(r["arm"], r["metric"]): r for r in pooled(res.arm_values)}
     rows = []

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from environments.splits import Split, cold_start_users, leave_one_out
+from sandbox.progress import Tracker
 
 #: (arm, recommender, params, item text) — item text is None for models that read no text.
 ARMS: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
@@ -155,7 +156,7 @@ def run_ip_experiment(
     *,
     embed_cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
-    on_perceive: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Run the experiment and return its results (see the module docstring).
 
@@ -164,7 +165,7 @@ def run_ip_experiment(
         store: the :class:`~sandbox.store.Store` holding (and receiving) the item profiles.
         embed_cache_dir: where sentence embeddings are cached.
         log: progress lines.
-        on_perceive: ``(done, total)`` while profiles are written.
+        tracker: counts the items profiled (per IP-agent batch) and the arms fitted.
 
     Returns:
         A JSON-serialisable dict: config, data stats, profile stats, per-arm per-seed metrics,
@@ -188,16 +189,10 @@ def run_ip_experiment(
     prep = prepare(ds, cfg)
     log(f"data: {prep.stats}")
     texts = item_texts(ds.items)
-    done = 0
-
-    def progress(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_perceive:
-            on_perceive(done, len(prep.items))
-
+    task = tracker.task("IP profiles", len(prep.items), unit="items") if tracker else None
     profiles, pstats = perceive_items(agent, store, dataset_key, [texts[i] for i in prep.items],
-                                      batch_size=cfg.ip_batch, on_batch=progress)
+                                      batch_size=cfg.ip_batch,
+                                      on_batch=task.advance if task else None)
     rows = list(store.cached_profiles(dataset_key, agent.cache_key, prep.items).values())
     profile_info = {"agent": agent.cache_key, **_profile_stats(rows), "made_now": pstats.made,
                     "items_per_s_now": round(pstats.made / pstats.seconds, 3)
@@ -214,6 +209,8 @@ def run_ip_experiment(
                      "threads": cfg.threads, "activation": cfg.sasrec_activation}
     fitted_for_rerank = None
     ndcg_by_user: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    fits = (tracker.task("seeds × arms fitted", cfg.seeds * len(cfg.arms), unit="fits")
+            if tracker else None)
     for seed in range(cfg.seeds):
         for name, rec_name, params, text_kind in ARMS:
             if name not in cfg.arms:
@@ -235,6 +232,8 @@ def run_ip_experiment(
             per_seed[name].append(res)
             log(f"seed {seed} {name}: NDCG@10 {res['all']['NDCG@10']:.4f} (cold "
                 f"{res['cold']['NDCG@10']:.4f}), fit {fit_s:.1f} s")
+            if fits:
+                fits.update(fits.done + 1, label=f"seeds × arms fitted (seed {seed} {name})")
             if seed == 0 and name == "SASRec-text(title+IP)":
                 fitted_for_rerank = rec
 

@@ -101,7 +101,10 @@ class RunDriver:
         store: the run store.
         run_id: a run created by :func:`create_run` (fresh or interrupted).
         backend: an LLM backend to use instead of the scenario's.
-        progress: ``progress(event, done, total)``; events are ``"users"`` and ``"step"``.
+        progress: ``progress(event, done, total)`` (:class:`sandbox.progress.RunProgress`
+            shows it): ``"start"`` (steps already done, steps) once the run is loaded,
+            ``"users"`` after each fan-out task, ``"items"`` (IP-agent profiles of the step:
+            ``(0, n)`` as they start, then per batch) and ``"step"`` after each step.
 
     Raises:
         RunBusyError: another live process executes the run (nothing was changed).
@@ -139,7 +142,8 @@ class RunDriver:
         store.update_run(run_id, status="running", error=None)
         try:
             self.rt = SimulationRuntime(sc, store, run_id, backend=backend,
-                                        on_progress=self._on_users)
+                                        on_progress=self._on_users,
+                                        on_perceive=self._on_items)
             self.rt.register()
             n_done = self.rt.replay_from_store()
             self.done_users = n_done * sc.population.size * len(sc.arms)
@@ -165,6 +169,8 @@ class RunDriver:
                 if state.values:
                     saver.delete_thread(run_id)
                 self._input = {"step": n_done, "n_steps": n_steps}
+            if progress:
+                progress("start", n_done, n_steps)
         except BaseException as exc:
             self.fail(exc)
             raise
@@ -174,6 +180,10 @@ class RunDriver:
         self.done_users += n
         if self.progress:
             self.progress("users", self.done_users, self.total_users)
+
+    def _on_items(self, done: int, total: int) -> None:
+        if self.progress:
+            self.progress("items", done, total)
 
     def _wall(self) -> float:
         return self.prior_wall + time.perf_counter() - self.t0
@@ -248,7 +258,7 @@ def execute(
         store: the run store.
         run_id: a run created by :func:`create_run` (fresh or interrupted).
         backend: an LLM backend to use instead of the scenario's.
-        progress: ``progress(event, done, total)``; events are ``"users"`` and ``"step"``.
+        progress: ``progress(event, done, total)``, see :class:`RunDriver`.
 
     Returns:
         Per-arm summary rows (see :meth:`Store.arm_summary`).

@@ -60,6 +60,8 @@ class SimulationRuntime:
         run_id: the run's id.
         backend: an LLM backend to use instead of building one from the scenario.
         on_progress: called with the number of users decided after each fan-out task.
+        on_perceive: called with ``(profiles done, profiles wanted)`` of the step: ``(0, n)``
+            as the step's IP-agent pass starts, then after each batch.
     """
 
     def __init__(
@@ -69,11 +71,13 @@ class SimulationRuntime:
         run_id: str,
         backend: LLMBackend | None = None,
         on_progress: Callable[[int], None] | None = None,
+        on_perceive: Callable[[int, int], None] | None = None,
     ) -> None:
         self.sc = scenario
         self.store = store
         self.run_id = run_id
         self.on_progress = on_progress or (lambda n: None)
+        self.on_perceive = on_perceive or (lambda done, total: None)
         self.dataset, self.dataset_key = load_world(scenario)
         self.split = make_split(scenario, self.dataset)
         items = self.dataset.items
@@ -262,9 +266,17 @@ class SimulationRuntime:
             return 0
         wanted = self.popularity_order[step * n : (step + 1) * n]
         self.ip_agent.seed = stable_int(self.sc.seed, "ip", step) % (2**31)
+        done = 0
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            self.on_perceive(done, len(wanted))
+
+        self.on_perceive(0, len(wanted))
         profiles, stats = perceive_items(
             self.ip_agent, self.store, self.dataset_key, [self.item_text[i] for i in wanted],
-            batch_size=max(1, len(wanted)), run_id=self.run_id, step=step)
+            batch_size=max(1, len(wanted)), run_id=self.run_id, step=step, on_batch=on_batch)
         self.profile_text.update(profiles)
         faults.checkpoint("perceive")
         return stats.made

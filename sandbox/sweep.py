@@ -19,6 +19,7 @@ import yaml
 
 from sandbox.config import ScenarioError, apply_overrides, load_scenario, parse_scenario
 from sandbox.population import STEP_METRICS
+from sandbox.progress import RunProgress, Tracker
 from sandbox.runner import RunDriver, create_run
 from sandbox.store import Store
 
@@ -46,11 +47,13 @@ class SweepModel(mesa.Model):
         db_url: the store the run goes to.
         seed: the run's seed (replaces the scenario's).
         overrides: fixed ``key.path=value`` overrides.
+        progress: shows the points' runs one after another (``None``: nothing shown).
         **params: swept values by dotted scenario key.
     """
 
     def __init__(self, scenario: str, db_url: str, seed: int = 0,
-                 overrides: Sequence[str] = (), **params: Any) -> None:
+                 overrides: Sequence[str] = (), progress: RunProgress | None = None,
+                 **params: Any) -> None:
         super().__init__(rng=seed)
         sets = [*overrides, *(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
                               for k, v in params.items()), f"seed={seed}"]
@@ -58,7 +61,10 @@ class SweepModel(mesa.Model):
         self.store = Store(db_url)
         self.run_id = create_run(self.store, sc, text, str(path))
         self.arms = [a.name for a in sc.arms]
-        self.driver = RunDriver(self.store, self.run_id)
+        if progress is not None:
+            point = ", ".join(f"{k}={v}" for k, v in params.items())
+            progress.next_run(f"sweep {point} seed {seed} · run {self.run_id}")
+        self.driver = RunDriver(self.store, self.run_id, progress=progress)
         self.last: dict[str, dict[str, float]] = {a: {} for a in self.arms}
         reporters: dict[str, Any] = {"run_id": lambda m: m.run_id}
         for arm in self.arms:
@@ -81,8 +87,11 @@ class SweepModel(mesa.Model):
 
 
 def run_sweep(scenario: str, grid: Mapping[str, Sequence[Any]], db_url: str, *,
-              iterations: int = 1, overrides: Sequence[str] = ()) -> pd.DataFrame:
+              iterations: int = 1, overrides: Sequence[str] = (),
+              tracker: Tracker | None = None) -> pd.DataFrame:
     """Run every grid point for ``iterations`` seeds with ``mesa.batch_run``.
+
+    ``tracker`` shows the points, seeds and steps (one count over all of them).
 
     Returns:
         One row per point, seed and step: Mesa's ``RunId``, ``iteration``, ``Step``, the swept
@@ -105,9 +114,13 @@ def run_sweep(scenario: str, grid: Mapping[str, Sequence[Any]], db_url: str, *,
     params: dict[str, Any] = {"scenario": scenario, "db_url": db_url, "seed": seeds,
                               "overrides": [tuple(overrides)], **{k: list(v)
                                                                    for k, v in grid.items()}}
+    if tracker is not None:
+        runs = len(seeds) * len(list(itertools.product(*grid.values())))
+        params["progress"] = [RunProgress(tracker, "sweep", runs=runs)]
     rows = mesa.batch_run(SweepModel, params, number_processes=1, iterations=1,
                           data_collection_period=1, max_steps=10_000, display_progress=False)
     frame = pd.DataFrame(rows)
     # Mesa's step 0 is the state before any step ran (nothing collected yet): drop it.
-    return frame[frame["run_id"].notna()].drop(columns=["scenario", "db_url", "overrides"],
+    inputs = ["scenario", "db_url", "overrides", "progress"]
+    return frame[frame["run_id"].notna()].drop(columns=inputs,
                                                 errors="ignore").reset_index(drop=True)

@@ -106,6 +106,9 @@ class HFBackend(LLMBackend):
                 raise ValueError("HFBackend needs model_path or model")
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+
+            quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_path), dtype=weights_dtype(dtype, self.device))

@@ -74,6 +74,9 @@ class HFVisionBackend(LLMBackend):
                 raise ValueError("HFVisionBackend needs model_path or model")
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
+            from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+
+            quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
             processor = AutoProcessor.from_pretrained(str(model_path))
             model = AutoModelForImageTextToText.from_pretrained(
                 str(model_path), dtype=weights_dtype(dtype, self.device))

@@ -88,7 +88,7 @@ class World:
     """MovieLens users, their personas and a fresh slate per user and step."""
 
     def __init__(self, n_users: int, history_len: int = 10, slate: int = 10,
-                 dataset: str = "movielens-100k") -> None:
+                 dataset: str = "movielens-100k", grounded: bool = False) -> None:
         path = require_movielens() if dataset == "movielens-100k" else None
         ds = load_dataset(dataset, path)
         split = leave_one_out(ds, max_len=50)
@@ -97,6 +97,14 @@ class World:
         self.users = sorted(split.train)[:n_users]
         self.train = split.train
         self.history_len, self.slate = history_len, slate
+        # A grounded policy's prompts carry the logs' evidence (environments.grounding).
+        self.grounding = None
+        if grounded:
+            from environments.grounding import CollaborativeGrounding
+
+            t0 = time.perf_counter()
+            self.grounding = CollaborativeGrounding(self.train, list(self.items))
+            self.grounding_fit_s = time.perf_counter() - t0
 
     def _persona(self, u: int, step: int):
         real = [self.items[i] for i in self.train[u]]
@@ -111,10 +119,12 @@ class World:
         for u in self.users:
             persona, unseen = self._persona(u, step)
             cands = unseen[self.slate * step : self.slate * (step + 1)]
-            for i in cands:
+            evidence = (self.grounding.evidence(self.train[u], cands) if self.grounding
+                        else [None] * len(cands))
+            for i, ev in zip(cands, evidence, strict=True):
                 text = item_line(self.items[i])
-                out.append(judgement_prompt(persona, text) if think
-                           else score_prompt(persona, text))
+                out.append(judgement_prompt(persona, text, evidence=ev) if think
+                           else score_prompt(persona, text, evidence=ev))
         return out
 
 
@@ -260,13 +270,25 @@ def main() -> None:
                     "machine that has the tokenizer and config but not the weights)")
     ap.add_argument("--config", default=None, help="config.json of the shape to initialise "
                     "with --random-init (default: the model folder's)")
+    ap.add_argument("--policy", default=None, help="a head policy (e.g. grounded-smollm2): its "
+                    "head decides, its prompts carry the evidence")
     args = ap.parse_args()
     model_dir = args.model or require_smollm2()
+    head = None
+    if args.policy:
+        from agents.policy_head import ScoreHead
+        from sandbox.policies import load_policy
+
+        head = ScoreHead.load(load_policy(args.policy).path)
     if args.random_init:
         backend = _random_backend(model_dir, args.config, args.device, args.model_name)
     else:
-        backend = HFBackend(model_dir, model_name=args.model_name, device=args.device)
-    world = World(args.users, dataset=args.dataset)
+        backend = HFBackend(model_dir, model_name=args.policy or args.model_name,
+                            device=args.device, score_head=head)
+    world = World(args.users, dataset=args.dataset, grounded=head is not None)
+    if head is not None:
+        print(f"policy {args.policy}: head on layer {head.layer or 'final'}; grounding fitted "
+              f"in {world.grounding_fit_s:.1f} s")
     peak = peak_gflops(backend.device, next(backend.model.parameters()).dtype)
     n_params = non_embedding_params(backend.model)
     rows = [] if args.skip_hf else hf_score_rows(backend, world, args.steps)

@@ -332,6 +332,9 @@ def train_head(
     c: Annotated[float, typer.Option(help="The head's inverse L2 strength.")] = 0.1,
     layer: Annotated[int, typer.Option(help="The head reads the state after this many layers "
                                        "(0: all); scoring then runs only those.")] = 18,
+    history_len: Annotated[int, typer.Option(help="History titles a prompt shows.")] = 10,
+    check_users: Annotated[int, typer.Option(help="Held-out users scored after training "
+                                             "(AUCs in the manifest).")] = 100,
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
@@ -347,7 +350,8 @@ def train_head(
 
         data_path = str(require_movielens())
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=data_path, seed=seed,
-                          eval_users=eval_users, train_users=train_users, c=c, layer=layer)
+                          eval_users=eval_users, train_users=train_users, c=c, layer=layer,
+                          history_len=history_len, check_users=check_users)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")
@@ -357,7 +361,11 @@ def train_head(
     except (RLDataError, DataFormatError, AssetError, PolicyError, FileNotFoundError,
             ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
-    console.print(f"policy {policy} → {folder} (evaluate it: vragent rl eval --policy {policy})")
+    from sandbox.policies import load_policy
+
+    check = load_policy(policy, registry).manifest.metrics.get("held_out", {})
+    console.print(f"policy {policy} → {folder}; held-out check: {check} "
+                  f"(evaluate it: vragent rl eval --policy {policy})")
 
 
 @rl_app.command("policies")

@@ -219,6 +219,9 @@ class HeadTrainConfig:
         min_len: users with fewer interactions are left out (as in build-data).
         layer: the decoder layers the head reads after (0: all). SmolLM2's layer 18 keeps
             the evidence best (docs/results.md) and runs 18 of 30 layers.
+        check_users: held-out users whose rows (last item against a uniform and a
+            popularity-matched unseen item) are scored after training; their AUCs go into the
+            manifest (``metrics["held_out"]``), so a reproduction can be compared with it.
     """
 
     policy: str
@@ -231,6 +234,7 @@ class HeadTrainConfig:
     c: float = 0.1
     min_len: int = 5
     layer: int = 18
+    check_users: int = 100
 
 
 def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
@@ -258,11 +262,15 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     sampler = NegativeSampler(grounding.catalogue, item_popularity(histories), cfg.seed)
     examples = training_examples(sequences, train, sampler)
     backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
-    prompts = example_prompts(examples, grounding, PromptMaker(data, cfg.history_len))
+    maker = PromptMaker(data, cfg.history_len)
+    prompts = example_prompts(examples, grounding, maker)
     states = hidden_states(backend, prompts, progress, layer=cfg.layer)
     head = fit_head(states, [e.label for e in examples], c=cfg.c, seed=cfg.seed, layer=cfg.layer)
     folder = policy_dir(cfg.policy, registry)
     head.save(folder)
+    backend.score_head = head
+    check = held_out_check(backend, grounding, maker, sequences,
+                           sorted(held_out)[: cfg.check_users], sampler)
     stamp = dt.datetime.now(dt.UTC)
     manifest = PolicyManifest(
         name=cfg.policy, algo="head", base_model="smollm2",
@@ -272,9 +280,30 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
         config={"grounding": True, **{k: v for k, v in vars(cfg).items()
                                       if k not in ("policy", "dataset_path")}},
         created_at=stamp.isoformat(), git_revision=git_revision(),
-        versions=package_versions())
+        versions=package_versions(), metrics={"held_out": check})
     write_manifest(manifest, registry)
     return folder
+
+
+def held_out_check(backend: LLMBackend, grounding: CollaborativeGrounding, maker: PromptMaker,
+                   sequences: Mapping[int, Sequence[int]], users: Sequence[int],
+                   sampler: NegativeSampler) -> dict[str, float | int]:
+    """AUC of a head policy on held-out users' last items against two kinds of negatives.
+
+    The same rows as :func:`training_examples` makes, for users the head never saw; the
+    evidence comes from ``grounding`` (fitted without any user's last item).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    examples = training_examples(sequences, users, sampler)
+    scores = backend.score(example_prompts(examples, grounding, maker), ("Yes", "No"))
+    p = np.array([s.probs["Yes"] for s in scores])
+    out: dict[str, float | int] = {"users": len({e.user_id for e in examples})}
+    for proto in ("random", "popular"):
+        keep = [k for k, e in enumerate(examples) if e.protocol in ("positive", proto)]
+        labels = [examples[k].label for k in keep]
+        out[f"auc_{proto}"] = round(float(roc_auc_score(labels, p[keep])), 4)
+    return out
 
 
 def head_policy_scorer(pol: Policy, dataset: Dataset, *, seed: int = 0,

@@ -19,6 +19,7 @@ from sandbox.cli_common import (
     console,
     dataset_options,
     err,
+    open_store,
     shown_url,
     store_errors,
 )
@@ -33,8 +34,27 @@ experiment_app = typer.Typer(help="The paper's experiments.", no_args_is_help=Tr
 app.add_typer(experiment_app, name="experiment")
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    import os
+
+    from sandbox.version import git_revision, package_version
+
+    # The store every command uses unless given --db: where a user's runs are looked for.
+    db = os.environ.get("VRAGENT_DB") or DEFAULT_DB_URL
+    console.print(f"vragent {package_version()} · git {git_revision() or 'unknown'} · "
+                  f"store {shown_url(db)}", highlight=False)
+    raise typer.Exit()
+
+
 @app.callback()
-def _start() -> None:
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version, the git revision and the store URL (VRAGENT_DB or the "
+             "default; password hidden), then exit.")] = False,
+) -> None:
     # Before any command imports huggingface_hub, transformers or datasets: their tqdm bars
     # (model loading, GGUF conversion, dataset saving) write every redraw into a log.
     from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
@@ -173,10 +193,9 @@ def show_item(
     """Show an item's IP-agent profiles, stage by stage."""
     import json
 
-    from sandbox.store import Store
-
+    store = open_store(db)
     with store_errors(db):
-        rows = Store(db).item_profiles(item_id, dataset, model)
+        rows = store.item_profiles(item_id, dataset, model)
     if not rows:
         _fail(f"no profile of item {item_id} in {shown_url(db)}", 2)
     for r in rows:

@@ -12,13 +12,16 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from environments.sources import KINDS_HELP, canonical_kind, interactions_options
+
+if TYPE_CHECKING:
+    from sandbox.store import Store
 
 # Wide enough for the per-arm table when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
@@ -106,6 +109,34 @@ def store_errors(url: str, after: str = "") -> Iterator[None]:
         yield
     except (SQLAlchemyError, sqlite3.Error, OSError, ImportError) as exc:
         fail(f"store {shown_url(url)} unavailable: {store_reason(exc, url)}{after}")
+
+
+def open_store(url: str) -> Store:
+    """The store at ``url`` for a command that only reads it: never creates one.
+
+    Without this, ``vragent runs`` started in another folder would create an empty
+    ``runs/vragent.sqlite`` there and list nothing, as if the runs were gone.
+
+    Exits:
+        2 with ``no store at …`` when there is none; 1 when it cannot be opened (``store_errors``).
+    """
+    from sandbox.store import Store, StoreMissingError
+
+    with store_errors(url):
+        try:
+            return Store(url, must_exist=True)
+        except StoreMissingError as exc:
+            missing = exc
+    if missing.path is not None:
+        fail(f"no store at {missing.path} (runs are stored where `vragent run` was started; "
+             "set --db or VRAGENT_DB)", 2)
+    fail(f"no store at {shown_url(url)} (the database has no vragent tables; set --db or "
+         "VRAGENT_DB)", 2)
+
+
+def resume_command(run_id: str, url: str) -> str:
+    """The command that resumes ``run_id`` (the store URL with its password hidden)."""
+    return f"vragent run --resume {run_id} --db {shown_url(url)}"
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,6 +21,8 @@ from sandbox.cli_common import (
     SetOption,
     console,
     err,
+    open_store,
+    resume_command,
     scrub_url,
     shown_url,
     sigterm_as_interrupt,
@@ -30,6 +32,9 @@ from sandbox.cli_common import (
 )
 from sandbox.cli_common import fail as _fail
 from sandbox.paths import DEFAULT_DB_URL
+
+if TYPE_CHECKING:
+    from sandbox.store import Run, Store
 
 
 def register(app: typer.Typer) -> None:
@@ -131,7 +136,7 @@ def _execute_run(run_id: str, db: str) -> None:
     from sandbox.store import Store
 
     shown = shown_url(db)
-    resumable = f"run {run_id} is resumable: vragent run --resume {run_id} --db {shown}"
+    resumable = f"run {run_id} is resumable: {resume_command(run_id, db)}"
     console.print(Text.assemble("run ", (run_id, "bold"), f" → {shown}"))
     store = None
     try:
@@ -172,33 +177,49 @@ def _warnings_to_stderr() -> Iterator[None]:
         logger.removeHandler(handler)
 
 
-def runs(db: DbOption = DEFAULT_DB_URL) -> None:
-    """List the runs in the store."""
-    from sandbox.store import Store
+def _status(store: Store, run: Run) -> str:
+    """The run's stored status, but ``interrupted`` for a ``running`` run whose process is gone.
 
+    A SIGKILL (or a lost machine) leaves no chance to record the stop; the run's lock
+    (sandbox/run_lock.py) died with its process, and that is what tells.
+    """
+    from sandbox.run_lock import owner_alive
+
+    if run.status == "running" and owner_alive(store, run.id) is False:
+        return "interrupted"
+    return run.status
+
+
+def runs(db: DbOption = DEFAULT_DB_URL) -> None:
+    """List the runs in the store (interrupted ones with the command that resumes them)."""
     table = Table(title=f"runs in {shown_url(db)}")
     for col in ("id", "scenario", "status", "seed", "steps", "created", "wall s"):
         table.add_column(col)
+    store = open_store(db)
     with store_errors(db):
-        listed = Store(db).list_runs()
-    for r in listed:
-        table.add_row(r.id, r.scenario_name, r.status, str(r.seed), f"{r.steps_done}/{r.n_steps}",
+        listed = [(r, _status(store, r)) for r in store.list_runs()]
+    for r, status in listed:
+        table.add_row(r.id, r.scenario_name, status, str(r.seed), f"{r.steps_done}/{r.n_steps}",
                       r.created_at.strftime("%Y-%m-%d %H:%M:%S"), f"{r.wall_s:.1f}")
     console.print(table)
+    for r, status in listed:
+        if status == "interrupted":
+            console.print(f"run {r.id} is interrupted; resume it: {resume_command(r.id, db)}")
 
 
 def show(run_id: str, db: DbOption = DEFAULT_DB_URL) -> None:
     """Print a run's per-arm table."""
-    from sandbox.store import Store
-
+    store = open_store(db)
     with store_errors(db):
-        store = Store(db)
         run_row = store.get_run(run_id)
         if run_row is None:
             _fail(f"no run {run_id!r} in {shown_url(db)}", 2)
+        status = _status(store, run_row)
         summary, metering = store.arm_summary(run_id), store.metering(run_id)
-    console.print(f"{run_row.scenario_name} · seed {run_row.seed} · {run_row.status} · "
+    console.print(f"{run_row.scenario_name} · seed {run_row.seed} · {status} · "
                   f"git {run_row.git_revision or '?'}")
+    if status == "interrupted":
+        console.print(f"resume it: {resume_command(run_id, db)}")
     console.print(_summary_table(summary, f"run {run_id}"))
     console.print(_metering_table(metering, "LLM metering (tokens, latency and "
                                   "cost of the calls sent; hits cost nothing)"))
@@ -213,7 +234,6 @@ def export(
 ) -> None:
     """Export a run's tables (one file per table)."""
     from sandbox.export import ExportError, check_destination, export_run
-    from sandbox.store import Store
 
     if format not in ("parquet", "jsonl"):
         _fail(f"--format must be parquet or jsonl, not {format!r}", 2)
@@ -222,8 +242,8 @@ def export(
         check_destination(folder, format, force)
     except ExportError as exc:
         _fail(str(exc), 2)
+    store = open_store(db)
     with store_errors(db):
-        store = Store(db)
         if store.get_run(run_id) is None:
             _fail(f"no run {run_id!r} in {shown_url(db)}", 2)
         try:

@@ -384,6 +384,8 @@ def load_scenario(name_or_path: str,
         ScenarioError: missing file, bad YAML, a bad override, or invalid content; one line.
     """
     path = resolve_scenario_path(name_or_path)
+    if path.parent == SCENARIO_DIR and path.stem == name_or_path and not path.exists():
+        raise ScenarioError(unknown_scenario(name_or_path))
     text = read_scenario_text(path)
     try:
         data = safe_yaml(text)
@@ -478,3 +480,13 @@ def _index(node: list, key: str, path: str, source: str) -> int:
 def list_scenarios() -> list[Path]:
     """Bundled scenario files."""
     return sorted(SCENARIO_DIR.glob("*.yaml"))
+
+
+def unknown_scenario(name: str) -> str:
+    """The one-line error for a name that is neither a bundled scenario nor a file."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [p.stem for p in list_scenarios()], n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (f"no scenario {name!r}: not a bundled scenario nor a file; {hint}"
+            "`vragent scenarios` lists the bundled ones")

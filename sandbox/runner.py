@@ -6,7 +6,6 @@ import datetime as dt
 import importlib.metadata
 import platform as pyplatform
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -23,10 +22,10 @@ from sandbox.paths import vragent_home
 from sandbox.run_lock import RunBusyError, RunLock
 from sandbox.runtime import SimulationRuntime
 from sandbox.store import Arm, Run, Store
+from sandbox.version import git_revision
 
 TRACKED_PACKAGES = ("vragent", "torch", "transformers", "langgraph", "mesa", "networkx",
                     "sqlalchemy", "pydantic", "numpy", "pandas")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunError(RuntimeError):
@@ -42,18 +41,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def git_revision() -> str | None:
-    """The repository's HEAD commit (with ``-dirty`` when the tree has changes)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
-        return rev + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def checkpoint_path(store: Store) -> Path:

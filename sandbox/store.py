@@ -380,8 +380,16 @@ IP_AGENT_LABEL = "ip-agent"  # the metering row of the IP agent
 METERING_COLUMNS = ("arm", "agent", "calls", "cache_hits", "tokens_in", "tokens_out",
                     "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "cost")
 
+#: The tables ``vragent export`` writes: every table whose rows carry the run's id
+#: (``runs`` by ``id``, ``item_profiles``: the profiles the run's IP agent made) ...
 TABLES_IN_EXPORT = ("runs", "arms", "users", "items", "steps", "impressions", "decisions",
-                    "sessions", "metrics", "llm_calls")
+                    "sessions", "metrics", "llm_calls", "item_profiles")
+#: ... but these, which carry a run id without being the run's record.
+RUN_TABLES_NOT_EXPORTED = {
+    "llm_cache": "the store's response cache, shared by every run; the run's prompts and "
+                 "completions are in decisions, item_profiles and llm_calls",
+    "run_owners": "who executes a run now, for the busy message only",
+}
 AB_TABLES = ("ab_experiments", "ab_arm_values", "ab_comparisons")
 
 
@@ -469,17 +477,50 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+class StoreMissingError(LookupError):
+    """No store at the URL, for a caller that must not create one (``Store(must_exist=True)``).
+
+    Args:
+        url: the store URL.
+        path: the SQLite file that does not exist; ``None`` when the database exists but holds
+            no runs table.
+    """
+
+    def __init__(self, url: str, path: Path | None) -> None:
+        self.url, self.path = url, path
+        super().__init__(f"no store at {path if path is not None else url}")
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist (connecting would create it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith(
+            "file:"):
+        return None
+    return None if Path(db).expanduser().exists() else Path(db)
+
+
 class Store:
     """Typed access to the run store.
 
     Args:
         url: any SQLAlchemy URL (``sqlite:///runs/vragent.sqlite``, ``postgresql+psycopg://…``).
         create: create missing tables.
+        must_exist: raise :class:`StoreMissingError` rather than create a store: for commands
+            that only read, which must not leave an empty store behind.
     """
 
-    def __init__(self, url: str, create: bool = True) -> None:
+    def __init__(self, url: str, create: bool = True, must_exist: bool = False) -> None:
         self.url = url
+        if must_exist and (missing := _missing_sqlite_file(url)) is not None:
+            raise StoreMissingError(url, missing)
         self.engine = make_engine(url)
+        if must_exist and not inspect(self.engine).has_table(Run.__tablename__):
+            self.engine.dispose()
+            raise StoreMissingError(url, None)
         if create:
             Base.metadata.create_all(self.engine)
             add_missing_columns(self.engine)

@@ -23,13 +23,43 @@ def tiny_backend():
     return tiny_hf_backend(seed=0, batch_size=8)
 
 
+def real_data_missing(name: str = "") -> str | None:
+    """Why the shared real data (``$VRAGENT_DATA_DIR``, or its folder ``name``) is not there.
+
+    Returns:
+        ``None`` when it is; else one line saying which: the variable is unset, or which
+        folder is missing (``make test`` sets it to ``../shared/data`` when unset).
+    """
+    root = os.environ.get("VRAGENT_DATA_DIR")
+    if not root:
+        return "VRAGENT_DATA_DIR is not set"
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        return f"VRAGENT_DATA_DIR={root}: the folder {folder.resolve()} is missing"
+    if name and not (folder / name).is_dir():
+        return f"VRAGENT_DATA_DIR={root} has no {name} folder ({(folder / name).resolve()})"
+    return None
+
+
+def real_data(name: str = "", required_in_ci: bool = False) -> Path:
+    """The shared real data folder (or its folder ``name``); skip, saying why, when absent.
+
+    Args:
+        name: a dataset folder under it, e.g. ``"microlens-100k"``.
+        required_in_ci: fail instead of skipping when ``CI`` is set.
+    """
+    why = real_data_missing(name)
+    if why is not None:
+        if required_in_ci and os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-data tests: {why}", pytrace=False)
+        pytest.skip(why)
+    return Path(os.environ["VRAGENT_DATA_DIR"]).expanduser() / name
+
+
 @pytest.fixture
 def data_dir() -> Path:
-    """The shared real data (``VRAGENT_DATA_DIR``), or skip."""
-    d = os.environ.get("VRAGENT_DATA_DIR")
-    if not d or not Path(d).is_dir():
-        pytest.skip("VRAGENT_DATA_DIR is not set")
-    return Path(d)
+    """The shared real data (``VRAGENT_DATA_DIR``), or skip saying what is missing."""
+    return real_data()
 
 
 def tiny_scenario(**overrides) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from environments.datasets import (
 from environments.datasets._io import find_file, open_text, read_delimited, read_numeric_table
 from environments.datasets.movielens import ML100K_GENRES
 from environments.schema import DataFormatError, LoadReport
+from tests.conftest import real_data
 
 GENRES = list(ML100K_GENRES)
 
@@ -434,20 +434,8 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ real data
 
-DATA_DIR = os.environ.get("VRAGENT_DATA_DIR")
-
-
-def _real(name: str) -> Path:
-    if not DATA_DIR:
-        pytest.skip("VRAGENT_DATA_DIR is not set")
-    path = Path(DATA_DIR) / name
-    if not path.is_dir():
-        pytest.skip(f"{path} is missing")
-    return path
-
-
 def test_real_movielens_100k() -> None:
-    ds = load_movielens_100k(_real("movielens-100k"))
+    ds = load_movielens_100k(real_data("movielens-100k"))
     assert ds.summary() == {"users": 943, "items": 1682, "interactions": 100000, "skipped_rows": 0}
     assert ds.interactions.groupby("user_id").size().min() == 20
     assert ds.items["category"].ne("").all()
@@ -455,7 +443,7 @@ def test_real_movielens_100k() -> None:
 
 def test_real_microlens_50k() -> None:
     start = time.perf_counter()
-    ds = load_microlens(_real("microlens-100k"))
+    ds = load_microlens(real_data("microlens-100k"))
     elapsed = time.perf_counter() - start
     assert elapsed < 10
     assert ds.name == "microlens-50k"

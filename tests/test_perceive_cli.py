@@ -40,6 +40,7 @@ def test_perceive_profiles_then_resumes_from_the_cache(tmp_path):
 
 
 def test_show_item_without_a_profile_fails_cleanly(tmp_path):
+    Store(f"sqlite:///{tmp_path}/e.sqlite")  # an empty store
     result = _invoke("show-item", 123456, "--db", f"sqlite:///{tmp_path}/e.sqlite")
     assert result.exit_code == 2 and "no profile of item 123456" in result.output
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from rl.negatives import (
     top_k_lists,
 )
 from sandbox.perception import item_texts
-from tests.conftest import tiny_scenario
+from tests.conftest import real_data, tiny_scenario
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -73,14 +72,7 @@ def _frame(part) -> pd.DataFrame:
 
 def _real_dir(name: str) -> Path:
     """A folder of the shared real data; skipped locally when absent, a failure in CI."""
-    data_dir = os.environ.get("VRAGENT_DATA_DIR")
-    path = Path(data_dir) / name if data_dir else None
-    if path is None or not path.is_dir():
-        msg = f"VRAGENT_DATA_DIR with {name} is not set"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real-data RL dataset tests: {msg}")
-        pytest.skip(msg)
-    return path
+    return real_data(name, required_in_ci=True)
 
 
 @pytest.fixture(scope="module")

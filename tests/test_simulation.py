@@ -81,10 +81,25 @@ def test_export_round_trips(finished, tmp_path):
     decisions = pd.read_parquet(tmp_path / "pq" / "decisions.parquet")
     with store.session() as s:
         n = s.scalar(select(func.count()).select_from(Decision).where(Decision.run_id == run_id))
-    assert len(decisions) == n and len(files) == 11  # 10 tables + metering
+    assert len(decisions) == n and len(files) == 12  # 11 tables + metering
+    # The IP agent's output too: the profiles this run made (2 items x 3 steps).
+    profiles = pd.read_parquet(tmp_path / "pq" / "item_profiles.parquet")
+    assert len(profiles) == 6 and set(profiles["run_id"]) == {run_id}
+    assert profiles["profile"].str.len().gt(0).all()
     export_run(store, run_id, tmp_path / "js", "jsonl")
     runs = pd.read_json(tmp_path / "js" / "runs.jsonl", lines=True)
     assert runs.loc[0, "id"] == run_id
+
+
+def test_export_covers_every_table_a_run_owns():
+    """Every table whose rows carry a run id is exported, or says why it is not."""
+    import sandbox.training_log  # noqa: F401  (its tables join the metadata)
+    from sandbox.store import RUN_TABLES_NOT_EXPORTED, TABLES_IN_EXPORT, Base
+
+    with_run = {name for name, t in Base.metadata.tables.items()
+                if "run_id" in t.columns or name == "runs"}
+    assert with_run == set(TABLES_IN_EXPORT) | set(RUN_TABLES_NOT_EXPORTED)
+    assert not set(TABLES_IN_EXPORT) & set(RUN_TABLES_NOT_EXPORTED)
 
 
 def test_generate_mode_parses_or_falls_back(tmp_path, tiny_backend):

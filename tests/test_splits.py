@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -15,6 +12,7 @@ from environments.splits import (
     leave_one_out,
     train_sequences,
 )
+from tests.conftest import real_data
 
 SEQS = {
     1: [1, 2, 3, 4, 5, 6],  # 6 items: kept whole
@@ -92,12 +90,9 @@ def test_cold_start_users_count_full_sequences() -> None:
 
 
 def test_real_microlens_split() -> None:
-    data_dir = os.environ.get("VRAGENT_DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "microlens-100k").is_dir():
-        pytest.skip("VRAGENT_DATA_DIR with microlens-100k is not set")
     from environments.datasets import load_microlens
 
-    ds = load_microlens(Path(data_dir) / "microlens-100k")
+    ds = load_microlens(real_data("microlens-100k"))
     split = leave_one_out(ds)
     assert len(split.train) == 50000 and split.dropped_users == 0  # every user has >= 5
     assert max(len(s) for s in split.train.values()) == 11

@@ -68,7 +68,8 @@ def _print_trace(store, run_id: str) -> None:
     from sandbox.run_trace import pick_trace
 
     t = pick_trace(store, run_id)
-    counts = (f"{t.traced} traced decision(s): {t.malformed} failed the format check, "
+    of = f" (of the first {t.read} read)" if t.read < t.traced else ""
+    counts = (f"{t.traced} traced decision(s){of}: {t.malformed} failed the format check, "
               f"{t.empty} empty")
     if t.arm is None:
         why = ("none was traced (backend.trace_rate)" if not t.traced else

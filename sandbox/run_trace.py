@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from agents.parsing import parse_judgement
 from agents.prompts import THINK_PREFIX
@@ -25,9 +25,10 @@ class TracePick:
     """The chosen trace of a run, and what the run's traces were like.
 
     Attributes:
-        traced: traced decisions in the run (read up to :data:`MAX_TRACE_TRANSCRIPTS`).
-        malformed: of those, how many failed the format check.
-        empty: of those, how many completions were empty.
+        traced: traced decisions in the run.
+        read: how many of them were read (the first :data:`MAX_TRACE_TRANSCRIPTS`).
+        malformed: of those read, how many failed the format check.
+        empty: of those read, how many completions were empty.
         arm, step, user_id, position, item_id, title, action, p_like: the chosen decision
             (``arm`` is None when no trace has a readable ``<think>``).
         think, answer: its parsed reasoning and answer.
@@ -35,6 +36,7 @@ class TracePick:
     """
 
     traced: int = 0
+    read: int = 0
     malformed: int = 0
     empty: int = 0
     arm: str | None = None
@@ -52,15 +54,17 @@ class TracePick:
 
 def pick_trace(store: Store, run_id: str) -> TracePick:
     """The run's first well-formed trace, else its first readable ``<think>``, with counts."""
+    traced = (Decision.run_id == run_id, Decision.traced.is_(True))
     with store.session() as s:
+        total = s.scalar(select(func.count()).select_from(Decision).where(*traced)) or 0
         rows = s.execute(
             select(Decision.arm, Decision.step, Decision.user_id, Decision.position,
                    Decision.item_id, Decision.action, Decision.p_like, Decision.completion)
             .join(Arm, (Arm.run_id == Decision.run_id) & (Arm.name == Decision.arm))
-            .where(Decision.run_id == run_id, Decision.traced.is_(True))
+            .where(*traced)
             .order_by(Arm.id, Decision.step, Decision.user_id, Decision.position)
             .limit(MAX_TRACE_TRANSCRIPTS)).all()
-    out = TracePick(traced=len(rows))
+    out = TracePick(traced=int(total), read=len(rows))
     best, fallback = None, None
     for r in rows:
         # Parsed again from the raw completion: the stored think is the text up to the end

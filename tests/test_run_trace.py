@@ -75,7 +75,7 @@ def test_run_prints_the_arm_table_then_the_trace_or_why_there_is_none(traced_run
         assert f"One traced decision (arm {pick.arm}, step {pick.step}" in text
 
 
-def test_a_well_formed_trace_wins_over_an_earlier_half_formed_one(traced_run):
+def test_a_well_formed_trace_wins_over_an_earlier_half_formed_one(traced_run, monkeypatch):
     db, run_id, _ = traced_run
     _inject_completions(db, run_id, "")
     rows = _decisions(db, run_id)
@@ -113,6 +113,12 @@ def test_a_well_formed_trace_wins_over_an_earlier_half_formed_one(traced_run):
     assert f"(arm popular, step {first_popular.step}, user {first_popular.user_id}" in text
     assert "think: Mostly dramas in the history." in text
     assert "[format check failed: <answer> occurs 0 times" in text
+
+    # A big run: only the first traces are read, and the counts say so.
+    monkeypatch.setattr("sandbox.run_trace.MAX_TRACE_TRANSCRIPTS", 3)
+    text = _show(db, run_id)
+    assert f"{n} traced decision(s) (of the first 3 read): 3 failed the format check" in text
+    assert "think: Mostly dramas in the history." in text
 
 
 def test_a_run_without_traces_says_so(tmp_path):

@@ -4,17 +4,21 @@ The unit of analysis is a simulated user in one seed's run, ``(seed, user)``. Ev
 run sees the same users with the same random streams (common random numbers), so each unit
 gives one paired observation per arm.
 
-Two kinds of metric:
+Two kinds of metric, each with one definition over several seeds:
 
 * **user metrics** (:data:`USER_METRICS`): one value per unit and arm (its watch rate, whether
-  it left, the diversity of its slates …). Arm values are means over units, every user
-  counting once; differences get a paired bootstrap interval and a sign-flip permutation test
-  (:mod:`sandbox.stats`).
-* **arm metrics** (:data:`ARM_METRICS`): properties of everything an arm showed (catalogue
-  coverage, the Gini of exposure, like-rate calibration against the real logs). They are
-  recomputed on resampled units: a bootstrap resamples units with the same draws in both arms
-  (its interval re-centred on the estimate, see :func:`_recentred`), and the permutation test
-  swaps a unit's two arms at random.
+  it left, the diversity of its slates …). Arm values are means over units, every user of
+  every seed counting once; differences are the mean of the units' paired differences, with
+  a paired bootstrap interval and a sign-flip permutation test (:mod:`sandbox.stats`). The
+  pooled difference is the seeds' differences weighted by their units, so it agrees in sign
+  with them whenever they all agree.
+* **arm metrics** (:data:`ARM_METRICS`): properties of everything an arm showed in one run
+  (catalogue coverage, the Gini of exposure, like-rate calibration against the real logs).
+  Each seed's value is computed on that run; the pooled value is the **mean of the seeds'
+  values**, never the metric of their union (see :func:`_combine`). They are recomputed on
+  resampled units: a bootstrap resamples units with the same draws in both arms (its interval
+  re-centred on the estimate, see :func:`_recentred`), and the permutation test swaps a
+  unit's two arms at random; over seeds, the seeds' resamples are averaged entry by entry.
 """
 
 from __future__ import annotations
@@ -221,61 +225,43 @@ def _arm_stats(exposure: np.ndarray, likes: np.ndarray, n_items: int,
 
 
 @dataclass
-class _Pooled:
-    """Units of several runs stacked: user metrics and count matrices per arm."""
+class _ArmDraws:
+    """One seed's arm metrics, ``arm`` against ``base``: observed, bootstrapped and permuted.
 
-    n_items: int
-    exposure: dict[str, sp.csr_matrix]
-    likes: dict[str, sp.csr_matrix]
-    real: np.ndarray  # per column: the real like rate, NaN where unknown
+    Every array has one entry per resample, in the same order for every seed of an experiment,
+    so the seeds' draws can be averaged entry by entry (:func:`_combine`).
+    """
 
-
-def _pool(runs: Sequence[RunData]) -> _Pooled:
-    items = runs[0].items
-    if any(r.items != items for r in runs):
-        # Synthetic worlds differ per seed; their ids still index one catalogue size.
-        items = sorted({i for r in runs for i in r.items})
-    col = {i: c for c, i in enumerate(items)}
-    exposure, likes = {}, {}
-    for arm in runs[0].arms:
-        mats_e, mats_l = [], []
-        for r in runs:
-            remap = np.array([col[i] for i in r.items])
-            mats_e.append(_recolumn(r.exposure[arm], remap, len(items)))
-            mats_l.append(_recolumn(r.likes[arm], remap, len(items)))
-        exposure[arm] = sp.vstack(mats_e).tocsr()
-        likes[arm] = sp.vstack(mats_l).tocsr()
-    real_map = runs[0].real_like_rate
-    real = np.array([real_map.get(i, np.nan) for i in items], dtype=np.float64)
-    return _Pooled(len(items), exposure, likes, real)
+    n_units: int
+    obs_a: dict[str, float]
+    obs_b: dict[str, float]
+    boot_a: dict[str, np.ndarray]
+    boot_b: dict[str, np.ndarray]
+    null: dict[str, np.ndarray]  # arm − base with each unit's two arms swapped at random
 
 
-def _recolumn(m: sp.csr_matrix, remap: np.ndarray, n: int) -> sp.csr_matrix:
-    coo = m.tocoo()
-    return sp.csr_matrix((coo.data, (coo.row, remap[coo.col])), shape=(m.shape[0], n))
-
-
-def _arm_level(pooled: _Pooled, arm: str, base: str, *, n_resamples: int, confidence: float,
-               seed: int) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
-    """Values, intervals and permutation p of the arm metrics, ``arm`` against ``base``."""
-    e_a, e_b = pooled.exposure[arm], pooled.exposure[base]
-    l_a, l_b = pooled.likes[arm], pooled.likes[base]
+def _arm_draws(run: RunData, arm: str, base: str, *, n_resamples: int,
+               seed: int) -> _ArmDraws:
+    """Arm metrics of one seed's run, with bootstrap and permutation resamples of its units."""
+    n_items = len(run.items)
+    e_a, e_b = run.exposure[arm], run.exposure[base]
+    l_a, l_b = run.likes[arm], run.likes[base]
     # Only columns shown in either arm matter; the rest are zeros the Gini pads back in.
     shown = np.unique(np.concatenate([e_a.indices, e_b.indices]))
     e_a, e_b, l_a, l_b = (m[:, shown] for m in (e_a, e_b, l_a, l_b))
-    real = pooled.real[shown]
+    real = np.array([run.real_like_rate.get(run.items[c], np.nan) for c in shown],
+                    dtype=np.float64)
     n = e_a.shape[0]
-    rng = np.random.default_rng(seed)
+    # Each seed's own stream: the seeds' resamples are independent, so their mean is a
+    # bootstrap stratified by seed.
+    rng = np.random.default_rng([seed, run.seed])
 
     def stats(w: np.ndarray, ea, eb, la, lb):
-        sa = _arm_stats(np.asarray((ea.T @ w.T).T), np.asarray((la.T @ w.T).T),
-                        pooled.n_items, real)
-        sb = _arm_stats(np.asarray((eb.T @ w.T).T), np.asarray((lb.T @ w.T).T),
-                        pooled.n_items, real)
+        sa = _arm_stats(np.asarray((ea.T @ w.T).T), np.asarray((la.T @ w.T).T), n_items, real)
+        sb = _arm_stats(np.asarray((eb.T @ w.T).T), np.asarray((lb.T @ w.T).T), n_items, real)
         return sa, sb
 
-    ones = np.ones((1, n))
-    obs_a, obs_b = stats(ones, e_a, e_b, l_a, l_b)
+    obs_a, obs_b = stats(np.ones((1, n)), e_a, e_b, l_a, l_b)
     d_e, d_l = (e_b - e_a), (l_b - l_a)
     sum_ea, sum_eb = np.asarray(e_a.sum(axis=0)), np.asarray(e_b.sum(axis=0))
     sum_la, sum_lb = np.asarray(l_a.sum(axis=0)), np.asarray(l_b.sum(axis=0))
@@ -291,24 +277,45 @@ def _arm_level(pooled: _Pooled, arm: str, base: str, *, n_resamples: int, confid
         fe, fl = np.asarray((d_e.T @ flips.T).T), np.asarray((d_l.T @ flips.T).T)
         parts["boot_a"].append(ba)
         parts["boot_b"].append(bb)
-        parts["perm_a"].append(_arm_stats(sum_ea + fe, sum_la + fl, pooled.n_items, real))
-        parts["perm_b"].append(_arm_stats(sum_eb - fe, sum_lb - fl, pooled.n_items, real))
+        parts["perm_a"].append(_arm_stats(sum_ea + fe, sum_la + fl, n_items, real))
+        parts["perm_b"].append(_arm_stats(sum_eb - fe, sum_lb - fl, n_items, real))
     boot_a, boot_b, perm_a, perm_b = (
         {m: np.concatenate([p[m] for p in parts[key]]) for m in ARM_METRICS}
         for key in ("boot_a", "boot_b", "perm_a", "perm_b"))
+    return _ArmDraws(n, {m: float(obs_a[m][0]) for m in ARM_METRICS},
+                     {m: float(obs_b[m][0]) for m in ARM_METRICS}, boot_a, boot_b,
+                     {m: perm_a[m] - perm_b[m] for m in ARM_METRICS})
+
+
+def _combine(draws: Sequence[_ArmDraws], arm: str, base: str, *, confidence: float
+             ) -> tuple[dict[str, dict], dict[str, tuple], dict[str, float], dict[str, int]]:
+    """Values, intervals and permutation p of the arm metrics over seeds: means of the seeds'.
+
+    An arm metric is a property of one run's exposure, so over several seeds it is the mean
+    of the seeds' values (never the metric of their union: two seeds' SASRec models, trained
+    apart, cover more items together than either does, and the union could then disagree in
+    sign with every seed). Its interval and p follow the same definition: the entry-wise mean
+    of the seeds' bootstrap and permutation resamples. A seed where a metric is undefined
+    (no shown item with a known real like rate) is left out of that metric.
+    """
     alpha = (1 - confidence) / 2
-    values, diffs, ps = {}, {}, {}
+    values, diffs, ps, n_units = {}, {}, {}, {}
     for name in ARM_METRICS:
-        va, vb = float(obs_a[name][0]), float(obs_b[name][0])
-        if np.isnan(va) or np.isnan(vb):
+        ok = [d for d in draws if not (np.isnan(d.obs_a[name]) or np.isnan(d.obs_b[name]))]
+        if not ok:
             continue
-        ba, bb = boot_a[name], boot_b[name]
+        va = float(np.mean([d.obs_a[name] for d in ok]))
+        vb = float(np.mean([d.obs_b[name] for d in ok]))
+        ba = np.mean([d.boot_a[name] for d in ok], axis=0)
+        bb = np.mean([d.boot_b[name] for d in ok], axis=0)
+        null = np.abs(np.mean([d.null[name] for d in ok], axis=0))
+        null = null[~np.isnan(null)]
         values[name] = {arm: (va, *_recentred(ba, va, alpha)),
                         base: (vb, *_recentred(bb, vb, alpha))}
         diffs[name] = (va - vb, *_recentred(ba - bb, va - vb, alpha))
-        null = np.abs(perm_a[name] - perm_b[name])
-        ps[name] = float((np.sum(null >= abs(va - vb) - 1e-12) + 1) / (n_resamples + 1))
-    return values, diffs, ps
+        ps[name] = float((np.sum(null >= abs(va - vb) - 1e-12) + 1) / (null.size + 1))
+        n_units[name] = sum(d.n_units for d in ok)
+    return values, diffs, ps, n_units
 
 
 def _recentred(x: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
@@ -374,6 +381,10 @@ def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence:
     groups: list[tuple[int | None, list[RunData]]] = [(None, list(runs))]
     if len(runs) > 1:
         groups += [(r.seed, [r]) for r in runs]
+    # Each seed's arm-metric resamples, drawn once: a seed's own rows and the pooled rows
+    # read the same draws, so the pooled figures are exactly the means of the seeds'.
+    draws = {(r.run_id, arm): _arm_draws(r, arm, base, n_resamples=n_resamples, seed=seed)
+             for r in runs for arm in arms if arm != base}
     arm_values, comparisons = [], []
     for g_seed, g_runs in groups:
         g_units = units if g_seed is None else units[units["seed"] == g_seed]
@@ -400,25 +411,25 @@ def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence:
                                     "mean_baseline": float(b.mean()), "diff": ci.mean,
                                     "low": ci.low, "high": ci.high, "p_value": p,
                                     "n_units": ci.n})
-        pooled = _pool(g_runs)
-        n_units = pooled.exposure[arms[0]].shape[0]
         done_base: set[str] = set()
         for arm in arms:
             if arm == base:
                 continue
-            values, diffs, ps = _arm_level(pooled, arm, base, n_resamples=n_resamples,
-                                           confidence=confidence, seed=seed)
+            g_draws = [draws[(r.run_id, arm)] for r in g_runs]
+            values, diffs, ps, n_units = _combine(g_draws, arm, base, confidence=confidence)
             for metric, per_arm in values.items():
                 for a_name, (v, lo, hi) in per_arm.items():
                     if a_name == base and (metric in done_base):
                         continue
                     arm_values.append({"seed": g_seed, "arm": a_name, "metric": metric,
-                                       "value": v, "low": lo, "high": hi, "n_units": n_units})
+                                       "value": v, "low": lo, "high": hi,
+                                       "n_units": n_units[metric]})
                 d, lo, hi = diffs[metric]
                 comparisons.append({"seed": g_seed, "metric": metric, "arm": arm,
                                     "baseline": base, "mean_arm": per_arm[arm][0],
                                     "mean_baseline": per_arm[base][0], "diff": d, "low": lo,
-                                    "high": hi, "p_value": ps[metric], "n_units": n_units})
+                                    "high": hi, "p_value": ps[metric],
+                                    "n_units": n_units[metric]})
             done_base |= set(values)
     power = []
     for arm in arms:

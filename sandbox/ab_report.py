@@ -18,6 +18,19 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+# The one definition of every pooled figure, printed under the terminal table and in report.md.
+POOLING = ("Pooled over seeds: user metrics ({user}) are means over every seed's users, each "
+           "counting once, and their difference the mean paired difference; arm metrics "
+           "({arm}) are computed on each seed's run and averaged over seeds, and their "
+           "difference, interval and p come from the seeds' differences and resamples, "
+           "averaged. Either way, a pooled difference has the sign of its seeds' when they "
+           "all agree.").format(user=", ".join(USER_METRICS), arm=", ".join(ARM_METRICS))
+
+POOLING_SHORT = ("pooled: user metrics are means over all seeds' users; arm metrics ({arm}) "
+                 "are means of the seeds' values (definitions in report.md)"
+                 ).format(arm=", ".join(ARM_METRICS))
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -46,7 +59,8 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def terminal_table(res: AbAnalysis) -> Table:
     """Per-arm values with intervals, and each arm's difference from the baseline."""
     conf = f"{round(100 * res.confidence)}%"
-    t = Table(title=f"A/B: {len(res.seeds)} seed(s), baseline {res.baseline}, {conf} intervals")
+    t = Table(title=f"A/B: {len(res.seeds)} seed(s), baseline {res.baseline}, {conf} intervals",
+              caption=POOLING_SHORT if len(res.seeds) > 1 else None)
     t.add_column("metric")
     for arm in res.arms:
         t.add_column(arm, justify="right")
@@ -113,6 +127,7 @@ def _markdown(res: AbAnalysis, *, title: str, experiment_id: str, run_ids: list[
              f"- Intervals: {round(100 * res.confidence)}% paired bootstrap; p: sign-flip "
              "permutation test (user metrics) or arm-swap permutation test (arm metrics). "
              "`*`: the interval excludes 0.",
+             *([f"- {POOLING}"] if len(res.seeds) > 1 else []),
              f"- Reproduce: `{command}`", ""]
     values = {(r["arm"], r["metric"]): r for r in pooled(res.arm_values)}
     lines += ["## Arm values (pooled over seeds)", "",
@@ -136,7 +151,8 @@ def _markdown(res: AbAnalysis, *, title: str, experiment_id: str, run_ids: list[
         lines += ["", "## Per seed", "", "| seed | metric | arm | difference [CI] | p |",
                   "|---|---|---|---|---|"]
         for c in per_seed:
-            if c["metric"] in ("watch_rate", "like_rate", "exit_rate", "coverage"):
+            if c["metric"] in ("watch_rate", "like_rate", "exit_rate", "coverage",
+                               "exposure_gini"):
                 lines.append(f"| {c['seed']} | {c['metric']} | {c['arm']} | "
                              f"{_interval(c['diff'], c['low'], c['high'])} | "
                              f"{_p(c['p_value'])} |")

@@ -59,6 +59,40 @@ def _summary_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+TRACE_CHARS = 800  # of a trace's think and answer printed; the dashboard shows them whole
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= TRACE_CHARS else text[:TRACE_CHARS - 1] + "…"
+
+
+def _print_trace(store, run_id: str) -> None:
+    """Print one traced decision of the run (plain text), or say plainly why there is none."""
+    from sandbox.run_trace import pick_trace
+
+    t = pick_trace(store, run_id)
+    of = f" (of the first {t.read} read)" if t.read < t.traced else ""
+    counts = (f"{t.traced} traced decision(s){of}: {t.malformed} failed the format check, "
+              f"{t.empty} empty")
+    if t.arm is None:
+        why = ("none was traced (backend.trace_rate)" if not t.traced else
+               "none has a readable <think> block (small models such as the default "
+               "SmolLM2-135M rarely keep the format; README.md, \"What the default model can "
+               "and cannot show\")")
+        console.print(Text(f"No trace to show: {why}. {counts}."))
+        return
+    p = "" if t.p_like is None else f", p(like) {t.p_like:.3f}"
+    console.print(Text.assemble(
+        ("One traced decision", "bold"),
+        f" (arm {t.arm}, step {t.step}, user {t.user_id}, slot {t.position}): "
+        f"{t.title or f'item {t.item_id}'} → {t.action}{p}"))
+    console.print(Text(f"  think: {_clip(t.think)}"))
+    check = "passed" if not t.problems else "failed: " + "; ".join(t.problems)
+    console.print(Text(f"  answer: {_clip(t.answer) or '(none)'}  [format check {check}]"))
+    console.print(Text(f"  {counts}; the dashboard's trace explorer shows every one."))
+
+
 def _metering_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for col in ("arm", "LLM calls", "cache hits", "tokens in", "tokens out", "p50 ms", "p95 ms",
@@ -83,7 +117,7 @@ def run(
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run.")] = None,
     sets: SetOption = None,
 ) -> None:
-    """Run a scenario (or resume a run) and print the per-arm table."""
+    """Run a scenario (or resume a run); print the per-arm table and one trace."""
     if not scenario and not resume:
         _fail("give a SCENARIO or --resume RUN_ID", 2)
     if resume and sets:
@@ -158,6 +192,8 @@ def _execute_run(run_id: str, db: str) -> None:
         where = f" {checkpoint_path(store)}" if store is not None else ""
         _fail(f"checkpoint file{where} unavailable: {exc} ({resumable})")
     console.print(_summary_table(rows, f"run {run_id}"))
+    with store_errors(db):
+        _print_trace(store, run_id)
 
 
 @contextlib.contextmanager
@@ -208,7 +244,7 @@ def runs(db: DbOption = DEFAULT_DB_URL) -> None:
 
 
 def show(run_id: str, db: DbOption = DEFAULT_DB_URL) -> None:
-    """Print a run's per-arm table."""
+    """Print a run's per-arm table, one trace and its LLM metering."""
     store = open_store(db)
     with store_errors(db):
         run_row = store.get_run(run_id)
@@ -221,6 +257,8 @@ def show(run_id: str, db: DbOption = DEFAULT_DB_URL) -> None:
     if status == "interrupted":
         console.print(f"resume it: {resume_command(run_id, db)}")
     console.print(_summary_table(summary, f"run {run_id}"))
+    with store_errors(db):
+        _print_trace(store, run_id)
     console.print(_metering_table(metering, "LLM metering (tokens, latency and "
                                   "cost of the calls sent; hits cost nothing)"))
 

@@ -242,6 +242,12 @@ def test_ab_popular_vs_sasrec_fast_variant_writes_the_report(tmp_path):
                                      "exposure_gini", "profile_entropy", "novelty"}
     assert (pooled["low"] <= pooled["high"]).all()
     assert set(comps["seed"].dropna().astype(int)) == {21, 22}
+    # Every pooled difference has its seeds' sign when they agree (issue 17: coverage did not).
+    for metric, group in comps.groupby("metric"):
+        seeds = group[group["seed"].notna()]["diff"]
+        if (seeds > 0).all() or (seeds < 0).all():
+            assert np.sign(pooled.loc[pooled["metric"] == metric, "diff"].item()) == np.sign(
+                seeds.iloc[0]), metric
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -218,7 +218,8 @@ class RunProgress:
 
     def __init__(self, tracker: Tracker, label: str, runs: int = 1) -> None:
         self.tracker, self.label, self.runs = tracker, label, runs
-        self.index = -1 if runs > 1 else 0
+        # next_run() moves to run 0 first; a lone run that never calls it is run 0 too.
+        self.index = -1
         self.n_steps: int | None = None
         self.steps = tracker.task(label, None, unit="steps")
         self.users = tracker.task("users decided", None, lines=False)
@@ -237,11 +238,11 @@ class RunProgress:
         """Show one runner event (the runner's ``progress`` callback)."""
         if event == "start":
             self.n_steps = total
-            self.steps.skip_to(self.index * total + done, self.runs * total)
+            self.steps.skip_to(max(self.index, 0) * total + done, self.runs * total)
             self.steps.update(self.steps.done)  # a line: loaded, the steps begin
             self.users.restart(None)
         elif event == "step":
-            self.steps.update(self.index * total + done, self.runs * total,
+            self.steps.update(max(self.index, 0) * total + done, self.runs * total,
                               label=f"{self.label} step {done}/{total}"
                               if self.runs > 1 else self.label)
         elif event == "users":
@@ -250,7 +251,7 @@ class RunProgress:
             if self.items is None:
                 self.items = self.tracker.task("IP profiles", total, unit="items")
             if done == 0:
-                step = self.steps.done - self.index * (self.n_steps or 0) + 1
+                step = self.steps.done - max(self.index, 0) * (self.n_steps or 0) + 1
                 self.items.restart(total, f"{self.label} step {step}/{self.n_steps} IP profiles")
             else:
                 self.items.update(done, total)

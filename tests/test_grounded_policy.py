@@ -294,3 +294,37 @@ def test_head_layer_round_trips_and_must_exist(tmp_path, tiny_backend):
     assert ScoreHead.load(tmp_path).layer == 3
     with pytest.raises(ValueError, match="layer 99"):
         truncated_body(tiny_backend.model.model, 99)
+
+
+BUNDLED_POLICY = "grounded-smollm2"
+
+
+@pytest.mark.slow
+def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
+    """The shipped head is what its manifest's command trains, and scores the same.
+
+    ``vragent rl train-head`` with the manifest's configuration (docs/rl.md gives the command)
+    is rerun from scratch: the head's weights and its held-out AUCs must match the shipped ones.
+    """
+    import dataclasses
+
+    from rl.grounded import HeadTrainConfig, train_head_policy
+    from sandbox.policies import BUNDLED
+
+    shipped = load_policy(BUNDLED_POLICY, tmp_path / "empty-registry")
+    assert shipped.path.parent == BUNDLED and shipped.is_head and shipped.grounded
+    assert sum(f.stat().st_size for f in shipped.path.iterdir()) < 2_000_000  # a small artefact
+    keys = {f.name for f in dataclasses.fields(HeadTrainConfig)} - {"policy", "dataset_path"}
+    cfg = HeadTrainConfig(policy="reproduced",
+                          **{k: v for k, v in shipped.manifest.config.items() if k in keys})
+    folder = train_head_policy(cfg, registry=str(tmp_path / "reg"))
+    ours, theirs = ScoreHead.load(folder), ScoreHead.load(shipped.path)
+    assert ours.layer == theirs.layer
+    np.testing.assert_allclose(ours.mean, theirs.mean, rtol=1e-3, atol=1e-3)
+    # lbfgs is deterministic; float32 states from another CPU's kernels differ in the last bits.
+    assert np.corrcoef(ours.weight, theirs.weight)[0, 1] > 0.999
+    got = load_policy("reproduced", tmp_path / "reg").manifest.metrics["held_out"]
+    want = shipped.manifest.metrics["held_out"]
+    assert got["users"] == want["users"]
+    for key in ("auc_random", "auc_popular"):
+        assert got[key] == pytest.approx(want[key], abs=0.005), key

@@ -92,6 +92,20 @@ def test_resumed_work_counts_as_done_but_not_in_the_pace():
     assert len(lines) == 2
 
 
+def test_a_one_seed_experiment_starts_at_zero_steps():
+    """A single seed goes through next_run() like any other: its start line says 0/1, not 1/1."""
+    clock = FakeClock()
+    tracker, out = _plain(clock)
+    with tracker:
+        view = RunProgress(tracker, "ab-2", runs=1)
+        view.next_run("ab-2 seed 41 (1/1) · run c")
+        view("start", 0, 1)
+        clock.now += 30
+        view("step", 1, 1)
+    lines = out.getvalue().splitlines()
+    assert " · 0/1 steps · " in lines[0] and " · 1/1 steps · " in lines[1]
+
+
 def test_terminal_mode_draws_a_rich_bar_with_an_estimate():
     clock = FakeClock()
     out = io.StringIO()

@@ -241,10 +241,14 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print,
     closed_train = [r for r in train_rows if r["task"] != "preference"]
     models = (_baselines(cfg, manifest, closed_train, closed, popularity, log)
               if cfg.baselines else {})
-    models.update(_head_policies(cfg, manifest))
     if models:
         frames.append(evaluate(models, closed, max_rows_per_group=_cap(cfg.max_groups),
                                on_cell=cells("baselines"), **common))
+    # Head policies are LLMs scored through the scorer interface: the LLM tasks only.
+    heads = _head_policies(cfg, manifest)
+    if heads:
+        frames.append(evaluate(heads, closed, max_rows_per_group=_cap(cfg.max_groups),
+                               tasks=cfg.llm_tasks, on_cell=cells("head policies"), **common))
     llms, no_thinking = _llms(cfg)
     if llms:
         scoring = {n: LLMPolicy(b, modes=("score",), seed=cfg.seed, batch_size=cfg.batch_size)

@@ -232,12 +232,16 @@ def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "sandbox.cli", "rl", "train-head", "--policy", "g-test",
          "--dataset", "synthetic", "--eval-users", "20", "--train-users", "24",
-         "--registry", str(reg)], capture_output=True, text=True, timeout=900)
+         "--check-users", "8", "--registry", str(reg)], capture_output=True, text=True,
+        timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     pol = load_policy("g-test", reg)
     assert pol.is_head and pol.grounded and pol.manifest.data["train_users"] == 24
     assert pol.manifest.data["examples"] == 72  # positive, uniform and matched negative each
-    assert ScoreHead.load(pol.path).width == 576  # SmolLM2-135M's hidden size
+    head = ScoreHead.load(pol.path)
+    assert head.width == 576 and head.layer == 18  # SmolLM2-135M's hidden size; the default
+    check = pol.manifest.metrics["held_out"]
+    assert check["users"] == 8 and 0.0 <= check["auc_random"] <= 1.0
 
     # rl eval scores it on held-out users of the same split, beside the baselines.
     from rl.datasets import RLDataConfig, build_and_save
@@ -248,7 +252,11 @@ def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
     build_and_save(cfg, tmp_path / "data")
     table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), policies=("g-test",),
                                    base_model=None, generate_groups=0, registry=str(reg),
-                                   threads=1, recommenders=("mf",)), log=lambda *a: None)
+                                   threads=1, recommenders=("mf",), llm_tasks=("judgement",)),
+                         log=lambda *a: None)
+    # --llm-task applies to head policies too: the baselines run selection, the policy does not.
+    assert table[(table.model == "g-test") & (table.task == "selection")].empty
+    assert not table[table.task == "selection"].empty
     mine = table[(table.model == "g-test") & (table.task == "judgement")]
     assert len(mine) == 1 and mine.iloc[0]["n"] == 40
     assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None

@@ -344,12 +344,7 @@ def train_head(
     from sandbox.assets import AssetError
     from sandbox.policies import PolicyError
 
-    data_path = path
-    if data_path is None and dataset == "movielens-100k":
-        from sandbox.assets import require_movielens
-
-        data_path = str(require_movielens())
-    cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=data_path, seed=seed,
+    cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
                           eval_users=eval_users, train_users=train_users, c=c, layer=layer,
                           history_len=history_len, check_users=check_users)
 

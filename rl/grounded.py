@@ -210,7 +210,8 @@ class HeadTrainConfig:
     Attributes:
         policy: the name to register.
         dataset: a dataset kind.
-        dataset_path: its files (``None``: the embedded MovieLens or ``$VRAGENT_DATA_DIR``).
+        dataset_path: its files (``None``: the embedded MovieLens-100K asset for
+            ``movielens-100k``, else ``$VRAGENT_DATA_DIR``).
         seed: the split, negatives, grounding and solver seed.
         eval_users: held-out users (never trained on).
         train_users: most training users.
@@ -252,7 +253,14 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     from sandbox.runner import git_revision, package_versions
 
     torch.manual_seed(cfg.seed)
-    data = load_source(RLDataConfig(dataset=cfg.dataset, dataset_path=cfg.dataset_path))
+    path = cfg.dataset_path
+    if path is None and cfg.dataset == "movielens-100k":
+        from sandbox.assets import require_movielens
+
+        # The embedded asset, never $VRAGENT_DATA_DIR's copy: a policy's command reproduces it
+        # on any machine from the same bytes.
+        path = str(require_movielens())
+    data = load_source(RLDataConfig(dataset=cfg.dataset, dataset_path=path))
     sequences = data.sequences()
     users = user_samples(sequences, min_len=cfg.min_len)
     train, held_out = split_users(users, cfg.seed, cfg.eval_users, cfg.train_users)

@@ -223,45 +223,6 @@ def test_example_prompts_share_one_evidence_call_per_user(sequences, grounding, 
         assert ev.line() in p.assistant_prefix
 
 
-@pytest.mark.slow
-def test_train_head_registers_a_policy_from_real_smollm2_states(tmp_path):
-    import subprocess
-    import sys
-
-    reg = tmp_path / "policies"
-    done = subprocess.run(
-        [sys.executable, "-m", "sandbox.cli", "rl", "train-head", "--policy", "g-test",
-         "--dataset", "synthetic", "--eval-users", "20", "--train-users", "24",
-         "--check-users", "8", "--registry", str(reg)], capture_output=True, text=True,
-        timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    pol = load_policy("g-test", reg)
-    assert pol.is_head and pol.grounded and pol.manifest.data["train_users"] == 24
-    assert pol.manifest.data["examples"] == 72  # positive, uniform and matched negative each
-    head = ScoreHead.load(pol.path)
-    assert head.width == 576 and head.layer == 18  # SmolLM2-135M's hidden size; the default
-    check = pol.manifest.metrics["held_out"]
-    assert check["users"] == 8 and 0.0 <= check["auc_random"] <= 1.0
-
-    # rl eval scores it on held-out users of the same split, beside the baselines.
-    from rl.datasets import RLDataConfig, build_and_save
-    from rl.policy_eval import EvalConfig, run_eval
-
-    cfg = RLDataConfig(dataset="synthetic", eval_users=20, train_users=24, seed=0,
-                       protocols=("random",), train_protocols=("random",), judgement_ms=(1,))
-    build_and_save(cfg, tmp_path / "data")
-    table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), policies=("g-test",),
-                                   base_model=None, generate_groups=0, registry=str(reg),
-                                   threads=1, recommenders=("mf",), llm_tasks=("judgement",)),
-                         log=lambda *a: None)
-    # --llm-task applies to head policies too: the baselines run selection, the policy does not.
-    assert table[(table.model == "g-test") & (table.task == "selection")].empty
-    assert not table[table.task == "selection"].empty
-    mine = table[(table.model == "g-test") & (table.task == "judgement")]
-    assert len(mine) == 1 and mine.iloc[0]["n"] == 40
-    assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None
-
-
 def test_a_head_on_an_earlier_layer_runs_only_that_many_layers(tiny_backend):
     """hidden_states(layer=k) is the final norm of the k-th layer's output of the full model,
     and scoring with a layer-k head matches it through the prefix path and the naive path."""
@@ -313,26 +274,52 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
 
     ``vragent rl train-head`` with the manifest's configuration (docs/rl.md gives the command)
     is rerun from scratch: the head's weights and its held-out AUCs must match the shipped ones.
+    Then ``rl eval`` scores the reproduced policy beside the baselines (the LLM tasks only).
     """
-    import dataclasses
+    import subprocess
+    import sys
 
-    from rl.grounded import HeadTrainConfig, train_head_policy
     from sandbox.policies import BUNDLED
 
     shipped = load_policy(BUNDLED_POLICY, tmp_path / "empty-registry")
     assert shipped.path.parent == BUNDLED and shipped.is_head and shipped.grounded
     assert sum(f.stat().st_size for f in shipped.path.iterdir()) < 2_000_000  # a small artefact
-    keys = {f.name for f in dataclasses.fields(HeadTrainConfig)} - {"policy", "dataset_path"}
-    cfg = HeadTrainConfig(policy="reproduced",
-                          **{k: v for k, v in shipped.manifest.config.items() if k in keys})
-    folder = train_head_policy(cfg, registry=str(tmp_path / "reg"))
+    conf = shipped.manifest.config
+    assert conf["dataset"] == "movielens-100k" and conf["min_len"] == 5  # the CLI's defaults
+    reg = tmp_path / "reg"
+    args = ["--policy", "reproduced", "--registry", str(reg)]
+    for key in ("seed", "eval_users", "train_users", "c", "layer", "history_len",
+                "check_users"):
+        args += [f"--{key.replace('_', '-')}", str(conf[key])]
+    done = subprocess.run([sys.executable, "-m", "sandbox.cli", "rl", "train-head", *args],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = load_policy("reproduced", reg).path
     ours, theirs = ScoreHead.load(folder), ScoreHead.load(shipped.path)
-    assert ours.layer == theirs.layer
+    assert ours.layer == theirs.layer == 18
     np.testing.assert_allclose(ours.mean, theirs.mean, rtol=1e-3, atol=1e-3)
     # lbfgs is deterministic; float32 states from another CPU's kernels differ in the last bits.
     assert np.corrcoef(ours.weight, theirs.weight)[0, 1] > 0.999
-    got = load_policy("reproduced", tmp_path / "reg").manifest.metrics["held_out"]
+    got = load_policy("reproduced", reg).manifest.metrics["held_out"]
     want = shipped.manifest.metrics["held_out"]
     assert got["users"] == want["users"]
     for key in ("auc_random", "auc_popular"):
         assert got[key] == pytest.approx(want[key], abs=0.005), key
+
+    # rl eval scores a head policy on held-out rows beside the baselines, on the same rows.
+    from rl.datasets import RLDataConfig, build_and_save
+    from rl.policy_eval import EvalConfig, run_eval
+
+    cfg = RLDataConfig(dataset="synthetic", eval_users=20, train_users=24, seed=0,
+                       protocols=("random",), train_protocols=("random",), judgement_ms=(1,))
+    build_and_save(cfg, tmp_path / "data")
+    table, _ = run_eval(EvalConfig(data=str(tmp_path / "data"), policies=("reproduced",),
+                                   base_model=None, generate_groups=0, registry=str(reg),
+                                   threads=1, recommenders=("mf",), llm_tasks=("judgement",)),
+                        log=lambda *a: None)
+    # --llm-task applies to head policies too: the baselines run selection, the policy does not.
+    assert table[(table.model == "reproduced") & (table.task == "selection")].empty
+    assert not table[table.task == "selection"].empty
+    mine = table[(table.model == "reproduced") & (table.task == "judgement")]
+    assert len(mine) == 1 and mine.iloc[0]["n"] == 40
+    assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None

@@ -113,8 +113,9 @@ def test_curves_and_runs_are_in_the_store(trained):
 
 def test_policies_are_registered_with_manifests(trained):
     _, _, registry, _, grpo = trained
+    # The registry's policies first, then the package's bundled ones.
     names = [p.manifest.name for p in list_policies(registry)]
-    assert names == ["tiny-grpo", "tiny-sft"]
+    assert names[:2] == ["tiny-grpo", "tiny-sft"] and "grounded-smollm2" in names[2:]
     pol = load_policy("tiny-grpo", registry)
     assert pol.manifest.algo == "grpo" and pol.manifest.base_model == "policy:tiny-sft"
     assert pol.manifest.training_run_id == grpo.training_run_id

@@ -62,7 +62,7 @@ def test_a_stopped_run_is_interrupted_exits_130_and_says_how_to_resume(tmp_path,
                             stderr=subprocess.PIPE)
     err = _Lines(proc.stderr)
     try:
-        err.wait_for("step 2/400 logged", timeout=240)  # inside the run, steps going
+        err.wait_for(" · 2/400 steps · ", timeout=240)  # inside the run, steps going
         proc.send_signal(signum)
         rc = proc.wait(timeout=120)
     finally:

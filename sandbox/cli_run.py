@@ -78,7 +78,7 @@ def _print_trace(store, run_id: str) -> None:
     if t.arm is None:
         why = ("none was traced (backend.trace_rate)" if not t.traced else
                "none has a readable <think> block (small models such as the default "
-               "SmolLM2-135M rarely keep the format; README.md, \"What the default model can "
+               "SmolLM2-135M rarely keep the format; README.md, \"What the default users can "
                "and cannot show\")")
         console.print(Text(f"No trace to show: {why}. {counts}."))
         return

@@ -291,6 +291,8 @@ def main() -> None:
               f"in {world.grounding_fit_s:.1f} s")
     peak = peak_gflops(backend.device, next(backend.model.parameters()).dtype)
     n_params = non_embedding_params(backend.model)
+    if head is not None and head.layer:  # only the head's layers run (agents/backends/depth.py)
+        n_params = n_params * head.layer // backend.model.config.num_hidden_layers
     rows = [] if args.skip_hf else hf_score_rows(backend, world, args.steps)
     if not (args.skip_generate or args.skip_hf):
         rows += hf_generate_rows(backend, world, args.gen_tokens)

@@ -7,6 +7,10 @@ for large stores (a run with millions of decisions): pages of users or profiles 
 ``LIMIT/OFFSET``, decisions are read one user at a time through the
 ``ix_decisions_run_arm_user`` index, and run-level figures come from the small tables
 (``steps``, ``sessions``, ``metrics``, ``llm_calls``), never from a scan of ``decisions``.
+
+Why one module of ~940 lines: it is the dashboard's whole read model, one cached query per
+page section; issue 19 moves these queries into the store's own query module (one read model
+for the CLI, the dashboard and the benchmarks), which is where they will be split by page.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ def held_out_check(backend: LLMBackend, grounding: CollaborativeGrounding, maker
     The same rows as :func:`training_examples` makes, for users the head never saw; the
     evidence comes from ``grounding`` (fitted without any user's last item).
     """
-    from sklearn.metrics import roc_auc_score
+    from rl.metrics import pairwise_auc
 
     examples = training_examples(sequences, users, sampler)
     scores = backend.score(example_prompts(examples, grounding, maker), ("Yes", "No"))
@@ -310,7 +310,7 @@ def held_out_check(backend: LLMBackend, grounding: CollaborativeGrounding, maker
     for proto in ("random", "popular"):
         keep = [k for k, e in enumerate(examples) if e.protocol in ("positive", proto)]
         labels = [examples[k].label for k in keep]
-        out[f"auc_{proto}"] = round(float(roc_auc_score(labels, p[keep])), 4)
+        out[f"auc_{proto}"] = round(float(pairwise_auc(labels, p[keep])), 4)
     return out
 
 

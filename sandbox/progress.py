@@ -234,15 +234,20 @@ class RunProgress:
         done = self.index * self.n_steps if self.n_steps is not None else self.steps.done
         self.steps.skip_to(max(done, self.steps.done), label=label)
 
+    @property
+    def _run(self) -> int:
+        """This run's place in the series (0 before the first :meth:`next_run`)."""
+        return max(self.index, 0)
+
     def __call__(self, event: str, done: int, total: int) -> None:
         """Show one runner event (the runner's ``progress`` callback)."""
         if event == "start":
             self.n_steps = total
-            self.steps.skip_to(max(self.index, 0) * total + done, self.runs * total)
+            self.steps.skip_to(self._run * total + done, self.runs * total)
             self.steps.update(self.steps.done)  # a line: loaded, the steps begin
             self.users.restart(None)
         elif event == "step":
-            self.steps.update(max(self.index, 0) * total + done, self.runs * total,
+            self.steps.update(self._run * total + done, self.runs * total,
                               label=f"{self.label} step {done}/{total}"
                               if self.runs > 1 else self.label)
         elif event == "users":
@@ -251,7 +256,7 @@ class RunProgress:
             if self.items is None:
                 self.items = self.tracker.task("IP profiles", total, unit="items")
             if done == 0:
-                step = self.steps.done - max(self.index, 0) * (self.n_steps or 0) + 1
+                step = self.steps.done - self._run * (self.n_steps or 0) + 1
                 self.items.restart(total, f"{self.label} step {step}/{self.n_steps} IP profiles")
             else:
                 self.items.update(done, total)

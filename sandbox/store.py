@@ -4,6 +4,11 @@ Every prompt, completion, decision and metric of a run lands here. SQLite gets W
 dashboard can read while a run writes. A simulation step is written in **one transaction**, and
 natural unique keys (run, arm, step, user, position) make it impossible to log a step twice: a
 resumed run that replays a step finds it already there and skips it.
+
+Why one module of ~900 lines: schema, writes and reports share the models and the one-
+transaction-per-step rule; issue 19 splits it into schema, writes and queries with Alembic
+migrations (replacing ``add_missing_columns``) and is where that split is done and tested
+against stores made before it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +15,15 @@ from transformers import DynamicCache
 
 from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
 from agents.backends.depth import truncated_body
+from agents.backends.loading import (
+    option_first_tokens,
+    resolve_device,
+    sampling_kwargs,
+    weights_dtype,
+)
 from agents.backends.prefix_cache import PrefixKVCache
-from agents.backends.prefix_tree import Unit as _Unit
-from agents.backends.prefix_tree import prefix_groups as _prefix_groups
-from agents.backends.prefix_tree import shared_prefix_len as _shared_prefix_len
-from agents.backends.prefix_tree import tree_inputs
+from agents.backends.prefix_tree import Unit, prefix_groups, shared_prefix_len, tree_inputs
 from agents.policy_head import ScoreHead
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when present, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def weights_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on GPU."""
-    if dtype == "auto":
-        dtype = "float32" if device.type == "cpu" else "bfloat16"
-    return getattr(torch, dtype)
-
-
-def option_first_tokens(tokenizer: Any, options: Sequence[str]) -> dict[str, list[int]]:
-    """Each option's first token, with and without a leading space (after ":" either occurs)."""
-    return {opt: sorted({tokenizer(v, add_special_tokens=False)["input_ids"][0]
-                         for v in (opt, " " + opt)}) for opt in options}
-
-
-def sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float,
-                    pad_token_id: int) -> dict[str, Any]:
-    """``model.generate`` arguments: greedy at temperature 0, else nucleus sampling."""
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_token_id,
-                              "do_sample": temperature > 0}
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-    return kwargs
 
 
 class HFBackend(LLMBackend):
@@ -142,9 +116,7 @@ class HFBackend(LLMBackend):
                              f"{self.model.config.hidden_size}")
         self.score_head = score_head
         if score_head is not None and score_head.layer:
-            self._depth = score_head.layer
-            self._body()  # a head on a layer the model lacks fails here, not at the first score
-            self._depth = 0
+            self._body(score_head.layer)  # a missing layer fails here, not at the first score
         # Tokens actually run by score(): what the FLOP roofline of the benchmark counts.
         self.stats: Counter[str] = Counter()
 
@@ -164,14 +136,21 @@ class HFBackend(LLMBackend):
                                                 block=self.kv_block)
         return self._caches[depth]
 
-    def _body(self) -> Any:
-        """The decoder that the current call runs (all layers, or a head's first ``layer``)."""
-        if self._depth not in self._bodies:
-            self._bodies[self._depth] = truncated_body(self.model.model, self._depth)
-        return self._bodies[self._depth]
+    def _body(self, depth: int | None = None) -> Any:
+        """The decoder of ``depth`` layers (default: the current call's; 0: all of them)."""
+        depth = self._depth if depth is None else depth
+        if depth not in self._bodies:
+            self._bodies[depth] = truncated_body(self.model.model, depth)
+        return self._bodies[depth]
 
-    def _depth_for(self, options: Sequence[str]) -> int:
-        return self.score_head.layer if self._uses_head(options) else 0
+    @contextmanager
+    def _at_depth(self, depth: int) -> Iterator[None]:
+        """Run the prefix-reuse path (KV store and tree forward) with ``depth`` layers."""
+        self._depth = depth
+        try:
+            yield
+        finally:
+            self._depth = 0
 
     def _uses_head(self, options: Sequence[str]) -> bool:
         return self.score_head is not None and tuple(options) == ("Yes", "No")
@@ -269,12 +248,9 @@ class HFBackend(LLMBackend):
         ids = [self._token_ids(p) for p in prompts]
         out: list[Score | None] = [None] * len(prompts)
         t0 = time.perf_counter()
-        self._depth = self._depth_for(options)
-        try:
+        with self._at_depth(self.score_head.layer if self._uses_head(options) else 0):
             for units, h in self._unit_batches(ids):
                 self._score_units(units, h, table, head, slices, out)
-        finally:
-            self._depth = 0
         latency = (time.perf_counter() - t0) / max(1, len(prompts))
         for s in out:
             s.latency_s = latency
@@ -294,23 +270,20 @@ class HFBackend(LLMBackend):
         """
         ids = [self._token_ids(p) for p in prompts]
         out = torch.zeros((len(prompts), self.model.config.hidden_size), dtype=torch.float32)
-        self._depth = layer
-        try:
+        with self._at_depth(layer):
             for units, h in self._unit_batches(ids):
                 order = [i for u in units for i in u.prompt_ids]
                 out[torch.tensor(order)] = h.float().cpu()
-        finally:
-            self._depth = 0
         return out
 
     def _unit_batches(self, ids: list[list[int]]):
         """Yield ``(units, last hidden states)`` over the prompts' token ids, in call order."""
-        units = [u for g in _prefix_groups(ids, self.min_shared_prefix)
+        units = [u for g in prefix_groups(ids, self.min_shared_prefix)
                  for u in self._group_units(ids, g)]
         # Several slates share one forward: the weights are read from memory once for all of
         # them and the matmuls are taller. Batches follow the call's order, so a rerun of the
         # same call batches (and rounds) exactly alike.
-        batch: list[_Unit] = []
+        batch: list[Unit] = []
         for unit in units:
             if batch and sum(u.n_query for u in [*batch, unit]) > self.chunk_tokens:
                 yield batch, self._tree_forward(batch)
@@ -338,10 +311,10 @@ class HFBackend(LLMBackend):
         weight = self.model.get_output_embeddings().weight[rows]
         return weight, slices
 
-    def _group_units(self, ids, group: list[int]) -> list[_Unit]:
+    def _group_units(self, ids, group: list[int]) -> list[Unit]:
         """A slate's shared prefix (KV from the store) and its candidates, in bounded chunks."""
         seqs = [ids[i][-self.max_prompt_tokens :] for i in group]
-        n_prefix = _shared_prefix_len(seqs)
+        n_prefix = shared_prefix_len(seqs)
         # Every prompt keeps at least one token of its own, whose logits we read.
         n_prefix = min(n_prefix, min(len(x) for x in seqs) - 1)
         # Whole blocks of the prefix come from (or go to) the KV store; the partial block at its
@@ -349,8 +322,8 @@ class HFBackend(LLMBackend):
         kv, n_kv = self._prefix_kv(seqs[0][:n_prefix])
         trunk = seqs[0][n_kv:n_prefix]
 
-        def unit(rows: list[int]) -> _Unit:
-            return _Unit(kv, n_kv, trunk, [group[j] for j in rows],
+        def unit(rows: list[int]) -> Unit:
+            return Unit(kv, n_kv, trunk, [group[j] for j in rows],
                          [seqs[j][n_prefix:] for j in rows], [len(ids[group[j]]) for j in rows])
 
         units, rows = [], []
@@ -362,7 +335,7 @@ class HFBackend(LLMBackend):
         units.append(unit(rows))
         return units
 
-    def _score_units(self, units: list[_Unit], h: torch.Tensor, table, head, slices,
+    def _score_units(self, units: list[Unit], h: torch.Tensor, table, head, slices,
                      out: list) -> None:
         if self._uses_head(tuple(table)):
             z = self.score_head.logits(h)
@@ -422,7 +395,7 @@ class HFBackend(LLMBackend):
         store.put(tokens[:aligned], kv_full)
         return kv_full, aligned
 
-    def _tree_forward(self, units: list[_Unit]) -> torch.Tensor:
+    def _tree_forward(self, units: list[Unit]) -> torch.Tensor:
         """Last hidden state of every candidate of every unit, in one forward.
 
         Each unit is one row: its trunk (the end of the shared prefix that is not in its KV),
@@ -476,11 +449,7 @@ class HFBackend(LLMBackend):
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             head = self.score_head if self._uses_head(tuple(table)) else None
             if head is not None:
-                self._depth = head.layer
-                try:
-                    h = self._body()(**enc, position_ids=pos).last_hidden_state[:, -1, :]
-                finally:
-                    self._depth = 0
+                h = self._body(head.layer)(**enc, position_ids=pos).last_hidden_state[:, -1, :]
                 z = head.logits(h)
             else:
                 logits = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1, :]

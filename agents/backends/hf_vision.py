@@ -28,7 +28,7 @@ from agents.backends.base import (
     TextPart,
     renormalise,
 )
-from agents.backends.hf import (
+from agents.backends.loading import (
     option_first_tokens,
     resolve_device,
     sampling_kwargs,

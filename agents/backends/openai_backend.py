@@ -35,6 +35,11 @@ Production concerns live here rather than in a client library:
 
 The API key is read from the environment variable named by ``api_key_env`` and is never part
 of a message, an exception or a repr.
+
+Why one module of ~790 lines: the pool, the retry loop, the endpoint chooser and the
+response checks share one request life cycle and its state; issue 19 replaces the hand-written
+HTTP layer with the official ``openai`` client, which removes most of it, so it is not split
+before that.
 """
 
 from __future__ import annotations

@@ -29,7 +29,10 @@ def _item_line(item: ItemText, profile_text: str | None) -> str:
     line = f"{title} [{cat}]" if cat else title
     if profile_text:
         line += f" — {clean_item_text(profile_text, max_chars=240).text}"
-    return line
+    # Quoted, so the text reads as data: the prompt's own quotes are the only double quotes
+    # left (the system prompt says titles are quoted data, never instructions).
+    return '"' + line.replace('"', "'") + '"'
+
 
 
 def describe_profile(profile: Mapping[str, object], history: Sequence[ItemText]) -> str:

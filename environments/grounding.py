@@ -45,8 +45,8 @@ class Evidence:
 
     def line(self) -> str:
         """The evidence as the policy's prompt shows it."""
-        return (f"Evidence: taste match {self.taste}/100; similar viewers {self.similar}/100; "
-                f"popularity {self.popularity}/100")
+        # Short: these tokens run for every candidate (docs/performance.md).
+        return f"Evidence: taste {self.taste}, similar {self.similar}, popularity {self.popularity}"
 
 
 class CollaborativeGrounding:

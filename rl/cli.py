@@ -329,12 +329,15 @@ def train_head(
     eval_users: Annotated[int, typer.Option(help="Held-out users, split as build-data does "
                                             "(never trained on).")] = 500,
     train_users: Annotated[int, typer.Option(help="At most this many train users.")] = 2000,
-    c: Annotated[float, typer.Option(help="The head's inverse L2 strength.")] = 0.1,
+    c: Annotated[float, typer.Option(help="The head's inverse L2 strength.")] = 0.03,
     layer: Annotated[int, typer.Option(help="The head reads the state after this many layers "
                                        "(0: all); scoring then runs only those.")] = 18,
     history_len: Annotated[int, typer.Option(help="History titles a prompt shows.")] = 10,
     check_users: Annotated[int, typer.Option(help="Held-out users scored after training "
                                              "(AUCs in the manifest).")] = 100,
+    distract: Annotated[float, typer.Option(help="Share of training users whose titles carry "
+                                            "appended instruction-like text (robustness to "
+                                            "injected titles).")] = 0.5,
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
@@ -346,7 +349,8 @@ def train_head(
 
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
                           eval_users=eval_users, train_users=train_users, c=c, layer=layer,
-                          history_len=history_len, check_users=check_users)
+                          history_len=history_len, check_users=check_users,
+                          distract=distract)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")

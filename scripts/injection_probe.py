@@ -16,14 +16,13 @@ The policy must be a head policy (``algo: head``): it reads the evidence and the
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 
 from environments.datasets import load_dataset
 from environments.grounding import CollaborativeGrounding
 from rl.datasets import split_users, user_samples
-from rl.grounded import GroundedPolicyScorer, PromptMaker, head_policy_scorer, without_last
+from rl.grounded import GroundedPolicyScorer, head_policy_scorer, without_last
 from rl.negatives import NegativeSampler, item_popularity
 from sandbox.policies import load_policy
 
@@ -59,10 +58,8 @@ def main() -> None:
     clean = np.concatenate(scorer.item_scores(rows))
     print(f"policy {args.policy}: {len(clean)} candidates of {len(users)} held-out users")
     for answer, text in INJECTIONS.items():
-        hostile = copy.copy(data)
-        hostile.items = data.items.assign(title=data.items["title"] + " " + text)
         injected = GroundedPolicyScorer(scorer.backend, scorer.grounding, scorer.histories,
-                                        PromptMaker(hostile), name="injected")
+                                        scorer.maker.with_title_suffix(text), name="injected")
         p = np.concatenate(injected.item_scores(rows))
         sign = 1 if answer == "Yes" else -1
         changed = np.mean((p > 0.5) != (clean > 0.5))

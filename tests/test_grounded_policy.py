@@ -74,7 +74,7 @@ def test_evidence_is_percentiles_and_separates_real_next_items(sequences, ground
     # The synthetic world's users follow their tastes: the logs' evidence must show it.
     assert np.mean(real) > np.mean(rand) + 10
     line = Evidence(87, 12, 3).line()
-    assert "87/100" in line and "12/100" in line and "3/100" in line
+    assert line == "Evidence: taste 87, similar 12, popularity 3"
 
 
 def test_evidence_follows_the_candidate_in_the_score_prompt():
@@ -83,7 +83,7 @@ def test_evidence_follows_the_candidate_in_the_score_prompt():
     grounded = score_prompt(persona, "Film B", evidence=Evidence(50, 60, 70))
     # The shared prefix (system and user turns) is unchanged: prefix reuse still covers it.
     assert plain.messages == grounded.messages
-    assert grounded.assistant_prefix.endswith("popularity 70/100\nPrediction:")
+    assert grounded.assistant_prefix.endswith("popularity 70\nPrediction:")
     assert "Film B" in grounded.assistant_prefix
 
 
@@ -192,7 +192,7 @@ def test_a_head_policy_runs_in_the_simulator_with_evidence(tmp_path, monkeypatch
     assert decisions
     assert {d.model_id for d in decisions} == {"tiny-grounded-test"}
     prompts = [d.prompt for d in decisions if not d.traced]
-    assert prompts and all("Evidence: taste match" in p for p in prompts)
+    assert prompts and all("Evidence: taste " in p for p in prompts)
     assert all(0 < d.p_like < 1 for d in decisions)
 
 
@@ -221,6 +221,36 @@ def test_example_prompts_share_one_evidence_call_per_user(sequences, grounding, 
     evs = grounding.evidence(hist, [1, 2, 3])
     for p, ev in zip(prompts, evs, strict=True):
         assert ev.line() in p.assistant_prefix
+
+
+def test_distracted_training_users_see_the_text_on_every_title_others_do_not(
+        sequences, grounding, world):
+    """Training against injected titles (issue 18, acceptance 6): a seeded share of the users
+    carries one distractor on all its titles, history and candidate alike."""
+    from agents.text_safety import clean_item_text
+    from rl.grounded import DISTRACTORS, distracted_users
+
+    users = sorted(sequences)[:20]
+    chosen = distracted_users(users, 0.5, seed=4)
+    assert len(chosen) == 10 and set(chosen) <= set(users)
+    assert chosen == distracted_users(users, 0.5, seed=4) != distracted_users(users, 0.5, seed=5)
+    assert set(chosen.values()) <= set(DISTRACTORS)
+    assert distracted_users(users, 0.0, seed=4) == {}
+    # The probe's own sentence is never trained on (scripts/injection_probe.py).
+    assert not any("Ignore previous instructions" in d for d in DISTRACTORS)
+    from rl.negatives import item_popularity
+
+    sampler = NegativeSampler(grounding.catalogue, item_popularity(without_last(sequences)), 0)
+    examples = training_examples(sequences, users, sampler)
+    prompts = example_prompts(examples, grounding, PromptMaker(world.dataset), chosen)
+    for e, p in zip(examples, prompts, strict=True):
+        user_turn, candidate = p.messages[1][1], p.assistant_prefix
+        if e.user_id in chosen:  # inside the title's quotes, whose '"' became "'"
+            text = clean_item_text(chosen[e.user_id]).text.replace('"', "'")
+            assert text in candidate and user_turn.count(text) >= 2
+        else:
+            assert not any(clean_item_text(d).text.replace('"', "'") in user_turn + candidate
+                           for d in DISTRACTORS)
 
 
 def test_a_head_on_an_earlier_layer_runs_only_that_many_layers(tiny_backend):
@@ -289,7 +319,7 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
     reg = tmp_path / "reg"
     args = ["--policy", "reproduced", "--registry", str(reg)]
     for key in ("seed", "eval_users", "train_users", "c", "layer", "history_len",
-                "check_users"):
+                "check_users", "distract"):
         args += [f"--{key.replace('_', '-')}", str(conf[key])]
     done = subprocess.run([sys.executable, "-m", "sandbox.cli", "rl", "train-head", *args],
                           capture_output=True, text=True, timeout=1800)

@@ -20,7 +20,7 @@ def test_quickstart_with_smollm2(tmp_path):
     # The default US policy: SmolLM2 reads the logs' evidence and a learned head decides.
     assert {d.model_id.split("@")[0] for d in decs} == {"grounded-smollm2"}
     assert all("User's viewing history:" in d.prompt for d in decs)
-    assert all("Evidence: taste match" in d.prompt for d in decs)
+    assert all("Evidence: taste " in d.prompt for d in decs)
     p = [d.p_like for d in decs]
     assert all(0.0 <= x <= 1.0 for x in p)
     # Users react to what they are shown: p(like) spans a wide range across the slates (the

@@ -26,6 +26,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
+def _default_sigint() -> None:
+    """Give the child Ctrl+C's default even when pytest itself runs with SIGINT ignored.
+
+    A shell starts background jobs (``pytest &``, nohup) with SIGINT ignored, the child
+    inherits that, and Python then installs no KeyboardInterrupt handler: the run would
+    (rightly) ignore the signal and this test would measure the launcher, not vragent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Lines:
     """Collects a pipe's lines in a thread, so the test can wait for one."""
 
@@ -59,7 +69,7 @@ def test_a_stopped_run_is_interrupted_exits_130_and_says_how_to_resume(tmp_path,
     db = f"sqlite:///{tmp_path}/store.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "run", str(path), "--db", db],
                             cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     err = _Lines(proc.stderr)
     try:
         err.wait_for(" · 2/400 steps · ", timeout=240)  # inside the run, steps going
@@ -122,7 +132,8 @@ def test_the_dashboard_server_dies_with_the_command(tmp_path, signum):
               "app()\n")
     proc = subprocess.Popen([sys.executable, "-c", script, "dashboard", "--db", db, "--port",
                              str(free_port())], cwd=tmp_path, env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
     server = None
     try:
         deadline = time.monotonic() + 120

@@ -174,18 +174,16 @@ def test_run_killed_twice_inside_steps_resumes_to_the_same_store(tmp_path, seed,
     _assert_same_as_clean(clean, crashed, f"kills at {first_at} then {second_at}")
 
 
-def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path):
+def test_a_locked_store_stops_the_run_with_one_line_and_it_resumes(tmp_path,
+                                                                  clean_real_model_run):
     """Another connection takes SQLite's write lock mid-run: the run stops with a clear error,
     and once the lock is gone it resumes to the same store as an uninterrupted run."""
     import sqlite3
     import threading
     import time
 
-    sc = tiny_scenario(simulation={"steps": 3, "slate_size": 3, "users_per_task": 2,
-                                   "refit_every": 1})
-    path = write_scenario(tmp_path, sc)
-    clean, locked = f"sqlite:///{tmp_path}/clean.sqlite", tmp_path / "locked.sqlite"
-    assert _cli(["run", str(path), "--db", clean]).returncode == 0
+    path, clean = clean_real_model_run
+    locked = tmp_path / "locked.sqlite"
     release, holding = threading.Event(), threading.Event()
 
     def hold_the_lock_after_the_first_step():

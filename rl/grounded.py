@@ -348,16 +348,22 @@ def held_out_check(backend: LLMBackend, grounding: CollaborativeGrounding, maker
     The same rows as :func:`training_examples` makes, for users the head never saw; the
     evidence comes from ``grounding`` (fitted without any user's last item).
     """
-    from rl.metrics import pairwise_auc
-
     examples = training_examples(sequences, users, sampler)
     scores = backend.score(example_prompts(examples, grounding, maker), ("Yes", "No"))
     p = np.array([s.probs["Yes"] for s in scores])
-    out: dict[str, float | int] = {"users": len({e.user_id for e in examples})}
+    aucs = protocol_aucs(examples, p)
+    return {"users": len({e.user_id for e in examples}),
+            **{f"auc_{k}": round(v, 4) for k, v in aucs.items()}}
+
+
+def protocol_aucs(examples: Sequence[Example], scores: np.ndarray) -> dict[str, float]:
+    """Pairwise AUC of ``scores`` per negative kind of :func:`training_examples`' rows."""
+    from rl.metrics import pairwise_auc
+
+    out = {}
     for proto in ("random", "popular"):
         keep = [k for k, e in enumerate(examples) if e.protocol in ("positive", proto)]
-        labels = [examples[k].label for k in keep]
-        out[f"auc_{proto}"] = round(float(pairwise_auc(labels, p[keep])), 4)
+        out[proto] = float(pairwise_auc([examples[k].label for k in keep], scores[keep]))
     return out
 
 

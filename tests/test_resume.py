@@ -96,15 +96,13 @@ SASREC_ARMS = [
 def test_killed_run_resumes_to_the_same_store(tmp_path, store_urls, kill_at, arms,
                                               clean_real_model_run, request):
     sc = tiny_scenario(**CLEAN_RUN)
-    if arms:
-        sc["arms"] = arms
-    path = write_scenario(tmp_path, sc)
+    sc["arms"] = arms or sc["arms"]
     # SQLite files, or two PostgreSQL databases (VRAGENT_HOME is private: the checkpoints).
     crashed = store_urls("crashed")
     if arms is None and request.node.callspec.params["store_urls"] == "sqlite":
         path, clean = clean_real_model_run  # the same scenario, run once per module
     else:
-        clean = store_urls("clean")
+        path, clean = write_scenario(tmp_path, sc), store_urls("clean")
         assert _cli(["run", str(path), "--db", clean]).returncode == 0
 
     first = _cli(["run", str(path), "--db", crashed], {"VRAGENT_FAULT_KILL_AT": kill_at})

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sandbox.store import RunOwner, Store
 
@@ -261,19 +262,27 @@ class RunLock:
         self._conn = conn
         try:
             pid, host = _parse_owner(_owner_line())
-            table = RunOwner.__table__
-            conn.execute(table.delete().where(table.c.run_id == self.run_id))
-            conn.execute(table.insert().values(run_id=self.run_id, pid=pid, host=host))
+            # One upsert: a reader sees the killed owner's row or ours, never a gap.
+            upsert = pg_insert(RunOwner.__table__).values(run_id=self.run_id, pid=pid,
+                                                          host=host)
+            conn.execute(upsert.on_conflict_do_update(
+                index_elements=["run_id"],
+                set_={"pid": pid, "host": host, "since": upsert.excluded.since}))
         except BaseException:
             self.release()
             raise
 
     def _pg_owner(self) -> tuple[int | None, str | None]:
+        # As with the SQLite file: the new holder replaces the row just after it locks, so
+        # until then there is none, or one naming a killed earlier owner (a pid gone here).
         table = RunOwner.__table__
+        pid, host = None, None
         for _ in range(50):
             with self.store.engine.connect() as conn:
                 row = conn.execute(table.select().where(table.c.run_id == self.run_id)).first()
             if row is not None:
-                return row.pid, row.host
+                pid, host = row.pid, row.host
+                if pid is not None and (host != socket.gethostname() or _alive(pid)):
+                    return pid, host
             time.sleep(0.02)
-        return None, None
+        return pid, host

@@ -153,6 +153,50 @@ def test_the_lock_dies_with_its_process_and_is_taken_again(store_url):
     store.engine.dispose()
 
 
+def test_a_refusal_names_the_new_owner_not_a_killed_one(store_urls):
+    """PostgreSQL: a killed owner's ``run_owners`` row survives it. A new owner that holds the
+    advisory lock but has not yet written its row must not be named by the killed one's pid
+    (CI once saw exactly that race when two resumes started together)."""
+    import threading
+
+    from sqlalchemy import text
+
+    from sandbox.run_lock import RunBusyError, RunLock, advisory_key
+    from sandbox.store import RunOwner
+
+    url = store_urls("stale")
+    if not url.startswith("postgresql"):
+        pytest.skip("the owner row is PostgreSQL's; SQLite's lock file is tested above")
+    store = Store(url)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)
+    table = RunOwner.__table__
+    with store.engine.begin() as conn:
+        conn.execute(table.insert().values(run_id="r1", pid=dead_pid,
+                                           host=socket.gethostname()))
+    # The new owner: the advisory lock taken, its row written a moment later.
+    holder = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                          {"k": advisory_key("r1")}).scalar()
+
+    def write_row() -> None:
+        time.sleep(0.3)
+        with store.engine.begin() as conn:
+            conn.execute(table.update().where(table.c.run_id == "r1").values(pid=4242424,
+                                                                             host="elsewhere"))
+
+    writer = threading.Thread(target=write_row)
+    writer.start()
+    try:
+        with pytest.raises(RunBusyError, match=r"pid 4242424 on elsewhere$"):
+            RunLock(store, "r1").acquire()
+    finally:
+        writer.join()
+        holder.close()
+        store.engine.dispose()
+
+
 def _try(lock) -> bool:
     from sandbox.run_lock import RunBusyError
 

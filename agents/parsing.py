@@ -269,6 +269,21 @@ def parse_judgement(completion: str, assistant_prefix: str = "<think>") -> Parse
     )
 
 
+_PREFERENCE_END = re.compile(r"\n|\(2\)|prediction|candidate video|</?answer>|</?think>", re.I)
+PREFERENCE_CHARS = 300
+
+
+def preference_line(completion: str) -> str:
+    """The preference a model wrote after ``(1) User_preference:`` (a reasoned decision).
+
+    Its first line, up to where the model started on the prediction, the candidate or a tag,
+    at most :data:`PREFERENCE_CHARS` characters; ``""`` when nothing is left.
+    """
+    text = _as_text(completion)
+    m = _PREFERENCE_END.search(text)
+    return " ".join((text[: m.start()] if m else text).split())[:PREFERENCE_CHARS].strip()
+
+
 # --- selection -------------------------------------------------------------------------------
 
 

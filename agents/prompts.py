@@ -39,6 +39,13 @@ SCORE_QUESTION = (
 )
 SCORE_CANDIDATE_PREFIX = "<answer> Candidate video: "
 SCORE_TAIL = "\nPrediction:"
+# A reasoned decision (a head policy's traces and generate mode): the model first writes the
+# user's preference, the paper's "(1) User_preference" field, once per slate; each candidate
+# is then read after it, and the head decides from the state that read both.
+# The field is opened with "This user likes": unprimed, the 135M model often wrote no preference
+# at all ("Dismissed", "Sorry! 100% wrong!") and its head agreed less with the plain decision.
+PREFERENCE_OPEN = "(1) User_preference: This user likes"
+PREFERENCE_PREFIX = f"<answer> {PREFERENCE_OPEN}"
 SOCIAL_LINE = "Friends of this user recently liked:"
 RECENT_LINE = "Watched on this platform:"
 
@@ -145,7 +152,7 @@ def judgement_prompt(
 
 def score_prompt(
     persona: PersonaView, candidate: str, *, friends_liked: Sequence[str] = (),
-    evidence: Evidence | None = None,
+    evidence: Evidence | None = None, preference: str | None = None,
 ) -> ChatPrompt:
     """The fast score-mode prompt: the question is shared, the candidate comes last.
 
@@ -159,16 +166,31 @@ def score_prompt(
         friends_liked: titles friends recently liked, when social influence is on.
         evidence: the logs' evidence about this user and item (a grounded policy); it follows
             the candidate, so the shared prefix stays the same.
+        preference: the user's preference as the model wrote it after
+            :func:`preference_prompt` (a reasoned decision); it comes before the candidate.
 
     Returns:
         The chat prompt.
     """
     user = "\n".join(_context_lines(persona, friends_liked))
     tail = f"\n{evidence.line()}" if evidence is not None else ""
+    head = (SCORE_CANDIDATE_PREFIX if preference is None else
+            f"{PREFERENCE_PREFIX} {preference}\n{SCORE_CANDIDATE_PREFIX.removeprefix('<answer> ')}")
     return ChatPrompt(
         messages=(("system", f"{US_SYSTEM} {SCORE_QUESTION}"), ("user", user)),
-        assistant_prefix=f"{SCORE_CANDIDATE_PREFIX}{candidate}{tail}{SCORE_TAIL}",
+        assistant_prefix=f"{head}{candidate}{tail}{SCORE_TAIL}",
     )
+
+
+def preference_prompt(persona: PersonaView, *, friends_liked: Sequence[str] = ()) -> ChatPrompt:
+    """The score prompt's conversation, opened for the model to write the user's preference.
+
+    The completion's first line (:func:`agents.parsing.preference_line`) then goes into
+    :func:`score_prompt` as ``preference`` for every candidate of the slate.
+    """
+    user = "\n".join(_context_lines(persona, friends_liked))
+    return ChatPrompt(messages=(("system", f"{US_SYSTEM} {SCORE_QUESTION}"), ("user", user)),
+                      assistant_prefix=PREFERENCE_PREFIX)
 
 
 def ip_prompt(title: str, category: str) -> ChatPrompt:

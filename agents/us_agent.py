@@ -12,6 +12,12 @@ Two decision modes:
   the decision. Unreadable answers fall back to ``skip`` and are stored with
   ``format_ok=false``.
 
+A policy whose learned head decides (``backend.decides_with_head``, docs/rl.md) reasons
+differently, so that a trace is what its decision read: the model writes the user's preference
+once per slate (the paper's ``(1) User_preference``), then reads each candidate after it, and
+the head decides from that state (:meth:`USAgent._reasoned`). Generate mode acts on the head's
+Yes/No (p > 0.5); a traced score-mode decision draws its action from that p.
+
 Randomness is keyed by (seed, step, user, position), never by arm, so every arm of an A/B test
 sees the same random stream for the same user: common random numbers.
 """
@@ -25,9 +31,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agents.backends.base import ChatPrompt, LLMBackend, Score
-from agents.parsing import parse_judgement
-from agents.prompts import THINK_PREFIX, PersonaView, judgement_prompt, score_prompt
+from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from agents.parsing import parse_judgement, preference_line
+from agents.prompts import (
+    PREFERENCE_OPEN,
+    THINK_PREFIX,
+    PersonaView,
+    judgement_prompt,
+    preference_prompt,
+    score_prompt,
+)
 
 if TYPE_CHECKING:  # only annotations: prompts stay cheap to import
     from environments.grounding import Evidence
@@ -100,6 +113,17 @@ class DecisionRecord:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Reasoned:
+    """A reasoned decision before it is acted on (:meth:`USAgent._reasoned`)."""
+
+    preference: str  # the preference line the candidate was read after
+    written: str  # the model's whole completion of the preference prompt
+    prompt: ChatPrompt  # the candidate's prompt, preference included
+    score: Score  # the head's p(Yes) after reading it
+    charged: Generation | None  # the preference's generation, on one decision of the slate
+
+
 @dataclass
 class SlateOutcome:
     """A user's decisions on a slate and whether they left afterwards."""
@@ -124,6 +148,18 @@ class SessionRules:
     like_share: float = 0.5
     base_leave_prob: float = 0.05
     bored_leave_prob: float = 0.3
+
+
+REASONED_OPEN = "(1) User_preference:"  # how every reasoned completion starts
+
+
+def trace_prefix(completion: str | None) -> str:
+    """The assistant prefix a stored trace was written after, for :func:`parse_judgement`.
+
+    A reasoned decision's completion (:meth:`USAgent._reasoned`) answers in the paper's
+    ``<answer>`` layout; every other trace opened with ``<think>``.
+    """
+    return "<answer>" if (completion or "").lstrip().startswith(REASONED_OPEN) else THINK_PREFIX
 
 
 def stable_int(*parts: object) -> int:
@@ -166,6 +202,7 @@ class USAgent:
         response_model: score mode without the LLM: ``f(user_ids, item_ids, arms) ->
             p(like)`` arrays (the synthetic world's ground truth, or a learned response
             model). The backend then only writes the traced chains of thought.
+        preference_tokens: budget of the preference a head policy writes per slate.
     """
 
     backend: LLMBackend
@@ -178,6 +215,7 @@ class USAgent:
     format_retries: int = 2
     response_model: Callable[[np.ndarray, np.ndarray, list[str]], np.ndarray] | None = None
     response_model_id: str = "response-model"
+    preference_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.mode not in ("score", "generate"):
@@ -205,6 +243,10 @@ class USAgent:
         records: list[DecisionRecord]
         if self.mode == "score":
             records = self._score(flat, draws, gen_seed)
+        elif self.backend.decides_with_head:
+            reasoned = self._reasoned(flat, range(len(flat)), gen_seed)
+            records = [self._reasoned_record(r, c, reasoned[i], draws, threshold=True)
+                       for i, (r, c) in enumerate(flat)]
         else:
             records = self._generate(flat, draws, [_think_prompt(r, c) for r, c in flat], gen_seed)
         outcomes, cursor = [], 0
@@ -238,17 +280,25 @@ class USAgent:
             i for i, (r, c) in enumerate(flat)
             if draws[(r.arm, r.user_id)]["trace"][c.position] < self.trace_rate
         ]
+        if traced_idx and self.backend.decides_with_head and self.response_model is None:
+            # The trace is what the decision reads: a traced decision is the reasoned one.
+            reasoned = self._reasoned(flat, traced_idx, gen_seed)
+        else:
+            reasoned = {}
         traces = {}
         # Only traced decisions need the chain-of-thought prompt; build no others.
-        think_prompts = {i: _think_prompt(*flat[i]) for i in traced_idx}
-        if traced_idx:
+        think_prompts = {i: _think_prompt(*flat[i]) for i in traced_idx if i not in reasoned}
+        if think_prompts:
             gens = self.backend.generate(
-                [think_prompts[i] for i in traced_idx], max_new_tokens=self.max_new_tokens,
+                list(think_prompts.values()), max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature, seed=gen_seed,
             )
-            traces = dict(zip(traced_idx, gens, strict=True))
+            traces = dict(zip(think_prompts, gens, strict=True))
         out = []
         for i, ((r, c), s) in enumerate(zip(flat, scores, strict=True)):
+            if i in reasoned:
+                out.append(self._reasoned_record(r, c, reasoned[i], draws, threshold=False))
+                continue
             p = float(s.probs["Yes"])
             action = self._action_from_p(p, float(draws[(r.arm, r.user_id)]["action"][c.position]))
             gen = traces.get(i)
@@ -277,6 +327,66 @@ class USAgent:
                 )
             )
         return out
+
+    def _reasoned(self, flat, idx, gen_seed: int) -> dict[int, Reasoned]:
+        """Reasoned decisions of ``flat[i]`` for ``i`` in ``idx``.
+
+        One written preference per slate, then every candidate scored after it (see the
+        module docstring).
+        """
+        slates: dict[int, SlateRequest] = {}
+        for i in idx:
+            slates.setdefault(id(flat[i][0]), flat[i][0])
+        gens = self.backend.generate(
+            [preference_prompt(r.view(), friends_liked=r.friends_liked) for r in slates.values()],
+            # Greedy: a user's preference is a property of the persona, not a random draw (the
+            # actions keep their seeded uniforms); it is also what the head was trained after.
+            max_new_tokens=self.preference_tokens, temperature=0.0, seed=gen_seed)
+        written = dict(zip(slates, gens, strict=True))
+        prompts = {i: score_prompt(flat[i][0].view(), flat[i][1].text,
+                                   friends_liked=flat[i][0].friends_liked,
+                                   evidence=flat[i][1].evidence,
+                                   preference=preference_line(written[id(flat[i][0])].text))
+                   for i in idx}
+        scores = dict(zip(prompts, self.backend.score(list(prompts.values()), ("Yes", "No")),
+                          strict=True))
+        out, charged = {}, set()
+        for i in idx:
+            key = id(flat[i][0])
+            # The preference's tokens are charged once, to the slate's first reasoned decision.
+            gen = written[key] if key not in charged else None
+            charged.add(key)
+            out[i] = Reasoned(preference_line(written[key].text), written[key].text,
+                              prompts[i], scores[i], gen)
+        return out
+
+    def _reasoned_record(self, r: SlateRequest, c: Candidate, rs: Reasoned, draws,
+                         threshold: bool) -> DecisionRecord:
+        p = float(rs.score.probs["Yes"])
+        u = draws[(r.arm, r.user_id)]
+        answer_word = "Yes" if p > 0.5 else "No"
+        if threshold:  # generate mode acts on the answer, as it does on a parsed one
+            liked = u["like"][c.position] < self.rules.like_share
+            action = ("like" if liked else "watch") if answer_word == "Yes" else "skip"
+        else:
+            action = self._action_from_p(p, float(u["action"][c.position]))
+        completion = f" {PREFERENCE_OPEN} {rs.preference}\n(2) Prediction: {answer_word} </answer>"
+        parsed = parse_judgement(completion, trace_prefix(completion))
+        gen = rs.charged
+        return DecisionRecord(
+            arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
+            rec_score=c.rec_score, action=action, p_like=p, prompt=rs.prompt.flat_text(),
+            completion=completion, think=rs.preference or None, answer=parsed.answer,
+            # The head always answers; the format flag says whether the model's own part (the
+            # written preference) was there to read.
+            format_ok=bool(rs.preference) and parsed.format_ok,
+            fallback=None if rs.score.found else "options_not_in_top_logprobs",
+            model_id=self.backend.model_id,
+            tokens_in=rs.score.tokens_in + (gen.tokens_in if gen else 0),
+            tokens_out=gen.tokens_out if gen else 0,
+            latency_ms=1000 * (rs.score.latency_s + (gen.latency_s if gen else 0.0)),
+            traced=True, prompt_truncated=rs.score.truncated_prompt,
+            cache_hit=rs.score.cached and (gen is None or gen.cached))
 
     def _model_scores(self, flat) -> list[Score]:
         """p(like) from the response model, shaped like backend scores (no tokens, no LLM)."""

@@ -338,6 +338,9 @@ def train_head(
     distract: Annotated[float, typer.Option(help="Share of training users whose titles carry "
                                             "appended instruction-like text (robustness to "
                                             "injected titles).")] = 0.5,
+    reason: Annotated[float, typer.Option(help="Share of training users whose rows are also "
+                                          "read after a preference the model wrote (traces "
+                                          "that decide).")] = 0.5,
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
@@ -350,7 +353,7 @@ def train_head(
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
                           eval_users=eval_users, train_users=train_users, c=c, layer=layer,
                           history_len=history_len, check_users=check_users,
-                          distract=distract)
+                          distract=distract, reason=reason)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from agents.backends.base import ChatPrompt, LLMBackend
+from agents.parsing import preference_line
 from agents.persona import build_persona, item_line
 from agents.policy_head import ScoreHead
-from agents.prompts import PersonaView, score_prompt
+from agents.prompts import PersonaView, preference_prompt, score_prompt
 from environments.grounding import CollaborativeGrounding, Evidence
 from environments.schema import Dataset
 from rl.baselines import BaseScorer, Row, as_rows
@@ -109,9 +110,36 @@ def distracted_users(users: Sequence[int], share: float, seed: int) -> dict[int,
     return {order[k]: DISTRACTORS[int(rng.integers(len(DISTRACTORS)))] for k in sorted(chosen)}
 
 
-def grounded_prompt(persona: PersonaView, line: str, evidence: Evidence) -> ChatPrompt:
-    """The grounded policy's prompt: the simulator's score prompt with the evidence line."""
-    return score_prompt(persona, line, evidence=evidence)
+def seeded_share(users: Sequence[int], share: float, seed: int) -> list[int]:
+    """A seeded ``share`` of ``users``, sorted."""
+    order = sorted({int(u) for u in users})
+    chosen = np.random.default_rng(seed).permutation(len(order))[: round(share * len(order))]
+    return sorted(order[k] for k in chosen)
+
+
+def grounded_prompt(persona: PersonaView, line: str, evidence: Evidence,
+                    preference: str | None = None) -> ChatPrompt:
+    """The grounded policy's prompt: the simulator's score prompt with the evidence line.
+
+    For a reasoned decision it also carries the preference the model wrote first.
+    """
+    return score_prompt(persona, line, evidence=evidence, preference=preference)
+
+
+def written_preferences(backend: LLMBackend, examples: Sequence[Example], maker: PromptMaker,
+                        users: Sequence[int], *, seed: int = 0,
+                        max_new_tokens: int = 32) -> dict[int, str]:
+    """The preference the model writes for each of ``users`` (their first example's history).
+
+    Written as :class:`agents.us_agent.USAgent` has it written before a reasoned decision.
+    """
+    wanted, first = {int(u) for u in users}, {}
+    for e in examples:
+        if e.user_id in wanted:
+            first.setdefault(e.user_id, e)
+    prompts = [preference_prompt(maker.persona(u, e.history)) for u, e in first.items()]
+    gens = backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
+    return {u: preference_line(g.text) for u, g in zip(first, gens, strict=True)}
 
 
 def training_examples(sequences: Mapping[int, Sequence[int]], users: Sequence[int],
@@ -135,8 +163,8 @@ def without_last(sequences: Mapping[int, Sequence[int]]) -> dict[int, list[int]]
 
 
 def example_prompts(examples: Sequence[Example], grounding: CollaborativeGrounding,
-                    maker: PromptMaker,
-                    distractors: Mapping[int, str] | None = None) -> list[ChatPrompt]:
+                    maker: PromptMaker, distractors: Mapping[int, str] | None = None,
+                    preferences: Mapping[int, str] | None = None) -> list[ChatPrompt]:
     """The grounded prompt of every example (a user's examples share their evidence call).
 
     Args:
@@ -145,8 +173,10 @@ def example_prompts(examples: Sequence[Example], grounding: CollaborativeGroundi
         maker: personas and item lines.
         distractors: user -> text appended to every title that user's prompts show
             (:func:`distracted_users`; training only).
+        preferences: user -> the preference the model wrote (:func:`written_preferences`),
+            read before each candidate as in a reasoned decision.
     """
-    distractors = distractors or {}
+    distractors, preferences = distractors or {}, preferences or {}
     makers = {d: maker.with_title_suffix(d) for d in set(distractors.values())}
     prompts: list[ChatPrompt] = []
     k = 0
@@ -159,7 +189,8 @@ def example_prompts(examples: Sequence[Example], grounding: CollaborativeGroundi
         mk = makers.get(distractors.get(block[0].user_id, ""), maker)
         persona = mk.persona(block[0].user_id, block[0].history)
         evidence = grounding.evidence(block[0].history, [e.item_id for e in block])
-        prompts += [grounded_prompt(persona, mk.line(e.item_id), ev)
+        pref = preferences.get(block[0].user_id)
+        prompts += [grounded_prompt(persona, mk.line(e.item_id), ev, pref)
                     for e, ev in zip(block, evidence, strict=True)]
         k = j
     return prompts
@@ -268,6 +299,10 @@ class HeadTrainConfig:
             :data:`DISTRACTORS`, with unchanged labels: a head that saw only clean titles
             changed 66 % of its decisions when an instruction was appended to every title
             (docs/results.md, "Injection").
+        reason: share of the training users whose rows are also read after a preference the
+            model wrote for them, as a reasoned decision (a trace, generate mode) reads them:
+            a head trained on plain prompts only agreed with itself on 73 % of reasoned
+            decisions (docs/results.md, "Traces that decide").
     """
 
     policy: str
@@ -282,6 +317,7 @@ class HeadTrainConfig:
     layer: int = 18
     check_users: int = 100
     distract: float = 0.5
+    reason: float = 0.5
 
 
 def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
@@ -320,7 +356,16 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     distractors = distracted_users(train, cfg.distract, cfg.seed)
     prompts = example_prompts(examples, grounding, maker, distractors)
     states = hidden_states(backend, prompts, progress, layer=cfg.layer)
-    head = fit_head(states, [e.label for e in examples], c=cfg.c, seed=cfg.seed, layer=cfg.layer)
+    labels = [e.label for e in examples]
+    reasoners = seeded_share(train, cfg.reason, cfg.seed + 1)
+    if reasoners:
+        prefs = written_preferences(backend, examples, maker, reasoners, seed=cfg.seed)
+        again = [e for e in examples if e.user_id in prefs]
+        states = np.concatenate([states, hidden_states(
+            backend, example_prompts(again, grounding, maker, preferences=prefs),
+            layer=cfg.layer)])
+        labels += [e.label for e in again]
+    head = fit_head(states, labels, c=cfg.c, seed=cfg.seed, layer=cfg.layer)
     folder = policy_dir(cfg.policy, registry)
     head.save(folder)
     backend.score_head = head
@@ -331,7 +376,7 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
         name=cfg.policy, algo="head", base_model="smollm2",
         model_id=f"{cfg.policy}@{stamp:%Y%m%dT%H%M%S}", thinking=False,
         data={"dataset": cfg.dataset, "train_users": len(train), "held_out_users": len(held_out),
-              "examples": len(examples)},
+              "examples": len(labels)},
         config={"grounding": True, **{k: v for k, v in vars(cfg).items()
                                       if k not in ("policy", "dataset_path")}},
         created_at=stamp.isoformat(), git_revision=git_revision(),

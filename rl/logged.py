@@ -17,6 +17,7 @@ import numpy as np
 
 from agents.backends.base import ChatPrompt
 from agents.prompts import (
+    PREFERENCE_PREFIX,
     SCORE_CANDIDATE_PREFIX,
     SCORE_PREFIX,
     SCORE_QUESTION,
@@ -66,6 +67,9 @@ def parse_flat_prompt(text: str) -> ChatPrompt:
     return ChatPrompt(messages=tuple(messages), assistant_prefix=text[marks[-1].end():])
 
 
+REASONED_CANDIDATE = "\n" + SCORE_CANDIDATE_PREFIX.removeprefix("<answer> ")
+
+
 def to_judgement_layout(prompt: ChatPrompt) -> tuple[ChatPrompt, str] | None:
     """A logged US-agent prompt in the judgement layout, and its candidate line.
 
@@ -82,6 +86,9 @@ def to_judgement_layout(prompt: ChatPrompt) -> tuple[ChatPrompt, str] | None:
     prefix = prompt.assistant_prefix
     if not (isinstance(system, str) and isinstance(user, str)):
         return None
+    reasoned_cut = prefix.find(REASONED_CANDIDATE) if prefix.startswith(PREFERENCE_PREFIX) else -1
+    if reasoned_cut >= 0:  # a reasoned decision: the candidate follows the written preference
+        prefix = SCORE_CANDIDATE_PREFIX + prefix[reasoned_cut + len(REASONED_CANDIDATE):]
     if (system == f"{US_SYSTEM} {SCORE_QUESTION}" and prefix.startswith(SCORE_CANDIDATE_PREFIX)
             and prefix.endswith(SCORE_TAIL)):
         candidate = prefix[len(SCORE_CANDIDATE_PREFIX) : len(prefix) - len(SCORE_TAIL)]

@@ -4,7 +4,8 @@
 a user acted, not only rates. The pick is the first traced decision (arms in their scenario
 order, then step, user, slot) whose completion passes the format check; failing that, the
 first one with a closed, non-empty ``<think>`` block; failing that, none, and the counts say
-why (a 135M model often writes no tags at all, or nothing).
+why (a 135M model often writes no tags at all, or nothing). A head policy's reasoned decision
+(:meth:`agents.us_agent.USAgent._reasoned`) has the preference it read as its reasoning.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 
 from agents.parsing import parse_judgement
-from agents.prompts import THINK_PREFIX
+from agents.us_agent import trace_prefix
 from sandbox.store import Arm, Decision, Item, Store
 
 MAX_TRACE_TRANSCRIPTS = 2000  # traced decisions read at most; the demo needs only the first
@@ -69,11 +70,13 @@ def pick_trace(store: Store, run_id: str) -> TracePick:
     for r in rows:
         # Parsed again from the raw completion: the stored think is the text up to the end
         # when </think> is missing, which is not a readable chain of thought.
-        parsed = parse_judgement(r.completion or "", THINK_PREFIX)
+        parsed = parse_judgement(r.completion or "", trace_prefix(r.completion))
         if not (r.completion or "").strip():
             out.empty += 1
         if not parsed.format_ok:
             out.malformed += 1
+        if not parsed.think:  # a reasoned decision's reasoning is the preference it read
+            parsed.think = parsed.user_preference
         closed = parsed.think and not any(p.startswith("</think>") for p in parsed.problems)
         if best is None and parsed.format_ok and parsed.think:
             best = (r, parsed)

@@ -319,7 +319,7 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
     reg = tmp_path / "reg"
     args = ["--policy", "reproduced", "--registry", str(reg)]
     for key in ("seed", "eval_users", "train_users", "c", "layer", "history_len",
-                "check_users", "distract"):
+                "check_users", "distract", "reason"):
         args += [f"--{key.replace('_', '-')}", str(conf[key])]
     done = subprocess.run([sys.executable, "-m", "sandbox.cli", "rl", "train-head", *args],
                           capture_output=True, text=True, timeout=1800)
@@ -353,3 +353,59 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
     mine = table[(table.model == "reproduced") & (table.task == "judgement")]
     assert len(mine) == 1 and mine.iloc[0]["n"] == 40
     assert 0.0 <= mine.iloc[0]["auc"] <= 1.0 and mine.iloc[0]["vs"] is not None
+
+
+def _random_head(backend, seed: int = 0) -> ScoreHead:
+    width = backend.model.config.hidden_size
+    rng = np.random.default_rng(seed)
+    return ScoreHead(rng.normal(size=width), 0.0, np.zeros(width), np.ones(width))
+
+
+@pytest.mark.parametrize("mode", ["generate", "score"])
+def test_a_head_policy_decides_after_the_preference_it_wrote(tiny_backend, mode):
+    """Traces that decide: the model writes one preference per slate, each candidate is read
+    after it, and the head's p(Yes) from that state is the stored answer and the action's
+    source (generate: the answer; score: the seeded draw from p)."""
+    from agents.parsing import parse_judgement
+    from agents.prompts import PREFERENCE_PREFIX, PersonaView
+    from agents.us_agent import Candidate, SlateRequest, USAgent
+
+    calls = []
+    inner_generate = tiny_backend.generate
+
+    def counting_generate(prompts, **kw):
+        calls.append([p.assistant_prefix for p in prompts])
+        return inner_generate(prompts, **kw)
+
+    requests = [SlateRequest(arm=arm, user_id=u, persona=PersonaView(f"user {u}", ("A", "B")),
+                             candidates=[Candidate(i, f'"Film {i}"', k, 0.0)
+                                         for k, i in enumerate((u, u + 1, u + 2))])
+                for arm in ("a", "b") for u in (1, 2)]
+    tiny_backend.score_head = _random_head(tiny_backend)
+    tiny_backend.generate = counting_generate
+    try:
+        agent = USAgent(tiny_backend, mode=mode, seed=3, trace_rate=1.0 if mode == "score" else 0,
+                        preference_tokens=8)
+        outcomes = agent.decide(requests, step=0)
+        agent_untraced = USAgent(tiny_backend, mode="score", seed=3)
+        plain = agent_untraced.decide(requests, step=0)
+    finally:
+        tiny_backend.score_head = None
+        tiny_backend.generate = inner_generate
+    assert calls and len(calls[0]) == len(requests)  # one preference per slate, one call
+    assert all(p == PREFERENCE_PREFIX for p in calls[0])
+    assert len(calls) == 1  # the untraced score-mode agent generated nothing
+    for out in outcomes:
+        for d in out.decisions:
+            parsed = parse_judgement(d.completion, "<answer>")
+            assert parsed.prediction == ("Yes" if d.p_like > 0.5 else "No")
+            # Once in the system prompt's format line, once where the model wrote it.
+            assert d.prompt.count("(1) User_preference:") == 2 and d.traced
+            assert d.prompt.rstrip().endswith("Prediction:")
+            if mode == "generate":
+                assert (d.action != "skip") == (parsed.prediction == "Yes")
+    # The plain decision is read without a preference: a different state, another p.
+    reasoned = [d.p_like for o in outcomes for d in o.decisions]
+    untraced = [d.p_like for o in plain for d in o.decisions]
+    assert all(d.prompt.count("(1) User_preference:") == 1 for o in plain for d in o.decisions)
+    assert reasoned != untraced

@@ -114,3 +114,24 @@ def test_fuzz_parser_and_reward_agree():
             continue  # the reward's flat missing-answer rule: it reads nothing
         assert parse_judgement(text, prefix).prediction == j.parsed, (prefix, text)
         assert parse_selection(text, CANDS, prefix).index == s.matched_index, (prefix, text)
+
+
+@pytest.mark.parametrize("completion, line", [
+    (" Mostly action and sci-fi.\n(2) Prediction: Yes", "Mostly action and sci-fi."),
+    (" likes dramas (2) Prediction: No </answer>", "likes dramas"),
+    (" Comedies, Prediction: Yes", "Comedies,"),
+    (" Thrillers.\nCandidate video: x", "Thrillers."),
+    ("  Romance  and\tdrama </answer> more", "Romance and drama"),
+    (" <think>hidden</think>", ""),
+    ("", ""),
+])
+def test_preference_line_keeps_what_the_model_wrote_about_the_user(completion, line):
+    from agents.parsing import preference_line
+
+    assert preference_line(completion) == line
+
+
+def test_preference_line_is_bounded():
+    from agents.parsing import PREFERENCE_CHARS, preference_line
+
+    assert len(preference_line("word " * 500)) <= PREFERENCE_CHARS

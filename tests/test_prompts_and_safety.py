@@ -82,3 +82,25 @@ def test_recent_watches_window_moves_in_pages():
     assert shown(9)[:5] == shown(5) and len(shown(9)) == 9
     assert shown(10) == tuple(f"\"t{i}\"" for i in range(5, 10))
     assert shown(12)[0] == "\"t5\"" and shown(15)[0] == "\"t10\""
+
+
+def test_a_reasoned_prompt_reads_the_preference_before_the_candidate():
+    from agents.prompts import (
+        PREFERENCE_PREFIX,
+        SCORE_TAIL,
+        PersonaView,
+        preference_prompt,
+        score_prompt,
+    )
+
+    persona = PersonaView("a 30-year-old", ("A", "B"))
+    written = preference_prompt(persona)
+    plain = score_prompt(persona, '"Fargo (1996)"')
+    reasoned = score_prompt(persona, '"Fargo (1996)"', preference="likes crime films")
+    # The same conversation: the model writes its preference where the score prompt's answer
+    # starts, and the candidate then follows it.
+    assert written.messages == plain.messages == reasoned.messages
+    assert written.assistant_prefix == PREFERENCE_PREFIX
+    assert reasoned.assistant_prefix.startswith(f"{PREFERENCE_PREFIX} likes crime films\n")
+    assert reasoned.assistant_prefix.endswith('Candidate video: "Fargo (1996)"' + SCORE_TAIL)
+    assert plain.assistant_prefix.removeprefix("<answer> ") in reasoned.assistant_prefix

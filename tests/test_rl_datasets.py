@@ -406,6 +406,11 @@ def test_flat_prompts_parse_back_to_the_judgement_layout() -> None:
     assert parse_flat_prompt(score.flat_text()) == score
     assert to_judgement_layout(score) == (think, "Film E [Drama]")
     assert to_judgement_layout(think) == (think, "Film E [Drama]")
+    # A head policy's reasoned decision: the candidate after the preference the model wrote.
+    reasoned = score_prompt(persona, "Film E [Drama]", friends_liked=friends,
+                            preference="likes dramas. Candidate video: not this")
+    assert parse_flat_prompt(reasoned.flat_text()) == reasoned
+    assert to_judgement_layout(reasoned) == (think, "Film E [Drama]")
     assert to_judgement_layout(selection_prompt(["a"], ["b"])) is None
     with pytest.raises(ValueError, match="flat chat prompt"):
         parse_flat_prompt("hello")

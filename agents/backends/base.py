@@ -201,6 +201,15 @@ class LLMBackend(ABC):
             One :class:`Score` per prompt, in order.
         """
 
+    @property
+    def decides_with_head(self) -> bool:
+        """Whether Yes/No scores come from a learned head on the model's state.
+
+        A head policy (:mod:`agents.policy_head`): the US agent then reads each candidate after
+        the model's own written preference when it traces a decision or runs in generate mode.
+        """
+        return False
+
     def close(self) -> None:  # noqa: B027 (optional hook, most backends hold nothing)
         """Release resources."""
 

@@ -217,6 +217,11 @@ class CachingBackend(LLMBackend):
         """The inner backend's model id."""
         return self.inner.model_id
 
+    @property
+    def decides_with_head(self) -> bool:
+        """The inner backend's (a head policy decides through the cache too)."""
+        return self.inner.decides_with_head
+
     def __getattr__(self, name: str) -> Any:
         # Reads of anything else (tokenizer, batch_size …) go to the inner backend.
         if name in ("inner", "cache", "stats", "_lock"):

@@ -126,6 +126,11 @@ class HFBackend(LLMBackend):
         return self._model_id
 
     @property
+    def decides_with_head(self) -> bool:
+        """Whether a learned head decides Yes/No (see :class:`LLMBackend`)."""
+        return self.score_head is not None
+
+    @property
     def prefix_cache(self) -> PrefixKVCache:
         """The KV store of the depth that Yes/No scores run at (the head's layer, if any)."""
         return self._store(self.score_head.layer if self.score_head else 0)

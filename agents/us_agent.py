@@ -118,7 +118,6 @@ class Reasoned:
     """A reasoned decision before it is acted on (:meth:`USAgent._reasoned`)."""
 
     preference: str  # the preference line the candidate was read after
-    written: str  # the model's whole completion of the preference prompt
     prompt: ChatPrompt  # the candidate's prompt, preference included
     score: Score  # the head's p(Yes) after reading it
     charged: Generation | None  # the preference's generation, on one decision of the slate
@@ -356,8 +355,7 @@ class USAgent:
             # The preference's tokens are charged once, to the slate's first reasoned decision.
             gen = written[key] if key not in charged else None
             charged.add(key)
-            out[i] = Reasoned(preference_line(written[key].text), written[key].text,
-                              prompts[i], scores[i], gen)
+            out[i] = Reasoned(preference_line(written[key].text), prompts[i], scores[i], gen)
         return out
 
     def _reasoned_record(self, r: SlateRequest, c: Candidate, rs: Reasoned, draws,
@@ -376,7 +374,7 @@ class USAgent:
         return DecisionRecord(
             arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
             rec_score=c.rec_score, action=action, p_like=p, prompt=rs.prompt.flat_text(),
-            completion=completion, think=rs.preference or None, answer=parsed.answer,
+            completion=completion, think=parsed.user_preference or None, answer=parsed.answer,
             # The head always answers; the format flag says whether the model's own part (the
             # written preference) was there to read.
             format_ok=bool(rs.preference) and parsed.format_ok,

@@ -399,6 +399,9 @@ def test_a_head_policy_decides_after_the_preference_it_wrote(tiny_backend, mode)
         for d in out.decisions:
             parsed = parse_judgement(d.completion, "<answer>")
             assert parsed.prediction == ("Yes" if d.p_like > 0.5 else "No")
+            # The stored reasoning is the whole preference sentence the candidate was read after.
+            assert d.think is None or (d.think.startswith("This user likes")
+                                       and d.think == parsed.user_preference)
             # Once in the system prompt's format line, once where the model wrote it.
             assert d.prompt.count("(1) User_preference:") == 2 and d.traced
             assert d.prompt.rstrip().endswith("Prediction:")

@@ -342,10 +342,10 @@ class USAgent:
             # actions keep their seeded uniforms); it is also what the head was trained after.
             max_new_tokens=self.preference_tokens, temperature=0.0, seed=gen_seed)
         written = dict(zip(slates, gens, strict=True))
+        lines = {key: preference_line(g.text) for key, g in written.items()}
         prompts = {i: score_prompt(flat[i][0].view(), flat[i][1].text,
                                    friends_liked=flat[i][0].friends_liked,
-                                   evidence=flat[i][1].evidence,
-                                   preference=preference_line(written[id(flat[i][0])].text))
+                                   evidence=flat[i][1].evidence, preference=lines[id(flat[i][0])])
                    for i in idx}
         scores = dict(zip(prompts, self.backend.score(list(prompts.values()), ("Yes", "No")),
                           strict=True))
@@ -355,7 +355,7 @@ class USAgent:
             # The preference's tokens are charged once, to the slate's first reasoned decision.
             gen = written[key] if key not in charged else None
             charged.add(key)
-            out[i] = Reasoned(preference_line(written[key].text), prompts[i], scores[i], gen)
+            out[i] = Reasoned(lines[key], prompts[i], scores[i], gen)
         return out
 
     def _reasoned_record(self, r: SlateRequest, c: Candidate, rs: Reasoned, draws,

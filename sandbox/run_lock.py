@@ -68,6 +68,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _live_owner(pid: int | None, host: str | None) -> bool:
+    """Whether a recorded owner may still hold the lock (a pid gone on this host does not)."""
+    return pid is not None and (host != socket.gethostname() or _alive(pid))
+
+
 def _flock_exclusive(fd: int) -> bool:
     """Take an exclusive ``flock`` without waiting for an owner; ``False`` when one holds it.
 
@@ -240,7 +245,7 @@ class RunLock:
                 pid, host = _parse_owner(path.read_text())
             except OSError:
                 pid, host = None, None
-            if pid is not None and (host != socket.gethostname() or _alive(pid)):
+            if _live_owner(pid, host):
                 return pid, host
             time.sleep(0.02)
         return pid, host
@@ -282,7 +287,7 @@ class RunLock:
                 row = conn.execute(table.select().where(table.c.run_id == self.run_id)).first()
             if row is not None:
                 pid, host = row.pid, row.host
-                if pid is not None and (host != socket.gethostname() or _alive(pid)):
+                if _live_owner(pid, host):
                     return pid, host
             time.sleep(0.02)
         return pid, host

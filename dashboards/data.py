@@ -31,6 +31,7 @@ import streamlit as st
 from sqlalchemy import Integer, case, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 
+from environments.sources import data_dir_path
 from sandbox.paths import DEFAULT_DB_URL
 from sandbox.store import (
     AbArmValue,
@@ -842,7 +843,10 @@ def cover_dirs(url: str, dataset: str) -> list[str]:
                 bases.append(Path(str(ds["path"])).expanduser())
     data_dir = os.environ.get("VRAGENT_DATA_DIR")
     if data_dir and name:
-        bases += [Path(data_dir) / name, Path(data_dir) / kind]
+        bases.append(Path(data_dir) / name)  # a profile set's own folder name
+    default = data_dir_path(kind)
+    if default is not None:
+        bases.append(default)
     out: list[str] = []
     for base in bases:
         if not base.is_dir():

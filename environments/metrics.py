@@ -80,12 +80,25 @@ def gini(counts: Sequence[float] | np.ndarray) -> float:
     Pass one count per catalogue item, zeros included, or the index of never-shown items is
     lost. Uses the sorted-values formula ``sum((2k − n − 1) x_k) / (n · sum(x))``.
     """
-    x = np.sort(np.asarray(counts, dtype=np.float64))
-    n = x.size
-    if n == 0 or x.sum() == 0:
-        return 0.0
-    k = np.arange(1, n + 1)
-    return float(np.sum((2 * k - n - 1) * x) / (n * x.sum()))
+    x = np.asarray(counts, dtype=np.float64)
+    return float(gini_rows(x[None, :])[0]) if x.size else 0.0
+
+
+def gini_rows(counts: np.ndarray, n_total: int | None = None) -> np.ndarray:
+    """:func:`gini` of each row of ``counts``, each padded with zeros to ``n_total`` items.
+
+    A paired bootstrap of an A/B test holds only the shown items' counts per resample; the
+    padding puts the never-shown rest of the catalogue back without materialising it.
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64), axis=1)
+    m = x.shape[1]
+    n = m if n_total is None else int(n_total)
+    if n < m:
+        raise ValueError(f"n_total {n} is smaller than the {m} counts of a row")
+    k = np.arange(n - m + 1, n + 1, dtype=np.float64)  # ranks of the row among n (zeros first)
+    num = ((2 * k - n - 1) * x).sum(axis=1)
+    tot = x.sum(axis=1)
+    return np.where(tot > 0, num / (n * np.where(tot > 0, tot, 1.0)), 0.0)
 
 
 def exposure_counts(slates: Iterable[Sequence[int]], catalogue: Sequence[int]) -> np.ndarray:

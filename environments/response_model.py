@@ -175,12 +175,18 @@ def collaborative_item_vectors(histories: Mapping[int, Sequence[int]], dim: int 
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (rank formula, ties averaged)."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve (``nan`` without both classes).
 
-    labels = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
+    Mann-Whitney's U over (positive, negative) pairs, ties counted a half: the one AUC of the
+    package (``rl.metrics`` reads it too).
+    """
+    from scipy.stats import mannwhitneyu
+
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    # The statistic does not depend on the p-value's method; asymptotic skips the exact one.
+    u = mannwhitneyu(s[labels], s[~labels], method="asymptotic").statistic
+    return float(u / (n_pos * n_neg))

@@ -7,7 +7,9 @@ Kept free of pandas so the command line and the scenario config can import it ch
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,6 +38,22 @@ def canonical_kind(kind: str) -> str:
     """The kind an alias names (case-insensitive); unknown names come back lower-cased."""
     key = kind.strip().lower()
     return KIND_ALIASES.get(key, key)
+
+
+DATA_DIR_FOLDERS = {"movielens-100k": "movielens-100k", "microlens": "microlens-100k"}
+"""The folder under ``$VRAGENT_DATA_DIR`` that holds each file-based kind (by canonical kind)."""
+
+
+def data_dir_path(kind: str) -> Path | None:
+    """``$VRAGENT_DATA_DIR/<folder>`` of ``kind`` (an alias is fine), else ``None``.
+
+    ``None`` when the variable is unset or the kind has no folder there. The one place a
+    dataset's default location is decided: scenarios, ``vragent rl``, ``vragent
+    ip-experiment`` and the dashboard's cover search all read it.
+    """
+    folder = DATA_DIR_FOLDERS.get(canonical_kind(kind))
+    root = os.environ.get("VRAGENT_DATA_DIR")
+    return Path(root) / folder if folder and root else None
 
 
 OptionalColumn = str | Literal[False] | None

@@ -31,7 +31,6 @@ rows and :mod:`rl.data_store` saves and loads the folders.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import pandas as pd
 
 from environments.datasets import load_dataset
 from environments.schema import DataFormatError, Dataset
-from environments.sources import DATASET_KINDS, canonical_kind
+from environments.sources import DATA_DIR_FOLDERS, DATASET_KINDS, canonical_kind, data_dir_path
 from environments.splits import as_sequences
 from rl.data_rows import (
     COLUMNS,
@@ -214,12 +213,6 @@ def _require(ok: object, message: str) -> None:
         raise RLDataError(message)
 
 
-# Where $VRAGENT_DATA_DIR keeps each file-based dataset (sandbox.world uses the same folders).
-_DATA_DIR_FOLDERS = {"movielens-100k": "movielens-100k", "ml-100k": "movielens-100k",
-                     "microlens": "microlens-100k", "microlens-50k": "microlens-100k",
-                     "microlens-100k": "microlens-100k"}
-
-
 def load_source(cfg: RLDataConfig) -> Dataset:
     """The dataset a config names (its folder under ``$VRAGENT_DATA_DIR`` when no path).
 
@@ -229,12 +222,12 @@ def load_source(cfg: RLDataConfig) -> Dataset:
         DataFormatError: the files are malformed.
     """
     path = cfg.dataset_path
-    folder = _DATA_DIR_FOLDERS.get(cfg.dataset.strip().lower())
-    data_dir = os.environ.get("VRAGENT_DATA_DIR")
-    if path is None and folder and data_dir:
-        path = str(Path(data_dir) / folder)
+    default = data_dir_path(cfg.dataset)
+    if path is None and default is not None:
+        path = str(default)
     if path is None and canonical_kind(cfg.dataset) != "synthetic":
-        where = " (or set VRAGENT_DATA_DIR)" if folder else ""
+        where = " (or set VRAGENT_DATA_DIR)" if canonical_kind(cfg.dataset) in DATA_DIR_FOLDERS \
+            else ""
         raise RLDataError(f"dataset {cfg.dataset!r} needs a path: --path or dataset_path"
                           f"{where}")
     try:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from environments.response_model import auc
 from rl.baselines import is_yes
 
 _WORDS = re.compile(r"\S+")
@@ -19,19 +20,6 @@ _WORDS = re.compile(r"\S+")
 def mean_words(texts: Sequence[str]) -> float | None:
     """Mean completion length in whitespace-separated words (``None`` for no texts)."""
     return float(np.mean([len(_WORDS.findall(t)) for t in texts])) if texts else None
-
-
-def _rank_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """The same pair mean from ranks (Mann-Whitney U), in O(n log n) instead of O(pos · neg)."""
-    if not pos.size or not neg.size:
-        return None
-    both = np.concatenate([pos, neg])
-    order = np.argsort(both, kind="mergesort")
-    _, first, counts = np.unique(both[order], return_index=True, return_counts=True)
-    ranks = np.empty(both.size)
-    ranks[order] = np.repeat(first + (counts - 1) / 2.0, counts)  # average ranks over ties
-    u = ranks[: pos.size].sum() - pos.size * (pos.size - 1) / 2.0
-    return float(u / (pos.size * neg.size))
 
 
 def pairwise_auc(
@@ -52,7 +40,7 @@ def pairwise_auc(
     if s.size != y.size:
         raise ValueError(f"{s.size} scores but {y.size} labels")
     if groups is None:
-        return _rank_auc(s[y], s[~y])
+        return None if y.all() or not y.any() else auc(s, y)
     g = pd.factorize(pd.Series(list(groups), dtype=object))[0]
     # All within-group pairs at once: a merge of the positives with the negatives on the group.
     pos = pd.DataFrame({"g": g[y], "sp": s[y]})

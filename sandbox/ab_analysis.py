@@ -198,21 +198,11 @@ def _none_nan(x: float | None) -> float:
 
 # ---------------------------------------------------------------------------- arm metrics
 
-def _gini_rows(x: np.ndarray, n_total: int) -> np.ndarray:
-    """Gini of each row of ``x`` (counts of the shown items) padded with zeros to ``n_total``."""
-    x = np.sort(x, axis=1)
-    m = x.shape[1]
-    k = np.arange(n_total - m + 1, n_total + 1, dtype=np.float64)
-    num = ((2 * k - n_total - 1) * x).sum(axis=1)
-    tot = x.sum(axis=1)
-    return np.where(tot > 0, num / (n_total * np.where(tot > 0, tot, 1)), 0.0)
-
-
 def _arm_stats(exposure: np.ndarray, likes: np.ndarray, n_items: int,
                real: np.ndarray) -> dict[str, np.ndarray]:
     """Arm metrics for each row (a resample) of item-level exposure and like counts."""
     cov = (exposure > 0).sum(axis=1) / n_items
-    gini = _gini_rows(exposure, n_items)
+    gini = em.gini_rows(exposure, n_items)
     known = ~np.isnan(real)
     if known.any():
         sh, lk = exposure[:, known], likes[:, known]

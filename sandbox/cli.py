@@ -259,11 +259,11 @@ def experiment_ip_agent(
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
     """SASRec with ID, title, title+IP-profile and IP-profile towers vs baselines (HR/NDCG@10)."""
-    import os
     import shlex
 
     from agents.backends.base import BackendError
     from environments.schema import DataFormatError
+    from environments.sources import data_dir_path
     from sandbox.assets import AssetError
     from sandbox.config import ScenarioError
     from sandbox.ip_experiment import (
@@ -278,10 +278,9 @@ def experiment_ip_agent(
     from sandbox.store import Store
 
     if data is None:
-        root = os.environ.get("VRAGENT_DATA_DIR")
-        if not root:
+        data = data_dir_path("microlens")
+        if data is None:
             _fail("--data is required (or set VRAGENT_DATA_DIR)", 2)
-        data = Path(root) / "microlens-100k"
     if not data.is_dir():
         _fail(f"--data {data}: not a folder", 2)
     arm_list = [a.strip() for a in arms.split(",")] if arms else [a[0] for a in ARMS]

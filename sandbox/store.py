@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -880,7 +881,7 @@ class Store:
             row = by_key.get(key)
             t_in = int(row[4] or 0) if row else 0
             t_out = int(row[5] or 0) if row else 0
-            lat = sorted(latencies.get(key, []))
+            lat = latencies.get(key, [])
             cost = None
             if prices:
                 cost = (t_in * float(prices["input_per_1m"])
@@ -900,11 +901,6 @@ class Store:
         return out
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default) of sorted values; ``None`` if empty."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """The linear-interpolated percentile ``q`` (numpy's default) of ``values``, or ``None``."""
+    return float(np.percentile(values, q)) if len(values) else None

@@ -13,14 +13,11 @@ import pandas as pd
 
 from environments.datasets import SyntheticWorld, load_dataset, make_synthetic_world
 from environments.schema import Dataset
+from environments.sources import data_dir_path
 from environments.splits import Split, leave_one_out
 from sandbox.config import Scenario
 
 log = logging.getLogger("vragent.population")
-
-# Where $VRAGENT_DATA_DIR keeps each dataset when a scenario gives no path.
-DATA_DIR_DEFAULTS = {"movielens-100k": "movielens-100k", "microlens": "microlens-100k"}
-
 
 def dataset_path(sc: Scenario) -> Path | None:
     """The data folder (or file) a scenario reads (``None`` for synthetic data)."""
@@ -33,9 +30,9 @@ def dataset_path(sc: Scenario) -> Path | None:
         from sandbox.assets import require_movielens
 
         return require_movielens()
-    data_dir = os.environ.get("VRAGENT_DATA_DIR")
-    if data_dir and ds.kind in DATA_DIR_DEFAULTS:
-        return Path(data_dir) / DATA_DIR_DEFAULTS[ds.kind]
+    default = data_dir_path(ds.kind)
+    if default is not None:
+        return default
     raise FileNotFoundError(
         f"dataset.path is required for {ds.kind} (or set VRAGENT_DATA_DIR)"
     )

@@ -10,7 +10,7 @@ import pytest
 
 from environments.datasets import load_dataset, load_interactions, load_movielens_100k
 from environments.schema import DataFormatError
-from environments.sources import InteractionColumns, interactions_options
+from environments.sources import InteractionColumns, data_dir_path, interactions_options
 from tests.test_datasets import write_ml100k
 
 # (user, item, timestamp, rating) in file order; u1 has a timestamp tie (b and c at 20).
@@ -194,6 +194,30 @@ def _assert_same(a, b) -> None:
     for frame in ("users", "items", "interactions"):
         pd.testing.assert_frame_equal(getattr(a, frame), getattr(b, frame))
     assert a.report.skipped == b.report.skipped
+
+
+def test_one_default_location_for_every_reader(tmp_path: Path, monkeypatch) -> None:
+    """Scenarios, ``vragent rl`` and ip-experiment resolve ``$VRAGENT_DATA_DIR`` alike."""
+    from rl.datasets import RLDataConfig, RLDataError, load_source
+    from sandbox.config import Scenario
+    from sandbox.world import dataset_path
+
+    monkeypatch.setenv("VRAGENT_DATA_DIR", str(tmp_path))
+    for kind in ("microlens", "MicroLens-50k", "microlens-100k"):
+        assert data_dir_path(kind) == tmp_path / "microlens-100k"
+    assert data_dir_path("movielens-100k") == tmp_path / "movielens-100k"
+    assert data_dir_path("interactions") is None and data_dir_path("synthetic") is None
+    sc = Scenario.model_validate({"name": "t", "dataset": {"kind": "microlens"},
+                                  "arms": [{"name": "a", "recommender": "popular"}]})
+    assert dataset_path(sc) == tmp_path / "microlens-100k"
+    with pytest.raises(FileNotFoundError, match="microlens-100k"):  # the one default, read
+        load_source(RLDataConfig(dataset="microlens-50k"))
+    monkeypatch.delenv("VRAGENT_DATA_DIR")
+    assert data_dir_path("microlens") is None
+    with pytest.raises(RLDataError, match="or set VRAGENT_DATA_DIR"):
+        load_source(RLDataConfig(dataset="microlens"))
+    with pytest.raises(FileNotFoundError, match="or set VRAGENT_DATA_DIR"):
+        dataset_path(sc)
 
 
 def test_movielens_zip_loads_the_same_dataset_as_the_folder(tmp_path: Path) -> None:

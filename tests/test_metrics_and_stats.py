@@ -10,6 +10,7 @@ from environments.metrics import (
     catalogue_coverage,
     exposure_counts,
     gini,
+    gini_rows,
     intra_list_diversity,
     like_rate_calibration,
     novelty,
@@ -67,6 +68,18 @@ def test_gini_by_hand():
     # x = 1,2,3: sum((2k-4) x_k) = -2*1 + 0*2 + 2*3 = 4; / (3*6) = 2/9
     assert gini([3, 1, 2]) == pytest.approx(2 / 9)
     assert gini([]) == 0.0
+
+
+def test_gini_rows_pad_each_row_to_the_catalogue():
+    """A row of the shown items' counts, padded to the catalogue, is that catalogue's Gini."""
+    rng = np.random.default_rng(0)
+    shown = rng.integers(0, 9, size=(5, 7)).astype(float)
+    shown[2] = 0.0
+    padded = np.hstack([shown, np.zeros((5, 13))])
+    np.testing.assert_allclose(gini_rows(shown, 20), [gini(r) for r in padded])
+    np.testing.assert_allclose(gini_rows(shown), [gini(r) for r in shown])
+    with pytest.raises(ValueError, match="smaller"):
+        gini_rows(shown, 3)
 
 
 def test_profile_entropy_by_hand():

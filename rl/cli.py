@@ -341,6 +341,12 @@ def train_head(
     reason: Annotated[float, typer.Option(help="Share of training users whose rows are also "
                                           "read after a preference the model wrote (traces "
                                           "that decide).")] = 0.5,
+    reason_invariance: Annotated[float, typer.Option(help="Penalty on the head's change "
+                                                     "between a row's plain and reasoned "
+                                                     "reads.")] = 1000.0,
+    distract_invariance: Annotated[float, typer.Option(help="Penalty on the head's change "
+                                                       "between a row's clean and distracted "
+                                                       "reads.")] = 100.0,
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
@@ -353,7 +359,9 @@ def train_head(
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
                           eval_users=eval_users, train_users=train_users, c=c, layer=layer,
                           history_len=history_len, check_users=check_users,
-                          distract=distract, reason=reason)
+                          distract=distract, reason=reason,
+                          reason_invariance=reason_invariance,
+                          distract_invariance=distract_invariance)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")

@@ -9,7 +9,8 @@ SmolLM2 reads persona, history, title and the evidence (docs/results.md, "A grou
   user's last item ("Yes") against one uniform and one popularity-matched unseen item ("No"),
   with evidence from a grounding fitted on every user's sequence *without its last item*,
   so no example's own label leaks into its evidence.
-* :func:`fit_head` is an L2 logistic regression on the standardised final hidden states.
+* :func:`fit_head` is an L2 logistic regression on the standardised hidden states, made
+  invariant to reading a row after a written preference or with text appended to its titles.
 * :class:`GroundedPolicyScorer` puts a head policy behind the evaluation's scorer interface
   (:mod:`rl.baselines`): p(Yes) for each candidate, ``Yes`` iff p > 0.5.
 """
@@ -209,8 +210,16 @@ def hidden_states(backend: LLMBackend, prompts: Sequence[ChatPrompt],
 
 
 def fit_head(states: np.ndarray, labels: Sequence[bool], *, c: float = 0.03,
-             seed: int = 0, layer: int = 0) -> ScoreHead:
+             seed: int = 0, layer: int = 0,
+             invariances: Sequence[tuple[np.ndarray, float]] = ()) -> ScoreHead:
     """L2 logistic regression on standardised states (sklearn's lbfgs, deterministic).
+
+    With ``invariances`` it minimises ``||w||² / 2 + c · (Σ log-loss + Σ_k λ_k · mean((w·d)²))``
+    over the standardised pair differences ``d`` of each ``(diffs, λ_k)``: the same row read
+    two ways (after a written preference, with text appended to its titles) should get the
+    same decision, and a plain L2 head moved with both (docs/results.md, "A head that reads
+    alike"). The penalty is quadratic, so a change of variables folds it into sklearn's L2:
+    with ``A = I + 2c Σ_k λ_k DᵀD / n_k = L Lᵀ``, fitting ``v`` on ``x L⁻ᵀ`` gives ``w = L⁻ᵀ v``.
 
     Args:
         states: ``(n, hidden)`` hidden states after ``layer`` layers.
@@ -218,16 +227,28 @@ def fit_head(states: np.ndarray, labels: Sequence[bool], *, c: float = 0.03,
         c: inverse regularisation strength.
         seed: passed to the solver (lbfgs itself draws nothing).
         layer: the layer the states come after (0: all), recorded in the head.
+        invariances: ``(diffs, weight)`` pairs; ``diffs`` is ``(m, hidden)`` raw state
+            differences of paired reads (need not be rows of ``states``).
     """
+    from scipy.linalg import cholesky, solve_triangular
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(states, dtype=np.float64)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 1e-6, scale, 1.0)
+    a = np.eye(x.shape[1])
+    for diffs, weight in invariances:
+        d = np.asarray(diffs, dtype=np.float64) / scale
+        if weight < 0:
+            raise ValueError(f"an invariance weight must be >= 0, got {weight}")
+        if weight and len(d):
+            a += 2.0 * c * weight * (d.T @ d) / len(d)
+    low = cholesky(a, lower=True)
     model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
-    model.fit((x - mean) / scale, np.asarray(labels, dtype=bool))
-    return ScoreHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale,
-                     layer)
+    model.fit(solve_triangular(low, ((x - mean) / scale).T, lower=True).T,
+              np.asarray(labels, dtype=bool))
+    weight_ = solve_triangular(low.T, model.coef_[0], lower=False)
+    return ScoreHead(weight_.astype(np.float64), float(model.intercept_[0]), mean, scale, layer)
 
 
 class GroundedPolicyScorer(BaseScorer):
@@ -295,14 +316,17 @@ class HeadTrainConfig:
         check_users: held-out users whose rows (last item against a uniform and a
             popularity-matched unseen item) are scored after training; their AUCs go into the
             manifest (``metrics["held_out"]``), so a reproduction can be compared with it.
-        distract: share of the training users whose titles (history included) carry one of
-            :data:`DISTRACTORS`, with unchanged labels: a head that saw only clean titles
-            changed 66 % of its decisions when an instruction was appended to every title
-            (docs/results.md, "Injection").
+        distract: share of the training users whose rows are also read with one of
+            :data:`DISTRACTORS` appended to every title (history included), same labels: a
+            head that saw only clean titles changed 66 % of its decisions when an instruction
+            was appended to every title (docs/results.md, "Injection").
         reason: share of the training users whose rows are also read after a preference the
             model wrote for them, as a reasoned decision (a trace, generate mode) reads them:
             a head trained on plain prompts only agreed with itself on 73 % of reasoned
             decisions (docs/results.md, "Traces that decide").
+        reason_invariance: weight of the penalty on the head's change between a row read
+            plainly and after the written preference (:func:`fit_head`'s ``invariances``).
+        distract_invariance: the same between a row's clean and distracted reads.
     """
 
     policy: str
@@ -318,6 +342,8 @@ class HeadTrainConfig:
     check_users: int = 100
     distract: float = 0.5
     reason: float = 0.5
+    reason_invariance: float = 1000.0
+    distract_invariance: float = 100.0
 
 
 def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
@@ -353,19 +379,29 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     examples = training_examples(sequences, train, sampler)
     backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
     maker = PromptMaker(data, cfg.history_len)
-    distractors = distracted_users(train, cfg.distract, cfg.seed)
-    prompts = example_prompts(examples, grounding, maker, distractors)
-    states = hidden_states(backend, prompts, progress, layer=cfg.layer)
+    states = hidden_states(backend, example_prompts(examples, grounding, maker), progress,
+                           layer=cfg.layer)
     labels = [e.label for e in examples]
+    # Every variant re-reads rows the plain pass read, so each pair's difference is what the
+    # head must not move with (fit_head's invariances).
+    blocks, pairs = [states], []
+    distractors = distracted_users(train, cfg.distract, cfg.seed)
     reasoners = seeded_share(train, cfg.reason, cfg.seed + 1)
-    if reasoners:
-        prefs = written_preferences(backend, examples, maker, reasoners, seed=cfg.seed)
-        again = [e for e in examples if e.user_id in prefs]
-        states = np.concatenate([states, hidden_states(
-            backend, example_prompts(again, grounding, maker, preferences=prefs),
-            layer=cfg.layer)])
-        labels += [e.label for e in again]
-    head = fit_head(states, labels, c=cfg.c, seed=cfg.seed, layer=cfg.layer)
+    prefs = written_preferences(backend, examples, maker, reasoners, seed=cfg.seed) \
+        if reasoners else {}
+    for kw, chosen, weight in ((dict(distractors=distractors), distractors,
+                                cfg.distract_invariance),
+                               (dict(preferences=prefs), prefs, cfg.reason_invariance)):
+        rows = [k for k, e in enumerate(examples) if e.user_id in chosen]
+        if not rows:
+            continue
+        again = hidden_states(backend, example_prompts([examples[k] for k in rows], grounding,
+                                                       maker, **kw), layer=cfg.layer)
+        blocks.append(again)
+        labels += [examples[k].label for k in rows]
+        pairs.append((again - states[rows], weight))
+    head = fit_head(np.concatenate(blocks), labels, c=cfg.c, seed=cfg.seed, layer=cfg.layer,
+                    invariances=pairs)
     folder = policy_dir(cfg.policy, registry)
     head.save(folder)
     backend.score_head = head

@@ -135,6 +135,39 @@ def test_head_fitted_on_states_separates_training_labels():
     assert z[y].mean() > z[~y].mean() + 1.0
 
 
+
+def test_an_invariance_penalty_stops_the_head_moving_with_a_paired_shift():
+    """Unit 5 carries the label weakly; unit 7 carries it too, but a second read of the same
+    rows (a "distracted" one) shifts unit 7 by row-specific noise. A plain head leans on
+    unit 7 and changes decisions between the reads; with the pairs' differences penalised
+    it moves its weight off unit 7 and the reads agree, with the labels still separated."""
+    rng = np.random.default_rng(1)
+    n = 600
+    y = rng.integers(0, 2, size=n).astype(bool)
+    x = rng.normal(size=(n, 12))
+    x[:, 5] += 0.8 * y
+    x[:, 7] += 1.5 * y
+    shifted = x.copy()
+    shifted[:, 7] += rng.normal(scale=3.0, size=n)
+    states, labels = np.concatenate([x, shifted]), np.concatenate([y, y])
+
+    def flips(head):
+        a = head.logits(torch.from_numpy(x)).numpy() > 0
+        b = head.logits(torch.from_numpy(shifted)).numpy() > 0
+        return float(np.mean(a != b))
+
+    plain = fit_head(states, labels, c=1.0)
+    fair = fit_head(states, labels, c=1.0, invariances=[(shifted - x, 1000.0)])
+    assert abs(fair.weight[7]) < 0.1 * abs(plain.weight[7])
+    assert flips(fair) < 0.02 < 0.1 < flips(plain)
+    z = fair.logits(torch.from_numpy(x)).numpy()
+    assert z[y].mean() > z[~y].mean() + 0.5
+    # A zero weight is the plain head; a negative one is refused.
+    same = fit_head(states, labels, c=1.0, invariances=[(shifted - x, 0.0)])
+    np.testing.assert_allclose(same.weight, plain.weight, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="invariance weight"):
+        fit_head(states, labels, invariances=[(shifted - x, -1.0)])
+
 def _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world) -> str:
     """Train a head on the tiny model's states of real training examples; register it."""
     users = sorted(sequences)[:30]
@@ -319,7 +352,8 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
     reg = tmp_path / "reg"
     args = ["--policy", "reproduced", "--registry", str(reg)]
     for key in ("seed", "eval_users", "train_users", "c", "layer", "history_len",
-                "check_users", "distract", "reason"):
+                "check_users", "distract", "reason", "reason_invariance",
+                "distract_invariance"):
         args += [f"--{key.replace('_', '-')}", str(conf[key])]
     done = subprocess.run([sys.executable, "-m", "sandbox.cli", "rl", "train-head", *args],
                           capture_output=True, text=True, timeout=1800)

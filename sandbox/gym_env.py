@@ -23,7 +23,7 @@ from gymnasium import spaces
 
 from agents.backends.base import LLMBackend
 from agents.persona import build_persona, item_line
-from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent
+from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
 from environments.schema import Dataset
 from environments.splits import leave_one_out
 from sandbox.perception import item_texts
@@ -31,6 +31,15 @@ from sandbox.world import user_profiles
 
 REWARD = {"skip": 0.0, "watch": 1.0, "like": 2.0}
 LEAVE_PENALTY = -1.0
+
+
+def draw_key(episode: int, t: int) -> int:
+    """The step key of a session's draws: one per (episode, step), however long the session.
+
+    ``episode * 1000 + t`` (the first key) made step 1,000 of one episode replay step 0 of the
+    next.
+    """
+    return stable_int("gym", int(episode), int(t))
 
 
 class SlateEnv(gym.Env):
@@ -102,7 +111,7 @@ class SlateEnv(gym.Env):
             candidates=[Candidate(i, item_line(self.texts[i]), k, 0.0)
                         for k, i in enumerate(slate)])
         # Draws keyed by (episode, step): a new episode with the same user is a new session.
-        outcome = self.agent.decide([request], step=self._episode * 1000 + self._t)[0]
+        outcome = self.agent.decide([request], step=draw_key(self._episode, self._t))[0]
         actions = [d.action for d in outcome.decisions]
         reward = sum(REWARD[a] for a in actions) + (LEAVE_PENALTY if outcome.left else 0.0)
         self._history += [d.item_id for d in outcome.decisions if d.action != "skip"]

@@ -6,7 +6,7 @@ from gymnasium.utils.env_checker import check_env
 
 from agents.backends.constant import ConstantBackend
 from environments.datasets import load_dataset
-from sandbox.gym_env import SlateEnv
+from sandbox.gym_env import SlateEnv, draw_key
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,22 @@ def test_episode_is_seeded_and_rewards_follow_the_actions(world, tiny_backend):
     assert episode(6) != first
     obs, _ = env.reset(options={"user_id": first[0][0]})
     assert obs.tolist() == first[0][1]
+
+
+def test_long_sessions_never_replay_another_episodes_draws(world):
+    """Step 1,000 of one episode used the key of step 0 of the next (episode * 1000 + t)."""
+    keys = {draw_key(e, t) for e in range(3) for t in range(2500)}
+    assert len(keys) == 3 * 2500
+    assert draw_key(7, 1000) != draw_key(8, 0)
+    # The actions of a constant-p user are the draws alone: two such steps now differ.
+    env = SlateEnv(world, ConstantBackend(0.5), slate_size=8, max_steps=2000, history_len=5)
+    env.reset(seed=1)
+    user, episode = env._user, env._episode
+    env._t = 1000
+    late = env.step(np.arange(8))[4]["actions"]
+    env.reset(options={"user_id": user})
+    env._episode, env._t = episode + 1, 0
+    assert env.step(np.arange(8))[4]["actions"] != late
 
 
 def test_bandit_example_runs(monkeypatch, capsys):

@@ -131,9 +131,32 @@ def like_rate_calibration(simulated: Mapping[int, tuple[int, int]],
     Returns:
         The weighted mean absolute error, ``None`` when no item has both.
     """
-    errs, weights = [], []
-    for item, (likes, shown) in simulated.items():
-        if shown > 0 and item in real:
-            errs.append(abs(likes / shown - float(real[item])))
-            weights.append(shown)
-    return float(np.average(errs, weights=weights)) if errs else None
+    items = list(simulated)
+    likes = np.array([[simulated[i][0] for i in items]], dtype=np.float64)
+    shown = np.array([[simulated[i][1] for i in items]], dtype=np.float64)
+    rates = np.array([float(real.get(i, np.nan)) for i in items], dtype=np.float64)
+    err = like_calibration_rows(shown, likes, rates)[0] if items else np.nan
+    return None if np.isnan(err) else float(err)
+
+
+def like_calibration_rows(shown: np.ndarray, likes: np.ndarray,
+                          real: np.ndarray) -> np.ndarray:
+    """:func:`like_rate_calibration` of each row of item-level counts (``nan``: no shared item).
+
+    Args:
+        shown: ``(rows, items)`` impressions, e.g. one row per bootstrap resample.
+        likes: the same shape, likes.
+        real: ``(items,)`` real like rates, ``nan`` where unknown.
+    """
+    known = ~np.isnan(real)
+    sh, lk = shown[:, known], likes[:, known]
+    err = np.abs(np.divide(lk, sh, out=np.zeros_like(lk), where=sh > 0) - real[known])
+    total = sh.sum(axis=1)
+    return np.where(total > 0, (err * sh).sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
+
+
+def coverage_rows(exposure: np.ndarray, catalogue_size: int) -> np.ndarray:
+    """:func:`catalogue_coverage` of each row of item-level exposure counts."""
+    if catalogue_size <= 0:
+        raise ValueError("catalogue_size must be positive")
+    return (np.asarray(exposure) > 0).sum(axis=1) / catalogue_size

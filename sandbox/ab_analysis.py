@@ -201,16 +201,9 @@ def _none_nan(x: float | None) -> float:
 def _arm_stats(exposure: np.ndarray, likes: np.ndarray, n_items: int,
                real: np.ndarray) -> dict[str, np.ndarray]:
     """Arm metrics for each row (a resample) of item-level exposure and like counts."""
-    cov = (exposure > 0).sum(axis=1) / n_items
+    cov = em.coverage_rows(exposure, n_items)
     gini = em.gini_rows(exposure, n_items)
-    known = ~np.isnan(real)
-    if known.any():
-        sh, lk = exposure[:, known], likes[:, known]
-        err = np.abs(np.divide(lk, sh, out=np.zeros_like(lk), where=sh > 0) - real[known])
-        tot = sh.sum(axis=1)
-        calib = np.where(tot > 0, (err * sh).sum(axis=1) / np.where(tot > 0, tot, 1), np.nan)
-    else:
-        calib = np.full(exposure.shape[0], np.nan)
+    calib = em.like_calibration_rows(exposure, likes, real)
     return {"coverage": cov, "exposure_gini": gini, "like_calibration_error": calib}
 
 

@@ -8,10 +8,12 @@ from scipy import stats
 
 from environments.metrics import (
     catalogue_coverage,
+    coverage_rows,
     exposure_counts,
     gini,
     gini_rows,
     intra_list_diversity,
+    like_calibration_rows,
     like_rate_calibration,
     novelty,
     profile_entropy,
@@ -80,6 +82,25 @@ def test_gini_rows_pad_each_row_to_the_catalogue():
     np.testing.assert_allclose(gini_rows(shown), [gini(r) for r in shown])
     with pytest.raises(ValueError, match="smaller"):
         gini_rows(shown, 3)
+
+
+def test_row_metrics_are_the_plain_metrics_of_each_row():
+    """The A/B bootstrap's per-resample coverage and calibration equal the plain functions."""
+    rng = np.random.default_rng(1)
+    shown = rng.integers(0, 4, size=(6, 5)).astype(float)
+    likes = np.minimum(shown, rng.integers(0, 3, size=(6, 5)))
+    real = np.array([0.1, np.nan, 0.4, 0.0, 0.8])
+    cal = like_calibration_rows(shown, likes, real)
+    cov = coverage_rows(shown, 12)
+    for k in range(6):
+        slates = [[i for i in range(5) for _ in range(int(shown[k, i]))]]
+        assert cov[k] == pytest.approx(catalogue_coverage(slates, 12))
+        want = like_rate_calibration({i: (likes[k, i], shown[k, i]) for i in range(5)},
+                                     {i: r for i, r in enumerate(real) if r == r})
+        assert (np.isnan(cal[k]) and want is None) or cal[k] == pytest.approx(want)
+    assert np.isnan(like_calibration_rows(shown, likes, np.full(5, np.nan))).all()
+    with pytest.raises(ValueError, match="positive"):
+        coverage_rows(shown, 0)
 
 
 def test_profile_entropy_by_hand():

@@ -15,7 +15,12 @@ from typing import Any
 
 from agents.backends.base import ChatPrompt
 from agents.preference import PREFERENCE_FORMAT_NO_THINKING, PREFERENCE_FORMAT_THINKING
-from agents.prompts import SCORE_PREFIX, THINK_PREFIX
+from agents.prompts import (
+    JUDGE_FORMAT_NO_THINKING,
+    JUDGE_FORMAT_THINKING,
+    SCORE_PREFIX,
+    THINK_PREFIX,
+)
 from agents.selection import (
     ANSWER_PREFIX,
     CANDIDATES_HEADER,
@@ -25,11 +30,6 @@ from agents.selection import (
 )
 from agents.selection import HISTORY_HEADER as SELECTION_HISTORY_HEADER
 
-# The judgement system prompt's format sentence (agents.prompts.US_SYSTEM) and its
-# no-thinking form, the paper's ablation.
-_JUDGE_THINKING = ("Show your reasoning in <think> </think> tags and return the final answer in "
-                   "<answer> </answer> tags")
-_JUDGE_NO_THINKING = "Return only the final answer in <answer> </answer> tags"
 _CATEGORY = re.compile(r"\[([^\[\]]+)\]\s*$")
 HISTORY_HEADER = "User's viewing history:"
 
@@ -38,7 +38,7 @@ def no_thinking_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str
     """The same messages with the answer-only instruction of the no_thinking ablation."""
     out = []
     for m in messages:
-        text = str(m["content"]).replace(_JUDGE_THINKING, _JUDGE_NO_THINKING)
+        text = str(m["content"]).replace(JUDGE_FORMAT_THINKING, JUDGE_FORMAT_NO_THINKING)
         text = text.replace(FORMAT_THINKING, FORMAT_NO_THINKING)
         text = text.replace(PREFERENCE_FORMAT_THINKING, PREFERENCE_FORMAT_NO_THINKING)
         out.append({"role": str(m["role"]), "content": text})

@@ -104,3 +104,16 @@ def test_a_reasoned_prompt_reads_the_preference_before_the_candidate():
     assert reasoned.assistant_prefix.startswith(f"{PREFERENCE_PREFIX} likes crime films\n")
     assert reasoned.assistant_prefix.endswith('Candidate video: "Fargo (1996)"' + SCORE_TAIL)
     assert plain.assistant_prefix.removeprefix("<answer> ") in reasoned.assistant_prefix
+
+
+def test_the_no_thinking_variant_is_the_one_template_with_its_format_sentence():
+    """The paper's no-thinking ablation rows come from the same system template."""
+    from agents.prompts import US_SYSTEM, us_system
+    from rl.prompting import no_thinking_messages
+
+    assert us_system(thinking=True) == US_SYSTEM and "<think>" in US_SYSTEM
+    plain = us_system(thinking=False)
+    assert "<think>" not in plain and "Return only the final answer" in plain
+    rows = [{"role": "system", "content": US_SYSTEM}, {"role": "user", "content": "x"}]
+    assert no_thinking_messages(rows) == [{"role": "system", "content": plain},
+                                          {"role": "user", "content": "x"}]

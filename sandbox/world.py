@@ -19,6 +19,7 @@ from sandbox.config import Scenario
 
 log = logging.getLogger("vragent.population")
 
+
 def dataset_path(sc: Scenario) -> Path | None:
     """The data folder (or file) a scenario reads (``None`` for synthetic data)."""
     ds = sc.dataset

@@ -28,12 +28,15 @@ PAGES = [
             url_path="training"),
 ]
 
-st.set_page_config(page_title="vragent dashboard", page_icon=":material/movie:", layout="wide")
+# A local file: a Material-icon favicon would be fetched from a font CDN by every browser.
+st.set_page_config(page_title="vragent dashboard", page_icon=str(HERE / "favicon.png"),
+                   layout="wide")
 page = st.navigation(PAGES)
 
 with st.sidebar:
     url = common.db_url()
-    st.caption(f"Store (read-only): `{data.display_url(url)}`")
+    st.caption("Store (read-only)")
+    common.plain(data.display_url(url))
     if st.button("↻ Refresh data", help=f"Cached reads refresh by themselves every "
                  f"{data.TTL_S} s; this reloads now."):
         st.cache_data.clear()

@@ -19,7 +19,7 @@ LEAVE_LABEL = "⏏ leave"
 PAGE_SIZE = 50
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~$<])")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9-]{1,64}|—")
 
 
 def db_url() -> str:
@@ -41,11 +41,14 @@ def require_store() -> str:
     try:
         data.schema(url)
     except data.StoreUnavailableError as exc:
-        st.info(f"{exc}. Run a scenario first (`vragent run quickstart`), or point the "
-                "dashboard at a store with `vragent dashboard --db URL`.")
+        st.info("Run a scenario first (`vragent run quickstart`), or point the dashboard at "
+                "a store with `vragent dashboard --db URL`.")
+        plain(exc)
         st.stop()
     except Exception as exc:  # a server that is down, a file that is not a database
-        st.error(f"cannot read the store {data.display_url(url)}: {exc}")
+        # The server's message is outside text: shown as stored, never as Markdown.
+        st.error("Cannot read the store.", icon=":material/error:")
+        st.code(clean_text(f"{data.display_url(url)}: {exc}"), language=None, wrap_lines=True)
         st.stop()
     return url
 
@@ -117,15 +120,26 @@ def clean_text(text: str | None) -> str:
     return _CONTROL.sub("", text or "")
 
 
-def escape_md(text: str | None) -> str:
-    """``text`` (control characters removed) escaped so Markdown shows it literally."""
-    return _MARKDOWN.sub(r"\\\1", clean_text(text))
+def plain(text: object, empty: str = "(empty)") -> None:
+    """Show an outside string (a title, persona, completion, tag, error) as plain text.
+
+    Titles come from datasets, completions and tags from models, errors from servers: none of
+    it is ours, so none of it goes through Markdown (where ``![x](http://…)`` fetches an image
+    and ``:red[…]`` or ``$…$`` render). ``st.text`` parses nothing and keeps line breaks.
+    """
+    st.text(clean_text(None if text is None else str(text)).strip() or empty)
 
 
-def quote_block(text: str | None) -> str:
-    """Markdown that shows ``text`` literally as a block quote."""
-    body = escape_md((text or "").strip()) or "*(empty)*"
-    return "\n".join("> " + line if line.strip() else ">" for line in body.splitlines())
+def label_text(text: object) -> str:
+    """An outside identifier (an arm, a status) safe inside a Markdown label or metric.
+
+    Letters, digits and hyphens pass as they are; anything else goes in a code span, which
+    Markdown shows literally (no links, images, colours or maths).
+    """
+    value = clean_text(str(text)).replace("\n", " ")
+    if _PLAIN_WORD.fullmatch(value):
+        return value
+    return "`" + value.replace("`", "'") + "`"
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -160,3 +174,4 @@ def line_chart(df: pd.DataFrame, *, x: str, y: str, series: str, title: str,
 def show_chart(chart: alt.Chart) -> None:
     """Render an Altair chart at the container's width."""
     st.altair_chart(chart, width="stretch")
+

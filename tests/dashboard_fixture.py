@@ -142,3 +142,51 @@ def think_snippet(think: str) -> str:
              if len(w) >= 3]
     return max(words, key=len) if words else ""
 
+
+
+def hostile_text(port: int) -> str:
+    """Outside text that would fetch, link, colour or typeset if a page read it as Markdown.
+
+    Every payload points at ``127.0.0.1:port``, so a browser test can count the fetches.
+    """
+    base = f"http://127.0.0.1:{port}"
+    return (f"Evil ![pixel]({base}/pixel.png) [link]({base}/link) :red[RED] $x^2$ "
+            f"<img src='{base}/html.png'> {base}/auto :material/warning: **bold**\n"
+            "second line")
+
+
+def hostile_copy(source: DashboardStore, folder: Path, port: int) -> DashboardStore:
+    """A copy of the fixture store whose outside strings are all :func:`hostile_text`.
+
+    Item titles, personas and profile values, the reasoning and completions of decisions, IP
+    profiles (title, text, tags, problems, stage records), run errors and scenario names, and
+    the A/B experiment's command: what datasets, models and servers put in a store.
+    """
+    import json
+    import shutil
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "hostile.sqlite"
+    shutil.copyfile(source.path, db)
+    evil = hostile_text(port)
+    stage = {"stage": "kfr", "prompt": evil, "completion": evil, "output": evil,
+             "skipped": "", "tokens_in": 1, "tokens_out": 1, "latency_ms": 1.0}
+    skipped = {**stage, "stage": evil, "skipped": evil, "output": None}
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE items SET title = ? || ' #' || item_id, tags = ?", (evil, evil))
+        conn.execute("UPDATE users SET persona = ?, profile = ?",
+                     (evil, json.dumps({"occupation": evil})))
+        conn.execute("UPDATE decisions SET think = ?, answer = ?, completion = ?, prompt = ?",
+                     (evil, evil, evil, evil))
+        conn.execute("UPDATE item_profiles SET title = ?, profile = ?, tags = ?, problems = ?, "
+                     "stages = ?, format_ok = 0",
+                     (evil, evil, evil, json.dumps([evil]), json.dumps([stage, skipped])))
+        conn.execute("UPDATE runs SET error = ?, scenario_name = ?", (evil, evil))
+        conn.execute("UPDATE ab_experiments SET scenario_name = ?, settings = ?",
+                     (evil, json.dumps({"confidence": 0.95, "command": evil})))
+    return DashboardStore(url=f"sqlite:///{db}", path=db, runs=source.runs,
+                          experiment=source.experiment, training_run=source.training_run,
+                          eval_id=source.eval_id, covers=source.covers,
+                          cover_item=source.cover_item, traced_user=source.traced_user,
+                          think=evil)

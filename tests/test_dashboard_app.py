@@ -65,7 +65,8 @@ def charts(at: AppTest) -> int:
 
 
 def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts = ([m.value for m in at.markdown] + [c.value for c in at.caption]
+             + [t.value for t in at.text])
     return "\n".join(str(p) for p in parts)
 
 
@@ -281,7 +282,7 @@ def test_items_page(env: DashboardStore) -> None:
     assert table["title"].str.len().gt(0).all()
     body = texts(at)
     for stage in ("kfr", "sufficiency", "cmp", "rra"):
-        assert f"`{stage}`" in body
+        assert f". {stage} · " in body
     assert "skipped: text-only model" in body
     # The first item has a cover in VRAGENT_COVERS_DIR.
     assert at.selectbox(key="it_item").value is not None
@@ -431,3 +432,39 @@ def test_an_older_store_without_the_newer_parts(env: DashboardStore, tmp_path: P
     assert think_snippet(env.think) in texts(at)
     items = open_page("items")
     assert frames(items)[0]["title"].str.len().gt(0).all()  # titles from the run's catalogue
+
+
+def markdown_strings(at: AppTest) -> list[str]:
+    """Every string the page hands to Markdown (bodies, labels, metric values, options)."""
+    out = [str(e.value) for kind in ("markdown", "caption", "title", "header", "subheader",
+                                     "info", "error", "warning", "success")
+           for e in getattr(at, kind)]
+    out += [f"{m.label} {m.value}" for m in at.metric]
+    out += [e.label for e in at.expander] + [t.label for t in at.tabs]
+    out += [str(o) for r in at.radio for o in (r.label, *r.options)]
+    out += [w.label for kind in ("toggle", "checkbox", "button") for w in getattr(at, kind)]
+    return out
+
+
+def test_outside_text_is_never_markup(store: DashboardStore, tmp_path: Path) -> None:
+    """Hostile titles, personas, completions, tags, errors and names reach every page as text.
+
+    None of them may reach a Markdown-rendered string (where ``![x](url)`` would fetch an
+    image, ``:red[…]`` colour and ``$…$`` typeset); each page shows them as plain text.
+    """
+    from tests.dashboard_fixture import hostile_copy
+
+    evil = hostile_copy(store, tmp_path, port=9)
+    queries = {"runs": {}, "ab": {}, "feedback": {}, "training": {}, "items": {},
+               "traces": {"run": evil.runs[0], "arm": "popular", "user": evil.traced_user}}
+    for page, query in queries.items():
+        at = open_page(page, query, url=evil.url)
+        leaks = [s for s in markdown_strings(at)
+                 if any(p in s for p in ("127.0.0.1", ":red[", "$x^2$", "Evil"))]
+        assert not leaks, (page, leaks)
+        shown = [t.value for t in at.text] + [c.value for c in at.code]
+        if page in ("runs", "ab", "traces", "items"):
+            assert any("![pixel](http://127.0.0.1:9/pixel.png)" in s for s in shown), page
+    at = open_page("traces", queries["traces"], url=evil.url)
+    # Reasoning keeps its line breaks and reads literally.
+    assert any(t.value.endswith("**bold**\nsecond line") for t in at.text)

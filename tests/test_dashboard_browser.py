@@ -62,16 +62,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> DashboardStore:
     return build(tmp_path_factory.getbasetemp() / "dashboard-store")
 
 
-@pytest.fixture(scope="module")
-def server(store: DashboardStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def _serve(db_url: str, covers: Path, log: Path) -> Iterator[str]:
     """``vragent dashboard --db URL --port P`` (the real command), stopped with SIGTERM."""
     port = _free_port()
     exe = Path(sys.executable).parent / "vragent"
     cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "sandbox.cli"]
-    cmd = [*cli, "dashboard", "--db", store.url, "--port", str(port)]
+    cmd = [*cli, "dashboard", "--db", db_url, "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "VRAGENT_DB"}
-    env |= {"VRAGENT_COVERS_DIR": str(store.covers), "OMP_NUM_THREADS": "1"}
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env |= {"VRAGENT_COVERS_DIR": str(covers), "OMP_NUM_THREADS": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -106,6 +105,13 @@ def server(store: DashboardStore, tmp_path_factory: pytest.TempPathFactory) -> I
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("the Streamlit server outlived `vragent dashboard`")
+
+
+@pytest.fixture(scope="module")
+def server(store: DashboardStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with _serve(store.url, store.covers, log) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +230,68 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
 
     for page in ("runs", "ab", "traces", "feedback", "items", "training"):
         assert (ARTIFACTS / f"dashboard-{page}.png").stat().st_size > 10_000
+
+
+@contextlib.contextmanager
+def _pixel_server() -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server on 127.0.0.1 that records every request (the payloads' target)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_outside_text_stays_text_in_a_browser(driver, store: DashboardStore,
+                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hostile titles, personas, completions, tags, errors and names, every page, in Chromium.
+
+    The payloads point at a recording server on 127.0.0.1: no page may fetch from it, link to
+    it, colour or typeset anything; each page shows the payload as literal text.
+    """
+    from selenium.webdriver.common.by import By
+
+    from tests.dashboard_fixture import hostile_copy
+
+    folder = tmp_path_factory.mktemp("hostile")
+    with _pixel_server() as (port, hits):
+        evil = hostile_copy(store, folder, port)
+        with _serve(evil.url, evil.covers, folder / "server.log") as base:
+            query = urlencode({"run": evil.runs[0], "arm": "popular", "user": evil.traced_user})
+            pages = [("runs", "", "Runs", True), ("ab", "ab", "A/B", True),
+                     ("traces", f"traces?{query}", "Trace explorer", True),
+                     ("feedback", "feedback", "Feedback loops", False),
+                     ("items", "items", "Items", True), ("training", "training", "Training", False)]
+            for name, path, title, shows in pages:
+                text = _open(driver, f"{base}/{path}", title,
+                             (":red[RED] $x^2$",) if shows else ())
+                made = driver.find_elements(
+                    By.CSS_SELECTOR, f'img[src*=":{port}"], a[href*=":{port}"], .katex, '
+                                     '[data-testid="stMarkdown"] strong')
+                made = [e for e in made if "bold" in (e.text or "") or e.tag_name != "strong"]
+                assert not made, (name, [e.get_attribute("outerHTML")[:200] for e in made])
+                if shows:
+                    assert f"![pixel](http://127.0.0.1:{port}/pixel.png)" in text, name
+                _shot(driver, f"hostile-{name}")
+            icons = [e.get_attribute("href") or "" for e in
+                     driver.find_elements(By.CSS_SELECTOR, 'link[rel~="icon"]')]
+            assert icons and all(h.startswith(base) for h in icons), icons
+        time.sleep(1.0)
+    assert hits == [], f"the pages fetched {hits}"

@@ -74,17 +74,18 @@ def experiment_section(url: str, exps: list[dict]) -> None:
                                f"{len(by_id[i]['seeds'] or [])} seed(s)"))
     exp = by_id[exp_id]
     c = st.columns(4)
-    c[0].metric("baseline", exp["baseline"])
+    c[0].metric("baseline", common.label_text(exp["baseline"]))
     c[1].metric("arms", len(exp["arms"] or []))
     c[2].metric("seeds", len(exp["seeds"] or []))
-    c[3].metric("status", exp["status"])
+    c[3].metric("status", common.label_text(exp["status"]))
     settings = exp.get("settings") or {}
     shown = {k: settings[k] for k in ("confidence", "n_resamples", "resamples", "overrides")
              if settings.get(k) not in (None, [], "")}
     if shown:
-        st.caption("settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        common.plain("settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     if settings.get("command"):
-        st.caption(f"command: `{settings['command']}`")
+        st.caption("command")
+        st.code(common.clean_text(str(settings["command"])), language="bash", wrap_lines=True)
     values, comps = data.ab_results(url, exp_id)
     if values.empty:
         st.info("This experiment has no analysed results yet (they are written when its runs "
@@ -124,7 +125,7 @@ def experiment_section(url: str, exps: list[dict]) -> None:
         if not comps.empty:
             csel = comps["seed"].isna() if scope == "pooled" else comps["seed"] == scope
             cc = comps[csel]
-            st.subheader(f"Arms against the baseline ({exp['baseline']})")
+            st.subheader("Arms against the baseline")
             st.dataframe(pd.DataFrame({
                 "metric": cc["metric"], "arm": cc["arm"], "baseline": cc["baseline"],
                 "mean arm": cc["mean_arm"], "mean baseline": cc["mean_baseline"],

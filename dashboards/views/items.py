@@ -16,20 +16,21 @@ def show_stage(i: int, stage: dict) -> None:
     """One stage of the perception record."""
     name = str(stage.get("stage", "?"))
     with st.container(border=True):
-        head = f"**{i}. `{name}` · {STAGE_NAMES.get(name, name)}**"
+        # The stage record is stored JSON: its name and skip reason are shown as plain text.
+        head = f"{i}. {name} · {STAGE_NAMES.get(name, name)}"
         if stage.get("skipped"):
-            st.markdown(f"{head} — ↷ skipped: {common.clean_text(str(stage['skipped']))}")
+            common.plain(f"{head} — ↷ skipped: {stage['skipped']}")
         else:
-            st.markdown(f"{head} — ✔ ran · {int(stage.get('tokens_in') or 0)} tokens in, "
-                        f"{int(stage.get('tokens_out') or 0)} out, "
-                        f"{float(stage.get('latency_ms') or 0):.0f} ms")
+            common.plain(f"{head} — ✔ ran · {int(stage.get('tokens_in') or 0)} tokens in, "
+                         f"{int(stage.get('tokens_out') or 0)} out, "
+                         f"{float(stage.get('latency_ms') or 0):.0f} ms")
         output = stage.get("output")
         if output not in (None, "", [], {}):
             st.caption("output")
             if isinstance(output, dict | list):
                 st.json(output, expanded=True)
             else:
-                st.markdown(common.quote_block(str(output)))
+                common.plain(output)
         if stage.get("prompt") or stage.get("completion"):
             with st.expander("Prompt and raw completion", icon=":material/description:"):
                 st.code(common.clean_text(stage.get("prompt")), language=None, wrap_lines=True)
@@ -95,13 +96,15 @@ def main() -> None:
         c = c[1:]
     with c[0]:
         st.caption("original title")
-        st.markdown(common.quote_block(detail.get("title")))
+        common.plain(detail.get("title"))
     with c[1]:
-        st.caption("IP-agent profile" + ("" if detail["format_ok"] else " · ✘ repaired: "
-                                         + ", ".join(detail.get("problems") or [])))
-        st.markdown(common.quote_block(detail.get("profile")))
-        st.caption(f"tags: {detail.get('tags') or '—'} · model `{detail['model_id']}` · "
-                   f"made by run `{detail.get('run_id') or '—'}`")
+        st.caption("IP-agent profile" + ("" if detail["format_ok"] else " · ✘ repaired"))
+        if not detail["format_ok"]:
+            common.plain("problems: " + ", ".join(detail.get("problems") or []))
+        common.plain(detail.get("profile"))
+        st.caption("tags · IP-agent model · made by run")
+        common.plain(f"{detail.get('tags') or '—'} · {detail['model_id']} · "
+                     f"{detail.get('run_id') or '—'}")
     st.markdown("**Stage by stage**")
     stages = detail.get("stages") or []
     if isinstance(stages, str):

@@ -38,13 +38,14 @@ def main() -> None:
         st.info(f"run {run_id} is gone from the store")
         return
     c = st.columns(5)
-    c[0].metric("status", detail["status"])
+    c[0].metric("status", common.label_text(detail["status"]))
     c[1].metric("steps", f"{detail['steps_done'] or 0}/{detail['n_steps'] or 0}")
     c[2].metric("seed", str(detail["seed"]))
     c[3].metric("wall time", f"{float(detail['wall_s'] or 0):.1f} s")
-    c[4].metric("git revision", (detail.get("git_revision") or "—")[:10])
+    c[4].metric("git revision", common.label_text((detail.get("git_revision") or "—")[:10]))
     if detail.get("error"):
-        st.error(f"run error: {detail['error']}")
+        st.error("This run stopped with an error (as stored):", icon=":material/error:")
+        st.code(common.clean_text(str(detail["error"])), language=None, wrap_lines=True)
     st.page_link("views/traces.py", label="Open this run in the trace explorer",
                  icon=":material/manage_search:", query_params={"run": run_id})
 

@@ -96,11 +96,11 @@ def slate_table(rows: pd.DataFrame, left: bool) -> pd.DataFrame:
 
 
 def decision_heading(row: pd.Series) -> str:
-    """``#pos · title — action`` for a decision."""
+    """``#pos · title — action`` for a decision, as plain text (the title is outside text)."""
     label = common.ACTION_LABELS.get(row["action"], row["action"])
     title = common.clean_text(row["title"]) or f"item {int(row['item_id'])}"
     extra = f" · p(like) {common.fmt(row['p_like'])}" if data.finite(row["p_like"]) else ""
-    return f"**#{int(row['position'])} · {title}** — {label}{extra}"
+    return f"#{int(row['position'])} · {title} — {label}{extra}"
 
 
 def show_texts(prompt: str, completion: str | None) -> None:
@@ -124,12 +124,12 @@ def show_step(step: int, rows: pd.DataFrame, left: bool,
                     | rows["answer"].fillna("").str.strip().ne("")]
     for _, row in reasoned.iterrows():
         with st.container(border=True):
-            st.markdown(decision_heading(row))
+            common.plain(decision_heading(row))
             st.markdown(":material/psychology: **think**")
-            st.markdown(common.quote_block(row["think"]))
+            common.plain(row["think"])
             st.markdown(":material/chat: **answer**"
                         + ("" if row["format_ok"] else " · ✘ malformed"))
-            st.markdown(common.quote_block(row["answer"]))
+            common.plain(row["answer"])
             prompt, completion = texts.get((step, int(row["position"])), ("", None))
             with st.expander("Full prompt and raw completion", icon=":material/description:"):
                 show_texts(prompt, completion)
@@ -138,7 +138,7 @@ def show_step(step: int, rows: pd.DataFrame, left: bool,
         with st.expander(f"Prompts of the {len(rest)} decision(s) without a traced reasoning",
                          icon=":material/description:"):
             for _, row in rest.iterrows():
-                st.markdown(decision_heading(row))
+                common.plain(decision_heading(row))
                 prompt, completion = texts.get((step, int(row["position"])), ("", None))
                 show_texts(prompt, completion)
 
@@ -167,16 +167,15 @@ def main() -> None:
 
     info = data.user_info(url, run_id, user_id) or {}
     st.subheader(f"User {user_id}")
-    st.markdown(common.quote_block(info.get("persona")))
+    common.plain(info.get("persona"))
     c = st.columns(3)
     with c[0]:
         st.caption("profile")
         profile = info.get("profile") or {}
-        st.markdown(" · ".join(f"{common.escape_md(str(k))}: **{common.escape_md(str(v))}**"
-                               for k, v in profile.items()) or "—")
+        common.plain(" · ".join(f"{k}: {v}" for k, v in profile.items()), empty="—")
     with c[1]:
         st.caption("friends")
-        st.write(", ".join(str(f) for f in info.get("friends") or []) or "—")
+        common.plain(", ".join(str(f) for f in info.get("friends") or []), empty="—")
     with c[2]:
         hist = info.get("history_titles") or []
         with st.expander(f"★ Real history ({len(hist)} items)"):

@@ -107,6 +107,16 @@ class DecisionRecord:
     prompt_truncated: bool = False
     cache_hit: bool = False  # every LLM result behind the decision came from the response cache
     attempts: int = 1  # generate mode: completions asked for (format retries included)
+    # What decided the action (docs/user-actions.md): ``draw`` (the uniform ``draw`` against
+    # p(watch) = ``p_like`` and ``like_cut`` = p × like share), ``answer`` (the Yes/No answer;
+    # a Yes is a like when ``draw`` < ``like_cut`` = like share) or ``invalid`` (no answer).
+    rule: str | None = None
+    draw: float | None = None
+    like_cut: float | None = None
+    # The trace's part: ``decided`` (the action read it) or ``separate`` (a second generation
+    # stored for inspection); ``trace_ok`` is the trace's own format, apart from the decision's.
+    trace_role: str | None = None
+    trace_ok: bool | None = None
 
     def as_row(self) -> dict:
         """The fields as a plain dict (every field is a scalar; ``asdict`` would deep-copy)."""
@@ -132,6 +142,7 @@ class SlateOutcome:
     decisions: list[DecisionRecord]
     left: bool
     leave_prob: float
+    leave_draw: float = 0.0  # the uniform compared with ``leave_prob``
 
 
 @dataclass(frozen=True)
@@ -256,8 +267,9 @@ class USAgent:
             leave_prob = self.rules.base_leave_prob + (
                 self.rules.bored_leave_prob if watched == 0 else 0.0
             )
-            left = bool(draws[(r.arm, r.user_id)]["leave"][0] < leave_prob)
-            outcomes.append(SlateOutcome(r.arm, r.user_id, decs, left, leave_prob))
+            u_leave = float(draws[(r.arm, r.user_id)]["leave"][0])
+            outcomes.append(SlateOutcome(r.arm, r.user_id, decs, u_leave < leave_prob,
+                                         leave_prob, u_leave))
         return outcomes
 
     def _action_from_p(self, p: float, u: float) -> str:
@@ -299,7 +311,8 @@ class USAgent:
                 out.append(self._reasoned_record(r, c, reasoned[i], draws, threshold=False))
                 continue
             p = float(s.probs["Yes"])
-            action = self._action_from_p(p, float(draws[(r.arm, r.user_id)]["action"][c.position]))
+            u = float(draws[(r.arm, r.user_id)]["action"][c.position])
+            action = self._action_from_p(p, u)
             gen = traces.get(i)
             parsed = parse_judgement(gen.text, THINK_PREFIX) if gen else None
             out.append(
@@ -311,9 +324,9 @@ class USAgent:
                     completion=gen.text if gen else None,
                     think=parsed.think if parsed else None,
                     answer=parsed.answer if parsed else None,
-                    # Score mode reads a probability, which is always well formed; a stored
-                    # trace reports its own format.
-                    format_ok=parsed.format_ok if parsed else s.found,
+                    # Score mode reads a probability: the decision's format is whether the
+                    # options were found; a stored trace reports its own format apart.
+                    format_ok=s.found,
                     fallback=None if s.found else "options_not_in_top_logprobs",
                     model_id=(self.response_model_id if self.response_model is not None
                               else self.backend.model_id),
@@ -323,6 +336,9 @@ class USAgent:
                     traced=gen is not None,
                     prompt_truncated=s.truncated_prompt,
                     cache_hit=s.cached and (gen is None or gen.cached),
+                    rule="draw", draw=u, like_cut=p * self.rules.like_share,
+                    trace_role="separate" if gen else None,
+                    trace_ok=parsed.format_ok if parsed else None,
                 )
             )
         return out
@@ -364,10 +380,12 @@ class USAgent:
         u = draws[(r.arm, r.user_id)]
         answer_word = "Yes" if p > 0.5 else "No"
         if threshold:  # generate mode acts on the answer, as it does on a parsed one
-            liked = u["like"][c.position] < self.rules.like_share
-            action = ("like" if liked else "watch") if answer_word == "Yes" else "skip"
+            rule, draw, cut = "answer", float(u["like"][c.position]), self.rules.like_share
+            action = ("like" if draw < cut else "watch") if answer_word == "Yes" else "skip"
         else:
-            action = self._action_from_p(p, float(u["action"][c.position]))
+            rule, draw = "draw", float(u["action"][c.position])
+            cut = p * self.rules.like_share
+            action = self._action_from_p(p, draw)
         completion = f" {PREFERENCE_OPEN} {rs.preference}\n(2) Prediction: {answer_word} </answer>"
         parsed = parse_judgement(completion, trace_prefix(completion))
         gen = rs.charged
@@ -384,7 +402,9 @@ class USAgent:
             tokens_out=gen.tokens_out if gen else 0,
             latency_ms=1000 * (rs.score.latency_s + (gen.latency_s if gen else 0.0)),
             traced=True, prompt_truncated=rs.score.truncated_prompt,
-            cache_hit=rs.score.cached and (gen is None or gen.cached))
+            cache_hit=rs.score.cached and (gen is None or gen.cached),
+            rule=rule, draw=draw, like_cut=cut, trace_role="decided",
+            trace_ok=bool(rs.preference) and parsed.format_ok)
 
     def _model_scores(self, flat) -> list[Score]:
         """p(like) from the response model, shaped like backend scores (no tokens, no LLM)."""
@@ -419,13 +439,15 @@ class USAgent:
         out = []
         for (r, c), prompt, attempts, p in zip(flat, think_prompts, tries, parsed, strict=True):
             gen = attempts[-1]
+            draw = float(draws[(r.arm, r.user_id)]["like"][c.position])
+            rule = "answer"
             if p.prediction == "Yes":
-                liked = draws[(r.arm, r.user_id)]["like"][c.position] < self.rules.like_share
+                liked = draw < self.rules.like_share
                 action, fallback, format_ok = ("like" if liked else "watch"), None, p.format_ok
             elif p.prediction == "No":
                 action, fallback, format_ok = "skip", None, p.format_ok
             else:  # still unreadable after the retries: an invalid decision
-                action, fallback, format_ok = "skip", "invalid", False
+                action, fallback, format_ok, rule = "skip", "invalid", False, "invalid"
             out.append(
                 DecisionRecord(
                     arm=r.arm, user_id=r.user_id, position=c.position, item_id=c.item_id,
@@ -438,6 +460,9 @@ class USAgent:
                     latency_ms=1000 * sum(g.latency_s for g in attempts), traced=True,
                     prompt_truncated=gen.truncated_prompt,
                     cache_hit=all(g.cached for g in attempts), attempts=len(attempts),
+                    rule=rule, draw=draw if p.prediction == "Yes" else None,
+                    like_cut=self.rules.like_share if p.prediction == "Yes" else None,
+                    trace_role="decided", trace_ok=format_ok,
                 )
             )
         return out

@@ -67,7 +67,8 @@ def seed_from_query(key: str, param: str, options: Sequence[Any],
     """Preselect a widget from a URL query parameter (when the parameter is new or changed).
 
     A link such as ``/traces?run=ID&arm=A&user=U`` opens that selection; a parameter already
-    applied is not applied again, so the widgets stay free to change.
+    applied is not applied again, so the widgets stay free to change. A link to something the
+    store does not hold says so, rather than silently showing another one.
     """
     flag = f"_seeded_{key}"
     raw = st.query_params.get(param)
@@ -77,9 +78,12 @@ def seed_from_query(key: str, param: str, options: Sequence[Any],
     try:
         value = cast(raw)
     except (TypeError, ValueError):
-        return
-    if value in options:
+        value = None
+    if value is not None and value in options:
         st.session_state[key] = value
+    else:
+        st.warning(f"The link asks for {param} {label_text(raw)}, which this store does not "
+                   "hold here; showing another.", icon=":material/link_off:")
 
 
 def sync_query(widgets: dict[str, tuple[str, object]]) -> None:

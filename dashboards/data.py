@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Integer, case, create_engine, event, func, inspect, select
+from sqlalchemy import Integer, case, create_engine, event, exists, func, inspect, or_, select
 from sqlalchemy.engine import Engine, make_url
 
 from environments.sources import data_dir_path
@@ -59,7 +59,8 @@ CHUNK = 500  # ids per IN (...) list
 FEEDBACK_METRICS = ("ild", "exposure_gini", "coverage", "profile_entropy")
 FEEDBACK_EXTRA = ("novelty", "social_share")
 
-BEHAVIOURS = ("any", "left", "stayed", "liked ≥ N", "watched ≥ N", "watched nothing")
+BEHAVIOURS = ("any", "left", "stayed", "liked ≥ N", "watched ≥ N", "watched nothing",
+              "has reasoning")
 
 
 class StoreUnavailableError(RuntimeError):
@@ -531,7 +532,8 @@ def _like_pattern(text: str) -> str:
     return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
 
-def _users_query(url: str, run_id: str, arm: str, text: str, behaviour: str, n: int) -> Any:
+def _users_query(url: str, run_id: str, arm: str, text: str, behaviour: str, n: int,
+                 reasoning: str = "") -> Any:
     u = SimUser.__table__
     cols = [u.c.user_id, u.c.persona]
     frm: Any = u
@@ -561,12 +563,24 @@ def _users_query(url: str, run_id: str, arm: str, text: str, behaviour: str, n: 
             q = q.where(agg.c.watches >= n)
         elif behaviour == "watched nothing":
             q = q.where(agg.c.slates > 0, agg.c.watches == 0)
+    reasoning = reasoning.strip()
+    if (behaviour == "has reasoning" or reasoning) and has(url, "decisions"):
+        # A correlated EXISTS walks the (run, arm, user) index of each candidate user only.
+        d = Decision.__table__
+        cond = [d.c.run_id == run_id, d.c.arm == arm, d.c.user_id == u.c.user_id,
+                d.c.traced.is_(True)]
+        if reasoning:
+            pattern = _like_pattern(reasoning)
+            cond.append(or_(d.c.think.ilike(pattern, escape="\\"),
+                            d.c.answer.ilike(pattern, escape="\\")))
+        q = q.where(exists(select(d.c.id).where(*cond)))
     return q
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def users_page(url: str, run_id: str, arm: str, text: str = "", behaviour: str = "any",
-               n: int = 1, limit: int = 50, offset: int = 0) -> tuple[pd.DataFrame, int]:
+               n: int = 1, limit: int = 50, offset: int = 0,
+               reasoning: str = "") -> tuple[pd.DataFrame, int]:
     """A page of a run's users, filtered by id or persona text and by behaviour in one arm.
 
     Args:
@@ -578,6 +592,7 @@ def users_page(url: str, run_id: str, arm: str, text: str = "", behaviour: str =
         n: the N of ``liked ≥ N`` and ``watched ≥ N``.
         limit: page size.
         offset: first row of the page.
+        reasoning: text that one of the user's stored reasonings (think or answer) contains.
 
     Returns:
         The page (``user_id, persona, slates, watches, likes, left_at``) and the number of
@@ -586,7 +601,7 @@ def users_page(url: str, run_id: str, arm: str, text: str = "", behaviour: str =
     cols = ["user_id", "persona", "slates", "watches", "likes", "left_at"]
     if not has(url, "users"):
         return pd.DataFrame(columns=cols), 0
-    q = _users_query(url, run_id, arm, text, behaviour, n)
+    q = _users_query(url, run_id, arm, text, behaviour, n, reasoning)
     with engine(url).connect() as conn:
         total = int(conn.execute(select(func.count()).select_from(q.subquery())).scalar() or 0)
         res = conn.execute(q.order_by(SimUser.__table__.c.user_id).limit(limit).offset(offset))
@@ -647,8 +662,12 @@ def real_positives(info: dict[str, Any] | None) -> set[int]:
     return out
 
 
-def user_decisions_stmt(run_id: str, arm: str, user_id: int, steps: Sequence[int]) -> Any:
-    """The query of one user's decisions (prompts left out).
+EXPLAIN_COLUMNS = ("rule", "draw", "like_cut", "trace_role", "trace_ok")
+
+
+def user_decisions_stmt(run_id: str, arm: str, user_id: int, steps: Sequence[int],
+                        extra: Sequence[str] = ()) -> Any:
+    """The query of one user's decisions (prompts left out), with the ``extra`` columns.
 
     ``step IN (…)`` names every step of the run, so the unique ``(run, arm, step, user,
     position)`` key is searched on all four columns: without it SQLite walks that key over
@@ -661,7 +680,7 @@ def user_decisions_stmt(run_id: str, arm: str, user_id: int, steps: Sequence[int
         cond.append(d.c.step.in_(list(steps)))
     return (select(d.c.step, d.c.position, d.c.item_id, d.c.action, d.c.p_like, d.c.format_ok,
                    d.c.fallback, d.c.traced, d.c.think, d.c.answer, d.c.model_id, d.c.tokens_in,
-                   d.c.tokens_out, d.c.latency_ms)
+                   d.c.tokens_out, d.c.latency_ms, *(d.c[c] for c in extra))
             .where(*cond).order_by(d.c.step, d.c.position))
 
 
@@ -670,17 +689,24 @@ def user_decisions(url: str, run_id: str, arm: str, user_id: int) -> pd.DataFram
     """Every decision of one user in one arm, without prompts (index ``run, arm, user``).
 
     Columns: ``step, position, item_id, title, action, p_like, format_ok, fallback, traced,
-    think, answer, model_id, tokens_in, tokens_out, latency_ms, rec_score, source, left``
-    (``left``: the user left the session after this step's slate).
+    think, answer, model_id, tokens_in, tokens_out, latency_ms``, what decided the action
+    (``rule, draw, like_cut, trace_role, trace_ok``: NULL in stores older than those columns),
+    ``rec_score, source``, and the slate's end: ``left`` (the user left the session after this
+    step's slate), ``leave_prob`` and ``leave_draw``.
     """
     cols = ["step", "position", "item_id", "title", "action", "p_like", "format_ok", "fallback",
             "traced", "think", "answer", "model_id", "tokens_in", "tokens_out", "latency_ms",
-            "rec_score", "source", "left"]
+            *EXPLAIN_COLUMNS, "rec_score", "source", "left", "leave_prob", "leave_draw"]
     if not has(url, "decisions"):
         return pd.DataFrame(columns=cols)
-    df = _frame(url, user_decisions_stmt(run_id, arm, user_id, step_numbers(url, run_id)))
+    extra = [c for c in EXPLAIN_COLUMNS if has_column(url, "decisions", c)]
+    df = _frame(url, user_decisions_stmt(run_id, arm, user_id, step_numbers(url, run_id),
+                                         extra))
     if df.empty:
         return pd.DataFrame(columns=cols)
+    for c in EXPLAIN_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
     steps = sorted({int(s) for s in df["step"]})
     titles = item_titles(url, run_id, tuple(int(i) for i in df["item_id"]))
     df["title"] = [titles.get(int(i), "") for i in df["item_id"]]
@@ -701,12 +727,19 @@ def user_decisions(url: str, run_id: str, arm: str, user_id: int) -> pd.DataFram
             if extra:
                 df["source"] = [(imp.get(k, (None, None))[1] or "rec") if k in imp else None
                                 for k in keys]
+        df["leave_prob"] = None
+        df["leave_draw"] = None
         if has(url, "sessions"):
             e = SessionEvent.__table__
-            left = {int(s) for (s,) in conn.execute(select(e.c.step).where(
-                e.c.run_id == run_id, e.c.arm == arm, e.c.step.in_(steps),
-                e.c.user_id == user_id, e.c.left.is_(True)))}
-            df["left"] = df["step"].astype(int).isin(left)
+            draw = [e.c.leave_draw] if has_column(url, "sessions", "leave_draw") else []
+            ends = {int(r[0]): r[1:] for r in conn.execute(
+                select(e.c.step, e.c.left, e.c.leave_prob, *draw).where(
+                    e.c.run_id == run_id, e.c.arm == arm, e.c.step.in_(steps),
+                    e.c.user_id == user_id))}
+            at = [ends.get(int(s)) for s in df["step"]]
+            df["left"] = [bool(r[0]) if r else False for r in at]
+            df["leave_prob"] = [r[1] if r else None for r in at]
+            df["leave_draw"] = [r[2] if r and len(r) > 2 else None for r in at]
     return df[cols]
 
 

@@ -360,6 +360,7 @@ class SimulationRuntime:
         self.on_progress(len(requests))
         out = [
             {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
+             "leave_draw": o.leave_draw,
              "wall_s": wall / max(1, len(outcomes)),
              "decisions": [self._decision_row(d, (o.user_id, d.position) in social)
                            for d in o.decisions],
@@ -401,6 +402,7 @@ class SimulationRuntime:
                 "arm": o["arm"], "step": step, "user_id": o["user_id"],
                 "n_watch": sum(a != "skip" for a in acts), "n_like": acts.count("like"),
                 "left": o["left"], "leave_prob": o["leave_prob"],
+                "leave_draw": o.get("leave_draw"),
             })
             for d in o["decisions"]:
                 impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],

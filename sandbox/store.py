@@ -243,6 +243,12 @@ class Decision(Base):
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Generate mode: completions asked for, format retries included (NULL: older stores).
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What decided the action (agents.us_agent.DecisionRecord; NULL: older stores).
+    rule: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    draw: Mapped[float | None] = mapped_column(Float, nullable=True)
+    like_cut: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trace_role: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    trace_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     __table_args__ = (
         UniqueConstraint("run_id", "arm", "step", "user_id", "position"),
         Index("ix_decisions_run_arm_user", "run_id", "arm", "user_id"),
@@ -261,6 +267,7 @@ class SessionEvent(Base):
     n_like: Mapped[int] = mapped_column(Integer)
     left: Mapped[bool] = mapped_column(Boolean)
     leave_prob: Mapped[float] = mapped_column(Float)
+    leave_draw: Mapped[float | None] = mapped_column(Float, nullable=True)  # u vs leave_prob
 
 
 class Metric(Base):

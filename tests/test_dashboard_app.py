@@ -468,3 +468,95 @@ def test_outside_text_is_never_markup(store: DashboardStore, tmp_path: Path) -> 
     at = open_page("traces", queries["traces"], url=evil.url)
     # Reasoning keeps its line breaks and reads literally.
     assert any(t.value.endswith("**bold**\nsecond line") for t in at.text)
+
+
+def test_every_stored_explanation_reproduces_its_action(env: DashboardStore) -> None:
+    """The stored rule, draw and thresholds give back each action and each leave."""
+    from sandbox.store import SessionEvent
+
+    s = Store(env.url, create=False)
+    with s.session() as ses:
+        rows = ses.execute(select(Decision.action, Decision.rule, Decision.draw,
+                                  Decision.like_cut, Decision.p_like, Decision.trace_role,
+                                  Decision.traced)).all()
+        ends = ses.execute(select(SessionEvent.left, SessionEvent.leave_prob,
+                                  SessionEvent.leave_draw)).all()
+    assert rows and ends
+    shares = set()
+    for action, rule, u, cut, p, role, traced in rows:
+        assert rule == "draw"  # the fixture runs score mode
+        assert action == ("like" if u < cut else "watch" if u < p else "skip")
+        assert role == ("separate" if traced else None)
+        shares.add(round(cut / p, 9))
+    assert len(shares) == 1 and 0 < shares.pop() < 1  # like_cut = p × the run's like share
+    assert all(left == (u < p) for left, p, u in ends)
+
+
+def test_explanation_sentences() -> None:
+    from dashboards import explain
+
+    row = {"action": "skip", "rule": "draw", "draw": 0.95, "like_cut": 0.36, "p_like": 0.91}
+    assert explain.decision_sentence(row) == "skip: u = 0.95 ≥ p(watch) = 0.91"
+    row |= {"action": "watch", "draw": 0.5}
+    assert explain.decision_sentence(row) == ("watch: p(watch) × like share = 0.36 ≤ u = 0.50 "
+                                              "< p(watch) = 0.91")
+    row |= {"action": "like", "draw": 0.1}
+    assert explain.decision_sentence(row) == "like: u = 0.10 < p(watch) × like share = 0.36"
+    gen = {"action": "watch", "rule": "answer", "draw": 0.7, "like_cut": 0.4, "p_like": None}
+    assert explain.decision_sentence(gen) == ("watch: the answer was Yes; like draw u = 0.70 ≥ "
+                                              "like share 0.40")
+    assert explain.decision_sentence({"action": "skip", "rule": "answer"}) == (
+        "skip: the answer was No")
+    assert "older store" in explain.decision_sentence({"action": "skip", "rule": None})
+    assert explain.leave_sentence(True, 0.35, 0.03, 0) == (
+        "⏏ left: u = 0.03 < p(leave) = 0.35 (nothing on the slate was watched)")
+    assert explain.leave_sentence(False, 0.05, 0.4, 2) == "stayed: u = 0.40 ≥ p(leave) = 0.05"
+    assert explain.trace_label({"trace_role": "separate"}).startswith("✎ a separate generation")
+    assert explain.trace_format({"trace_ok": False, "format_ok": True}) == "✘ malformed trace"
+
+
+def test_trace_explorer_explains_and_filters(env: DashboardStore) -> None:
+    traced = env.runs[0]
+    at = open_page("traces", {"run": traced, "arm": "popular", "user": env.traced_user})
+    slates = [f for f in frames(at) if "why" in f.columns]
+    assert slates
+    for f in slates:
+        for action, why in zip(f["action"], f["why"], strict=True):
+            if action != "⏏ leave":
+                assert why.split(":")[0] in action, (action, why)
+    body = texts(at)
+    assert "End of the slate — " in body and "u = " in body
+    # A score-mode trace is labelled as the separate generation it is.
+    assert "a separate generation, stored for inspection" in body
+    # Only likes.
+    at.multiselect(key="tx_actions").set_value(["like"]).run()
+    kept = pd.concat([f for f in frames(at) if "why" in f.columns])
+    assert set(kept["action"]) == {"❤ like"}
+    at.multiselect(key="tx_actions").set_value(list(("skip", "watch", "like", "leave"))).run()
+    # Users with a reasoning that contains a word of this user's think text.
+    word = think_snippet(env.think)
+    at.text_input(key="tx_rq").set_value(word).run()
+    users = frames(at)[0]
+    assert env.traced_user in set(users["user_id"])
+    s = Store(env.url, create=False)
+    with s.session() as ses:
+        having = set(ses.scalars(select(Decision.user_id).where(
+            Decision.run_id == traced, Decision.arm == "popular",
+            (Decision.think.ilike(f"%{word}%")) | (Decision.answer.ilike(f"%{word}%")))))
+    assert set(users["user_id"]) == having
+    assert "Only decisions whose reasoning contains" in texts(at)
+
+
+def test_a_link_to_something_missing_says_so(env: DashboardStore) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    at.switch_page("views/traces.py")
+    at.query_params.update({"run": "no-such-run", "arm": "popular", "user": "999999"})
+    at.run()
+    assert not at.exception
+    warned = " ".join(w.value for w in at.warning)
+    assert "run no-such-run," in warned and "user 999999," in warned
+    at.query_params.update({"run": env.runs[0], "arm": "nope", "user": str(env.traced_user)})
+    at.run()
+    warned = " ".join(w.value for w in at.warning)
+    assert "arm nope," in warned and "user" not in warned and "run " not in warned

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboards import common, data
+from dashboards import common, data, explain
 
 STEPS_PER_PAGE = 5
 VIEWS = {
@@ -17,35 +17,43 @@ VIEWS = {
     "malformed": "✘ Malformed answer (format_ok false)",
     "either": "⚠ or ✘",
 }
+ACTIONS = ("skip", "watch", "like", "leave")
 LEGEND = ("↷ skip · ▶ watch · ❤ like · ⏏ leave (left the session after that slate) · "
           "★ real positive (in the user's real history) · ⚠ disagrees with the real log · "
-          "✘ malformed answer · ☺ put in the slate by a friend's like")
+          "✘ malformed answer · ☺ put in the slate by a friend's like. \"why\" is the rule "
+          "that decided: u is the user's seeded uniform draw, shared by every arm.")
 
 
 def behaviour_label(b: str) -> str:
     """Words for a behaviour filter."""
     return {"any": "any behaviour", "left": "⏏ left the session", "stayed": "stayed to the end",
             "liked ≥ N": "❤ liked ≥ N", "watched ≥ N": "▶ watched ≥ N",
-            "watched nothing": "↷ watched nothing"}.get(b, b)
+            "watched nothing": "↷ watched nothing",
+            "has reasoning": "✎ has a stored reasoning"}.get(b, b)
 
 
 def find_user(url: str, run_id: str, arm: str) -> int | None:
     """The user search (id, persona text, behaviour) and picker; returns the chosen user."""
     st.subheader("Find a user")
-    c = st.columns([3, 2, 1])
+    c = st.columns([3, 2, 1, 3])
     text = c[0].text_input("User id or persona text", key="tx_q",
                            placeholder="e.g. 42, engineer, comedy",
                            help="Digits find that user id; other text searches the personas.")
-    behaviour = c[1].selectbox(f"Behaviour in arm {arm}", data.BEHAVIOURS, key="tx_beh",
+    behaviour = c[1].selectbox("Behaviour in this arm", data.BEHAVIOURS, key="tx_beh",
                                format_func=behaviour_label)
     n = int(c[2].number_input("N", min_value=0, max_value=100_000, value=1, step=1,
                               key="tx_n"))
+    reasoning = c[3].text_input("Text in a reasoning", key="tx_rq",
+                                placeholder="e.g. comedy, No",
+                                help="Users with a stored reasoning (think or answer) in this "
+                                     "arm that contains this text (case-insensitive).")
     page = int(st.session_state.get("tx_users_page", 1))
     users, total = data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE,
-                                   (page - 1) * common.PAGE_SIZE)
+                                   (page - 1) * common.PAGE_SIZE, reasoning)
     if users.empty and page > 1:
         st.session_state["tx_users_page"] = 1
-        users, total = data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE, 0)
+        users, total = data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE, 0,
+                                       reasoning)
     st.caption(f"{total} user(s) match.")
     common.pager(total, "tx_users_page")
     shown = users.assign(
@@ -78,7 +86,8 @@ def slate_table(rows: pd.DataFrame, left: bool) -> pd.DataFrame:
         "item": rows["item_id"].astype(int).astype(str),
         "title": [common.clean_text(t) for t in rows["title"]],
         "action": [common.ACTION_LABELS.get(a, a) for a in rows["action"]],
-        "p(like)": [common.fmt(p) for p in rows["p_like"]],
+        "why": [explain.decision_sentence(r) for r in rows.to_dict("records")],
+        "p(Yes)": [common.fmt(p) for p in rows["p_like"]],
         "real log": ["★ real positive" if r else "" for r in rows["real"]],
         "check": [" ".join(x for x in ("⚠ disagrees" if d else "",
                                        "✘ malformed" if not f else "") if x)
@@ -90,7 +99,7 @@ def slate_table(rows: pd.DataFrame, left: bool) -> pd.DataFrame:
     if left:
         out = pd.concat([out, pd.DataFrame([{
             "pos": "", "item": "", "title": "(left the session after this slate)",
-            "action": common.LEAVE_LABEL, "p(like)": "", "real log": "", "check": "",
+            "action": common.LEAVE_LABEL, "why": "", "p(Yes)": "", "real log": "", "check": "",
             **({"source": ""} if "source" in out.columns else {})}])], ignore_index=True)
     return out
 
@@ -99,7 +108,8 @@ def decision_heading(row: pd.Series) -> str:
     """``#pos · title — action`` for a decision, as plain text (the title is outside text)."""
     label = common.ACTION_LABELS.get(row["action"], row["action"])
     title = common.clean_text(row["title"]) or f"item {int(row['item_id'])}"
-    extra = f" · p(like) {common.fmt(row['p_like'])}" if data.finite(row["p_like"]) else ""
+    # The stored p is p(Yes): p(watch) in score mode (a like is p(watch) × like share).
+    extra = f" · p(Yes) {common.fmt(row['p_like'])}" if data.finite(row["p_like"]) else ""
     return f"#{int(row['position'])} · {title} — {label}{extra}"
 
 
@@ -114,21 +124,25 @@ def show_texts(prompt: str, completion: str | None) -> None:
             wrap_lines=True)
 
 
-def show_step(step: int, rows: pd.DataFrame, left: bool,
+def show_step(step: int, rows: pd.DataFrame, left: bool, slate_end: str,
               texts: dict[tuple[int, int], tuple[str, str | None]]) -> None:
-    """One step of the timeline: the slate, the reasoning, the prompts."""
+    """One step of the timeline: the slate, why each action, the reasoning, the prompts."""
     st.markdown(f"#### Step {step}" + (f" · {common.LEAVE_LABEL}: left the session after this "
                                        "slate" if left else ""))
-    st.dataframe(slate_table(rows, left), hide_index=True)
+    st.dataframe(slate_table(rows, left), hide_index=True,
+                 column_config={"why": st.column_config.TextColumn("why", width="large")})
+    st.caption(f"End of the slate — {slate_end}")
     reasoned = rows[rows["think"].fillna("").str.strip().ne("")
                     | rows["answer"].fillna("").str.strip().ne("")]
     for _, row in reasoned.iterrows():
         with st.container(border=True):
             common.plain(decision_heading(row))
+            st.caption(f"why: {explain.decision_sentence(row)} · decided by the policy "
+                       f"{common.label_text(row['model_id'])}")
+            st.markdown(f"**{explain.trace_label(row)}** · {explain.trace_format(row)}")
             st.markdown(":material/psychology: **think**")
             common.plain(row["think"])
-            st.markdown(":material/chat: **answer**"
-                        + ("" if row["format_ok"] else " · ✘ malformed"))
+            st.markdown(":material/chat: **answer**")
             common.plain(row["answer"])
             prompt, completion = texts.get((step, int(row["position"])), ("", None))
             with st.expander("Full prompt and raw completion", icon=":material/description:"):
@@ -202,10 +216,25 @@ def main() -> None:
     view = st.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=True, key="tx_view",
                     help="A decision disagrees with the real log when it skips an item of the "
                          "user's real history, or watches or likes an item outside it.")
+    c = st.columns([3, 2])
+    actions = c[0].multiselect(
+        "Actions", ACTIONS, default=list(ACTIONS), key="tx_actions",
+        format_func=lambda a: common.ACTION_LABELS.get(a, common.LEAVE_LABEL))
+    reasoned_only = c[1].checkbox("✎ Only decisions with a stored reasoning", key="tx_reasoned")
     st.caption(LEGEND)
     malformed = ~decisions["format_ok"].astype(bool)
     keep = {"all": pd.Series(True, index=decisions.index), "disagree": decisions["disagrees"],
             "malformed": malformed, "either": decisions["disagrees"] | malformed}[view]
+    # "leave" keeps every decision of a slate the user left after.
+    keep &= decisions["action"].isin(actions) | (decisions["left"] & ("leave" in actions))
+    reasoning = (decisions["think"].fillna("") + "\n" + decisions["answer"].fillna(""))
+    if reasoned_only:
+        keep &= reasoning.str.strip().ne("")
+    needle = str(st.session_state.get("tx_rq") or "").strip()
+    if needle:
+        st.caption(f"Only decisions whose reasoning contains the search text ({len(needle)} "
+                   "characters, from “Text in a reasoning” above).")
+        keep &= reasoning.str.contains(needle, case=False, regex=False)
     shown = decisions[keep]
     if shown.empty:
         st.info("No decision of this user matches the filter.")
@@ -221,7 +250,11 @@ def main() -> None:
     page_steps = steps[(page - 1) * STEPS_PER_PAGE : page * STEPS_PER_PAGE]
     texts = data.decision_texts(url, run_id, arm, user_id, tuple(page_steps))
     for step in page_steps:
-        show_step(step, shown[shown["step"] == step], step in left_steps, texts)
+        slate = decisions[decisions["step"] == step]
+        end = explain.leave_sentence(step in left_steps, slate["leave_prob"].iloc[0],
+                                     slate["leave_draw"].iloc[0],
+                                     int((slate["action"] != "skip").sum()))
+        show_step(step, shown[shown["step"] == step], step in left_steps, end, texts)
 
 
 main()

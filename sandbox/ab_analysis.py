@@ -36,6 +36,7 @@ from sqlalchemy import select
 from environments import metrics as em
 from sandbox.config import Scenario, parse_scenario
 from sandbox.stats import (
+    adjusted_p,
     bootstrap_means,
     paired_bootstrap,
     paired_permutation_p,
@@ -65,6 +66,47 @@ METRIC_HELP = {
     "like_calibration_error": "impression-weighted |simulated − real like rate| per item "
                               "(real: likes / views; datasets that have them)",
 }
+
+# Which way a metric is better for the platform: +1 higher, -1 lower (the A/B verdicts' words).
+BETTER = {"watch_rate": 1, "like_rate": 1, "session_length": 1, "exit_rate": -1, "ild": 1,
+          "novelty": 1, "profile_entropy": 1, "coverage": 1, "exposure_gini": -1,
+          "like_calibration_error": -1}
+
+
+def decision_rule(confidence: float) -> str:
+    """The one rule that calls a difference, in words (the report and the dashboard state it)."""
+    alpha = 1 - confidence
+    return (f"A difference is called (▲ higher / ▼ lower than the baseline) when its permutation "
+            f"p-value, adjusted by Benjamini–Hochberg over every metric × arm compared in the same "
+            f"scope (pooled, or one seed), is below {alpha:.2g}; otherwise ≈ no clear difference. "
+            "The adjustment keeps the share of false calls among the calls at that level although "
+            "many metrics are tested at once. The bootstrap interval shows the size; near the "
+            "threshold it can exclude 0 while the adjusted test does not call it.")
+
+
+def call_differences(comparisons: Sequence[dict], confidence: float) -> list[dict]:
+    """``comparisons`` with ``q_value``, ``verdict`` and ``better`` added, by one rule.
+
+    The family of a comparison is its scope (its ``seed``, ``None`` for pooled): the q-values
+    are Benjamini–Hochberg adjusted within it; a verdict is called when q < 1 − confidence.
+    """
+    def scope(c: dict) -> int | None:  # NaN (a seed column read into a frame) is the pool
+        seed = c.get("seed")
+        return None if seed is None or seed != seed else int(seed)
+
+    out = [dict(c) for c in comparisons]
+    for key in {scope(c) for c in out}:
+        family = [c for c in out if scope(c) == key]
+        for c, q in zip(family, adjusted_p([c.get("p_value") for c in family]), strict=True):
+            c["q_value"] = q
+            diff = c.get("diff")
+            called = q is not None and diff is not None and q < 1 - confidence and diff != 0
+            c["verdict"] = ("—" if q is None else "≈ no clear difference" if not called
+                            else "▲ higher" if diff > 0 else "▼ lower")
+            way = BETTER.get(str(c.get("metric")))
+            c["better"] = (None if not called or way is None
+                           else (diff > 0) == (way > 0))
+    return out
 
 
 @dataclass

@@ -9,7 +9,14 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from sandbox.ab_analysis import ARM_METRICS, METRIC_HELP, USER_METRICS, AbAnalysis
+from sandbox.ab_analysis import (
+    ARM_METRICS,
+    METRIC_HELP,
+    USER_METRICS,
+    AbAnalysis,
+    call_differences,
+    decision_rule,
+)
 
 # Per-step curves in the report (metrics table names); the filter-bubble pair comes first.
 CURVES = ("ild", "profile_entropy", "exposure_gini", "coverage", "watch_rate", "like_rate",
@@ -60,16 +67,19 @@ def terminal_table(res: AbAnalysis) -> Table:
     """Per-arm values with intervals, and each arm's difference from the baseline."""
     conf = f"{round(100 * res.confidence)}%"
     t = Table(title=f"A/B: {len(res.seeds)} seed(s), baseline {res.baseline}, {conf} intervals",
-              caption=POOLING_SHORT if len(res.seeds) > 1 else None)
+              caption=" ".join([*([POOLING_SHORT] if len(res.seeds) > 1 else []),
+                                "▲/▼: called by the BH-adjusted permutation test "
+                                f"(q < {1 - res.confidence:.2g})."]))
     t.add_column("metric")
     for arm in res.arms:
         t.add_column(arm, justify="right")
     others = [a for a in res.arms if a != res.baseline]
     for arm in others:
         t.add_column(f"{arm} − {res.baseline}", justify="right")
-        t.add_column("p", justify="right")
+        t.add_column("p (q)", justify="right")
     values = {(r["arm"], r["metric"]): r for r in pooled(res.arm_values)}
-    comps = {(r["arm"], r["metric"]): r for r in pooled(res.comparisons)}
+    comps = {(r["arm"], r["metric"]): r
+             for r in pooled(call_differences(res.comparisons, res.confidence))}
     for metric in (*USER_METRICS, *ARM_METRICS):
         if not any((a, metric) in values for a in res.arms):
             continue
@@ -79,11 +89,9 @@ def terminal_table(res: AbAnalysis) -> Table:
             cells.append(_interval(v["value"], v["low"], v["high"]) if v else "–")
         for arm in others:
             c = comps.get((arm, metric))
-            mark = ""
-            if c and c["low"] is not None and (c["low"] > 0 or c["high"] < 0):
-                mark = " *"
+            mark = f" {c['verdict'][0]}" if c and c["verdict"][0] in "▲▼" else ""
             cells.append(_interval(c["diff"], c["low"], c["high"]) + mark if c else "–")
-            cells.append(_p(c["p_value"]) if c else "–")
+            cells.append(f"{_p(c['p_value'])} ({_p(c['q_value'])})" if c else "–")
         t.add_row(*cells)
     return t
 
@@ -99,7 +107,7 @@ def write_report(res: AbAnalysis, out: Path, *, title: str, experiment_id: str,
     files = []
     tables = {
         "arm_values.csv": pd.DataFrame(res.arm_values),
-        "comparisons.csv": pd.DataFrame(res.comparisons),
+        "comparisons.csv": pd.DataFrame(call_differences(res.comparisons, res.confidence)),
         "power.csv": pd.DataFrame(res.power),
         "per_user.csv": res.units,
         "steps.csv": res.steps,
@@ -125,8 +133,9 @@ def _markdown(res: AbAnalysis, *, title: str, experiment_id: str, run_ids: list[
              f"- Baseline arm: **{res.baseline}**. Units: simulated users per seed, paired "
              "across arms (common random numbers).",
              f"- Intervals: {round(100 * res.confidence)}% paired bootstrap; p: sign-flip "
-             "permutation test (user metrics) or arm-swap permutation test (arm metrics). "
-             "`*`: the interval excludes 0.",
+             "permutation test (user metrics) or arm-swap permutation test (arm metrics); "
+             "q: p adjusted by Benjamini–Hochberg.",
+             f"- Verdicts: {decision_rule(res.confidence)}",
              *([f"- {POOLING}"] if len(res.seeds) > 1 else []),
              f"- Reproduce: `{command}`", ""]
     values = {(r["arm"], r["metric"]): r for r in pooled(res.arm_values)}
@@ -140,13 +149,14 @@ def _markdown(res: AbAnalysis, *, title: str, experiment_id: str, run_ids: list[
                      for a in res.arms]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     lines += ["", "## Differences from the baseline", "",
-              "| metric | arm | difference [CI] | p | units |", "|---|---|---|---|---|"]
-    for c in pooled(res.comparisons):
-        mark = " *" if c["low"] is not None and (c["low"] > 0 or c["high"] < 0) else ""
+              "| metric | arm | difference [CI] | p | q | verdict | units |",
+              "|---|---|---|---|---|---|---|"]
+    called = call_differences(res.comparisons, res.confidence)
+    for c in pooled(called):
         lines.append(f"| {c['metric']} | {c['arm']} | "
-                     f"{_interval(c['diff'], c['low'], c['high'])}{mark} | {_p(c['p_value'])} "
-                     f"| {c['n_units']} |")
-    per_seed = [c for c in res.comparisons if c["seed"] is not None]
+                     f"{_interval(c['diff'], c['low'], c['high'])} | {_p(c['p_value'])} "
+                     f"| {_p(c['q_value'])} | {c['verdict']} | {c['n_units']} |")
+    per_seed = [c for c in called if c["seed"] is not None]
     if per_seed:
         lines += ["", "## Per seed", "", "| seed | metric | arm | difference [CI] | p |",
                   "|---|---|---|---|---|"]

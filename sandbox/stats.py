@@ -116,3 +116,21 @@ def power_table(sd_diff: float, effects: Sequence[float], *, alpha: float = 0.05
     """Users needed for each effect size and power (one dict per effect)."""
     return [{"effect": e, **{f"power {p:g}": users_needed(sd_diff, e, alpha=alpha, power=p)
                              for p in powers}} for e in effects]
+
+
+def adjusted_p(p_values: Sequence[float | None]) -> list[float | None]:
+    """Benjamini–Hochberg adjusted p-values of one family of tests (``None`` stays ``None``).
+
+    A/B pages test several metrics of several arms at once; at α = 0.05 one in twenty null
+    differences would look real. The adjusted values keep the false discovery rate of the
+    family at α (``scipy.stats.false_discovery_control``).
+    """
+    from scipy.stats import false_discovery_control
+
+    known = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    if known:
+        adj = false_discovery_control([float(p_values[i]) for i in known], method="bh")
+        for i, q in zip(known, adj, strict=True):
+            out[i] = float(q)
+    return out

@@ -122,11 +122,24 @@ def test_ab_page_experiment(env: DashboardStore) -> None:
     cell = per_arm.set_index("metric").loc["watch_rate", "cooc"]
     v = pooled.loc[("watch_rate", "cooc")]
     assert cell.startswith(f"{v['value']:.4f} [{v['low']:.4f}, {v['high']:.4f}]")
-    assert set(against["arm"]) == {"cooc", "random"} and set(against["baseline"]) == {"popular"}
-    assert against["verdict"].str.contains("baseline|no clear").all()
+    assert set(against["arm"]) == {"cooc", "random"}
     pooled_c = comps[comps["seed"].isna()]
-    assert against["p-value"].tolist() == pytest.approx(pooled_c["p_value"].tolist())
-    assert charts(at) >= 1 + 3  # the interval plot and three metrics over steps
+    assert against["p"].tolist() == pytest.approx(pooled_c["p_value"].tolist())
+    # One rule: the verdict is called exactly when the BH-adjusted p is below 1 − confidence.
+    from scipy.stats import false_discovery_control
+
+    q = false_discovery_control(pooled_c["p_value"].to_numpy(), method="bh")
+    assert against["q (BH)"].tolist() == pytest.approx(q.tolist())
+    for qv, d, verdict in zip(q, pooled_c["diff"], against["verdict"], strict=True):
+        want = "≈ no clear" if qv >= 0.05 else "▲ higher" if d > 0 else "▼ lower"
+        assert verdict.startswith(want), (qv, d, verdict)
+    assert "Benjamini–Hochberg" in texts(at)
+    row = against.set_index(["metric", "arm"]).loc[("exit_rate", "cooc")]
+    assert row["better is"] == "↓ lower" and row["n"] == 12
+    c = pooled_c.set_index(["metric", "arm"]).loc[("exit_rate", "cooc")]
+    if c["mean_baseline"]:
+        assert row["lift"] == f"{100 * c['diff'] / abs(c['mean_baseline']):+.1f} %"
+    assert charts(at) >= 2 + 3  # value and difference plots, three metrics over steps
     # One seed instead of the pool.
     at.radio(key="ab_scope").set_value(11).run()
     assert not at.exception

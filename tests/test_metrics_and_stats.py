@@ -192,3 +192,29 @@ def test_population_model_builds_the_cowatch_graph():
     users = [(1, {}, [10, 11]), (2, {}, [10, 11, 12]), (3, {}, [40]), (4, {}, [40, 41])]
     model = PopulationModel(users, ["a"], seed=0, graph="cowatch", k=1)
     assert model.friends(1) == [2] and model.friends(3) == [4]
+
+
+def test_one_rule_calls_differences_after_the_multiple_comparison_adjustment() -> None:
+    from sandbox.ab_analysis import call_differences
+    from sandbox.stats import adjusted_p
+
+    # BH by hand: sorted p (0.001, 0.02, 0.03, 0.5) → q = min over k ≥ i of p_k · m / k.
+    q = adjusted_p([0.03, 0.001, None, 0.5, 0.02])
+    assert q[2] is None
+    assert q[1] == pytest.approx(0.004) and q[0] == pytest.approx(0.04)
+    assert q[4] == pytest.approx(0.04) and q[3] == pytest.approx(0.5)
+    comps = [
+        {"seed": None, "metric": "exit_rate", "arm": "b", "diff": -0.1, "p_value": 0.001},
+        {"seed": None, "metric": "like_rate", "arm": "b", "diff": 0.02, "p_value": 0.04},
+        {"seed": None, "metric": "coverage", "arm": "b", "diff": 0.3, "p_value": 0.5},
+        {"seed": None, "metric": "novelty", "arm": "b", "diff": 0.3, "p_value": 0.3},
+        {"seed": 7, "metric": "like_rate", "arm": "b", "diff": 0.02, "p_value": 0.04},
+    ]
+    out = {(c["seed"], c["metric"]): c for c in call_differences(comps, confidence=0.95)}
+    exit_ = out[(None, "exit_rate")]
+    assert exit_["verdict"] == "▼ lower" and exit_["better"] is True
+    # p = 0.04 < 0.05 alone, but not after adjusting over its family of four.
+    assert out[(None, "like_rate")]["verdict"] == "≈ no clear difference"
+    assert out[(None, "like_rate")]["better"] is None
+    # The same p in a family of one (the seed's scope) is called.
+    assert out[(7, "like_rate")]["verdict"] == "▲ higher" and out[(7, "like_rate")]["better"]

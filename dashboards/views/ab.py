@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import common, data
+from sandbox.ab_analysis import BETTER, call_differences, decision_rule
 
 KNOWN_ORDER = ("watch_rate", "like_rate", "exit_rate", "session_length", "active_users",
                "impressions",
@@ -28,16 +29,40 @@ def interval(value: object, low: object, high: object) -> str:
     return f"{common.fmt(value, 4)} [{common.fmt(low, 4)}, {common.fmt(high, 4)}]"
 
 
-def verdict(low: object, high: object) -> str:
-    """Whether an arm-minus-baseline interval excludes zero, in words and an icon."""
-    lo, hi = data.finite(low), data.finite(high)
-    if lo is None or hi is None:
+def lift(diff: object, base: object) -> str:
+    """The difference relative to the baseline's mean, in per cent."""
+    d, b = data.finite(diff), data.finite(base)
+    if d is None or not b:
         return "—"
-    if lo > 0:
-        return "▲ higher than baseline"
-    if hi < 0:
-        return "▼ lower than baseline"
-    return "≈ no clear difference"
+    return f"{100 * d / abs(b):+.1f} %"
+
+
+def judged(verdict: str, better: bool | None) -> str:
+    """A verdict with whether the called direction is better for the platform."""
+    if better not in (True, False):  # None, or NaN once in a frame: nothing was called
+        return verdict
+    return f"{verdict} · {'better' if better else 'worse'}"
+
+
+def comparison_chart(cc: pd.DataFrame, metric: str) -> alt.Chart:
+    """Each arm's difference from the baseline with its interval, around a zero line."""
+    m = cc[cc["metric"] == metric]
+    base = alt.Chart(m).encode(y=alt.Y("arm:N", title=None,
+                                       scale=alt.Scale(paddingInner=0.5, paddingOuter=0.4)))
+    zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(
+        strokeDash=[4, 3], color="#555").encode(x="zero:Q")
+    return alt.layer(
+        zero,
+        base.mark_rule(strokeWidth=3).encode(
+            x=alt.X("low:Q", title=f"{metric}: arm − baseline"), x2="high:Q",
+            color=alt.Color("arm:N", scale=alt.Scale(scheme="dark2"), legend=None)),
+        base.mark_point(filled=True, size=110).encode(
+            x="diff:Q", shape=alt.Shape("arm:N", legend=None),
+            color=alt.Color("arm:N", scale=alt.Scale(scheme="dark2"), legend=None),
+            tooltip=["arm", alt.Tooltip("diff:Q", format=".4f"),
+                     alt.Tooltip("low:Q", format=".4f"), alt.Tooltip("high:Q", format=".4f"),
+                     alt.Tooltip("q_value:Q", format=".4f"), "verdict", "n_units"]),
+    ).properties(height=50 + 55 * len(m), title=f"{metric}: difference from the baseline")
 
 
 def steps_section(run_ids: list[str], key: str) -> None:
@@ -111,32 +136,48 @@ def experiment_section(url: str, exps: list[dict]) -> None:
         metric = st.selectbox("Interval plot of", ordered(sorted(v["metric"].unique())),
                               key="ab_metric")
         m = v[v["metric"] == metric]
-        base = alt.Chart(m).encode(y=alt.Y("arm:N", title="arm", sort=arm_order))
+        base = alt.Chart(m).encode(y=alt.Y("arm:N", title="arm", sort=arm_order,
+                                           scale=alt.Scale(paddingInner=0.5, paddingOuter=0.4)))
+        colour = alt.Color("arm:N", scale=alt.Scale(scheme="dark2"), sort=arm_order)
         chart = alt.layer(
-            base.mark_rule(strokeWidth=2).encode(
-                x=alt.X("low:Q", title=metric, scale=alt.Scale(zero=False)), x2="high:Q"),
-            base.mark_point(filled=True, size=90).encode(
-                x="value:Q", shape=alt.Shape("arm:N"), color=alt.Color("arm:N"),
+            base.mark_rule(strokeWidth=3).encode(
+                x=alt.X("low:Q", title=metric, scale=alt.Scale(zero=False)), x2="high:Q",
+                color=colour),
+            base.mark_point(filled=True, size=110).encode(
+                x="value:Q", shape=alt.Shape("arm:N"), color=colour,
                 tooltip=["arm", alt.Tooltip("value:Q", format=".4f"),
                          alt.Tooltip("low:Q", format=".4f"),
                          alt.Tooltip("high:Q", format=".4f"), "n_units"]),
-        ).properties(height=60 + 45 * len(m), title=f"{metric}: value and interval per arm")
-        common.show_chart(chart)
+        ).properties(height=60 + 55 * len(m), title=f"{metric}: value and interval per arm")
         if not comps.empty:
-            csel = comps["seed"].isna() if scope == "pooled" else comps["seed"] == scope
-            cc = comps[csel]
+            confidence = float(settings.get("confidence") or 0.95)
+            called = pd.DataFrame(call_differences(comps.to_dict("records"), confidence))
+            cc = called[called["seed"].isna() if scope == "pooled" else called["seed"] == scope]
+            cols = st.columns(2)
+            with cols[0]:
+                common.show_chart(chart)
+            with cols[1]:
+                common.show_chart(comparison_chart(cc, metric))
             st.subheader("Arms against the baseline")
+            st.caption(decision_rule(confidence) + " “better is” says which way is better for "
+                       "the platform; n = units (users) per arm, paired.")
             st.dataframe(pd.DataFrame({
-                "metric": cc["metric"], "arm": cc["arm"], "baseline": cc["baseline"],
+                "metric": cc["metric"], "arm": cc["arm"], "n": cc["n_units"],
+                "better is": [{1: "↑ higher", -1: "↓ lower"}.get(BETTER.get(m), "—")
+                              for m in cc["metric"]],
                 "mean arm": cc["mean_arm"], "mean baseline": cc["mean_baseline"],
                 "difference [low, high]": [interval(a, b, c) for a, b, c in zip(
                     cc["diff"], cc["low"], cc["high"], strict=True)],
-                "p-value": cc["p_value"],
-                "verdict": [verdict(a, b) for a, b in zip(cc["low"], cc["high"], strict=True)],
-                "n": cc["n_units"],
+                "lift": [lift(d, b) for d, b in zip(cc["diff"], cc["mean_baseline"],
+                                                    strict=True)],
+                "p": cc["p_value"], "q (BH)": cc["q_value"],
+                "verdict": [judged(v, b) for v, b in zip(cc["verdict"], cc["better"],
+                                                         strict=True)],
             }), hide_index=True, column_config={
                 c: st.column_config.NumberColumn(c, format="%.4f")
-                for c in ("mean arm", "mean baseline", "p-value")})
+                for c in ("mean arm", "mean baseline", "p", "q (BH)")})
+        else:
+            common.show_chart(chart)
     st.subheader("Over steps")
     runs = [r for r in (exp["run_ids"] or []) if r]
     if not runs:

@@ -16,8 +16,8 @@ from dashboards import common, data
 HERE = Path(__file__).resolve().parent
 
 PAGES = [
-    st.Page(HERE / "views" / "runs.py", title="Runs", icon=":material/table_rows:", url_path="runs",
-            default=True),
+    st.Page(HERE / "views" / "runs.py", title="Runs", icon=":material/table_rows:",
+            url_path="runs"),
     st.Page(HERE / "views" / "ab.py", title="A/B", icon=":material/compare_arrows:", url_path="ab"),
     st.Page(HERE / "views" / "traces.py", title="Trace explorer", icon=":material/manage_search:",
             url_path="traces"),
@@ -28,12 +28,25 @@ PAGES = [
             url_path="training"),
 ]
 
+
+
+def _home() -> None:
+    """The root URL opens the Runs page under its own address, ``/runs``."""
+    st.switch_page(PAGES[0])
+
+
+# Streamlit serves its default page at "/" whatever its url_path, so "/runs" would not be found
+# if Runs were the default: the default is a redirect, and the menu lists the real pages.
+HOME = st.Page(_home, title="Home", url_path="home", default=True)
+
 # A local file: a Material-icon favicon would be fetched from a font CDN by every browser.
 st.set_page_config(page_title="vragent dashboard", page_icon=str(HERE / "favicon.png"),
                    layout="wide")
-page = st.navigation(PAGES)
+page = st.navigation([HOME, *PAGES], position="hidden")
 
 with st.sidebar:
+    for p in PAGES:
+        st.page_link(p)
     url = common.db_url()
     st.caption("Store (read-only)")
     common.plain(data.display_url(url))

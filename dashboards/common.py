@@ -146,6 +146,20 @@ def label_text(text: object) -> str:
     return "`" + value.replace("`", "'") + "`"
 
 
+def money(value: Any) -> str:
+    """A cost in dollars for a table cell (``—`` when the scenario set no prices)."""
+    v = data.finite(value)
+    return "—" if v is None else f"${v:,.4f}"
+
+
+def number(value: Any) -> str:
+    """A metric value at a precision that reads: 4 significant digits, thousands separated."""
+    v = data.finite(value)
+    if v is None:
+        return "—"
+    return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A number for a table cell (``—`` when missing)."""
     v = data.finite(value)
@@ -162,7 +176,7 @@ def line_chart(df: pd.DataFrame, *, x: str, y: str, series: str, title: str,
     )
     tooltip = [alt.Tooltip(f"{series}:N"), alt.Tooltip(f"{x}:Q"),
                alt.Tooltip(f"{y}:Q", format=".4f")]
-    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", title=title,
+    line = base.mark_line().encode(y=alt.Y(f"{y}:Q", title=title, axis=alt.Axis(format="~g"),
                                            scale=alt.Scale(zero=False)),
                                    strokeDash=alt.StrokeDash(f"{series}:N", title=series))
     points = base.mark_point(filled=True, size=60).encode(

@@ -121,7 +121,9 @@ def test_ab_page_experiment(env: DashboardStore) -> None:
     pooled = values[values["seed"].isna()].set_index(["metric", "arm"])
     cell = per_arm.set_index("metric").loc["watch_rate", "cooc"]
     v = pooled.loc[("watch_rate", "cooc")]
-    assert cell.startswith(f"{v['value']:.4f} [{v['low']:.4f}, {v['high']:.4f}]")
+    from dashboards.common import number
+
+    assert cell == f"{number(v['value'])} [{number(v['low'])}, {number(v['high'])}]"
     assert set(against["arm"]) == {"cooc", "random"}
     pooled_c = comps[comps["seed"].isna()]
     assert against["p"].tolist() == pytest.approx(pooled_c["p_value"].tolist())
@@ -146,7 +148,7 @@ def test_ab_page_experiment(env: DashboardStore) -> None:
     seed_cell = frames(at)[0].set_index("metric").loc["watch_rate", "cooc"]
     v11 = values[(values["seed"] == 11) & (values["metric"] == "watch_rate")
                  & (values["arm"] == "cooc")].iloc[0]
-    assert seed_cell.startswith(f"{v11['value']:.4f}")
+    assert seed_cell.startswith(f"{number(v11['value'])} [")
 
 
 def test_ab_page_single_run_averages_steps(env: DashboardStore) -> None:

@@ -189,12 +189,39 @@ def _shot(driver, page: str) -> None:
     driver.set_window_size(1280, 900)
 
 
+def _pick_a_user_by_clicking_its_row(driver, server: str, run_id: str) -> None:
+    """A click on a row of the users table opens that user's trace."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(driver, f"{server}/traces?{urlencode({'run': run_id, 'arm': 'cooc'})}",
+          "Trace explorer", ("Find a user",))
+    _wait_for(driver, '[data-testid="stDataFrame"] td', 6)
+    grid = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')[0]
+    rows = grid.find_elements(By.CSS_SELECTOR, "tbody tr")
+    third = rows[2].find_elements(By.CSS_SELECTOR, "td")
+    user = next(c.get_attribute("textContent") for c in third
+                if (c.get_attribute("textContent") or "").strip().isdigit())
+    header = 35  # the grid's header row, then 35-pixel rows (Streamlit's defaults)
+    ActionChains(driver).move_to_element_with_offset(
+        grid, -grid.size["width"] // 2 + 12, -grid.size["height"] // 2 + header + 35 * 2 + 17
+    ).click().perform()
+    WebDriverWait(driver, 30).until(
+        lambda d: any(h.text == f"User {user}" for h in d.find_elements(By.CSS_SELECTOR, "h3")))
+
+
 def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> None:
     from selenium.webdriver.common.by import By
 
     traced, second = store.runs
 
     _open(driver, f"{server}/", "Runs", ("Open a run", "finished", "3/3", "Per arm"))
+    assert driver.current_url.rstrip("/").endswith("/runs")  # the root opens /runs
+    _open(driver, f"{server}/runs", "Runs", ("Open a run", "finished", "3/3", "Per arm"))
+    menu = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
+    assert all(t in menu for t in ("Runs", "A/B", "Trace explorer", "Feedback loops", "Items",
+                                   "Training")) and "Home" not in menu
     _wait_for(driver, '[data-testid="stDataFrame"] td', 2)
     cells = _grid_text(driver)
     assert traced in cells and second in cells and "popular, cooc, random" in cells
@@ -214,6 +241,7 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
     assert any(label in _grid_text(driver) for label in ("↷ skip", "▶ watch", "❤ like"))
     assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')
     _shot(driver, "traces")
+    _pick_a_user_by_clicking_its_row(driver, server, traced)
 
     _open(driver, f"{server}/feedback", "Feedback loops", ("Source",))
     _wait_for(driver, '[data-testid="stVegaLiteChart"]', 3)

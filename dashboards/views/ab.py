@@ -25,8 +25,8 @@ def ordered(names: list[str]) -> list[str]:
 def interval(value: object, low: object, high: object) -> str:
     """``value [low, high]`` for a table cell."""
     if data.finite(low) is None or data.finite(high) is None:
-        return common.fmt(value, 4)
-    return f"{common.fmt(value, 4)} [{common.fmt(low, 4)}, {common.fmt(high, 4)}]"
+        return common.number(value)
+    return f"{common.number(value)} [{common.number(low)}, {common.number(high)}]"
 
 
 def lift(diff: object, base: object) -> str:

@@ -98,10 +98,14 @@ def main() -> None:
         st.caption("original title")
         common.plain(detail.get("title"))
     with c[1]:
-        st.caption("IP-agent profile" + ("" if detail["format_ok"] else " · ✘ repaired"))
-        if not detail["format_ok"]:
-            common.plain("problems: " + ", ".join(detail.get("problems") or []))
+        st.caption("IP-agent profile" + ("" if detail["format_ok"] else
+                                         " · ✘ repaired: shown after the IP agent's repair"))
         common.plain(detail.get("profile"))
+        if not detail["format_ok"]:
+            # The problems are the model's own answer's (the raw completion below); the text
+            # above is the repaired profile, which may well show the #tags the answer lacked.
+            st.caption("what the model's own answer broke")
+            common.plain(", ".join(detail.get("problems") or []), empty="—")
         st.caption("tags · IP-agent model · made by run")
         common.plain(f"{detail.get('tags') or '—'} · {detail['model_id']} · "
                      f"{detail.get('run_id') or '—'}")

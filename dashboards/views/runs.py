@@ -21,11 +21,17 @@ def main() -> None:
                "LLM when the scenario sets `backend.prices`; cache hits cost nothing.")
     offset = common.pager(total, "runs_page")
     table = data.runs_page(url, common.PAGE_SIZE, offset)
+    # The LLM call, cache and token split columns stay in the frame (and in "Open a run" below)
+    # but not on screen, so the table fits the page.
     st.dataframe(
-        table, hide_index=True,
+        table.assign(cost=[common.money(c) for c in table["cost"]]), hide_index=True,
+        column_order=["run", "scenario", "status", "seed", "arms", "users", "steps",
+                      "decisions", "tokens", "cost", "wall_s", "created"],
         column_config={
             "run": st.column_config.TextColumn("run"),
-            "cost": st.column_config.NumberColumn("cost ($)", format="%.4f"),
+            "decisions": st.column_config.NumberColumn("decisions", format="localized"),
+            "tokens": st.column_config.NumberColumn("tokens", format="localized"),
+            "cost": st.column_config.TextColumn("cost"),
             "wall_s": st.column_config.NumberColumn("wall time (s)", format="%.1f"),
             "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         },
@@ -42,7 +48,7 @@ def main() -> None:
     c[1].metric("steps", f"{detail['steps_done'] or 0}/{detail['n_steps'] or 0}")
     c[2].metric("seed", str(detail["seed"]))
     c[3].metric("wall time", f"{float(detail['wall_s'] or 0):.1f} s")
-    c[4].metric("git revision", common.label_text((detail.get("git_revision") or "—")[:10]))
+    c[4].metric("git revision", common.label_text((detail.get("git_revision") or "—")[:7]))
     if detail.get("error"):
         st.error("This run stopped with an error (as stored):", icon=":material/error:")
         st.code(common.clean_text(str(detail["error"])), language=None, wrap_lines=True)
@@ -72,8 +78,10 @@ def main() -> None:
         if st.toggle("Latency percentiles (p50/p95/p99)", key="runs_pct",
                      help="Reads the latency of every LLM call of the run: slower on big runs."):
             meter = data.metering(url, run_id)
-        st.dataframe(meter, hide_index=True, column_config={
-            "cost": st.column_config.NumberColumn("cost ($)", format="%.4f")})
+        st.dataframe(meter.assign(cost=[common.money(c) for c in meter["cost"]])
+                     if "cost" in meter.columns else meter, hide_index=True,
+                     column_config={c: st.column_config.NumberColumn(c, format="localized")
+                                    for c in ("calls", "cache_hits", "tokens_in", "tokens_out")})
 
     tabs = st.tabs(["Scenario (YAML)", "Config (JSON)", "Environment"])
     with tabs[0]:

@@ -59,9 +59,17 @@ def find_user(url: str, run_id: str, arm: str) -> int | None:
     shown = users.assign(
         left=["⏏ at step " + str(int(s)) if pd.notna(s) else "" for s in users["left_at"]],
     ).drop(columns=["left_at"])
-    st.dataframe(shown, hide_index=True, height=min(35 * (len(shown) + 1) + 3, 300),
-                 column_config={"persona": st.column_config.TextColumn("persona", width="large")})
+    event = st.dataframe(
+        shown, hide_index=True, height=min(35 * (len(shown) + 1) + 3, 300),
+        column_config={"persona": st.column_config.TextColumn("persona", width="large")},
+        on_select="rerun", selection_mode="single-row", key="tx_users_table")
     options = [int(u) for u in users["user_id"]]
+    rows = list(event.selection.rows) if event is not None else []
+    picked = int(shown.iloc[rows[0]]["user_id"]) if rows and rows[0] < len(shown) else None
+    if picked is not None and st.session_state.get("_tx_picked") != picked:
+        # A click on a row picks that user; the picker stays free until another click.
+        st.session_state["_tx_picked"] = picked
+        st.session_state["tx_user"] = picked
     wanted = st.query_params.get("user")
     if (wanted is not None and wanted.lstrip("-").isdigit() and int(wanted) not in options
             and st.session_state.get("_seeded_tx_user") != wanted

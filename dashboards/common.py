@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
@@ -166,18 +167,58 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+@dataclass(frozen=True)
+class ChartOptions:
+    """How the step charts of a page are drawn (TensorBoard-style controls)."""
+
+    smoothing: float = 0.0  # exponential moving average weight, 0 = raw
+    log: bool = False
+
+
+def chart_options(key: str) -> ChartOptions:
+    """The smoothing slider and the log-scale toggle of a page's step charts."""
+    c = st.columns([3, 1])
+    smoothing = c[0].slider(
+        "Smoothing", min_value=0.0, max_value=0.95, value=0.0, step=0.05, key=f"{key}_smooth",
+        help="Exponential moving average per line, as TensorBoard's: each point is weight × "
+             "the smoothed previous one + (1 − weight) × its value (bias-corrected).")
+    log = c[1].toggle("Log scale", key=f"{key}_log",
+                      help="A symmetric log scale: zeros and negatives stay on the chart.")
+    return ChartOptions(float(smoothing), bool(log))
+
+
+def smooth(df: pd.DataFrame, *, x: str, y: str, series: str, weight: float) -> pd.DataFrame:
+    """``df`` with ``y`` replaced by its exponential moving average along ``x`` per series."""
+    if weight <= 0 or df.empty:
+        return df
+    out = df.sort_values([series, x]).copy()
+    out[y] = out.groupby(series, sort=False)[y].transform(
+        lambda v: v.ewm(alpha=1.0 - weight, adjust=True).mean())
+    return out
+
+
 def line_chart(df: pd.DataFrame, *, x: str, y: str, series: str, title: str,
                band: tuple[str, str] | None = None, height: int = 240,
-               subtitle: str = "") -> alt.Chart:
-    """Lines per series, told apart by colour, dash and point shape (not by colour alone)."""
+               subtitle: str = "", options: ChartOptions = ChartOptions()) -> alt.Chart:
+    """Lines per series, told apart by colour, dash and point shape (not by colour alone).
+
+    Series are nudged apart along ``x`` by a few hundredths of a step, so identical series
+    (two arms that showed the same thing) stay visible side by side instead of one hiding the
+    other; tooltips give the true ``x``.
+    """
+    df = smooth(df, x=x, y=y, series=series, weight=options.smoothing)
+    names = sorted(df[series].astype(str).unique()) if not df.empty else []
+    nudge = {n: 0.08 * (i - (len(names) - 1) / 2) for i, n in enumerate(names)}
+    df = df.assign(_x=df[x].astype(float) + df[series].astype(str).map(nudge).fillna(0.0))
     base = alt.Chart(df).encode(
-        x=alt.X(f"{x}:Q", title=x, axis=alt.Axis(tickMinStep=1)),
-        color=alt.Color(f"{series}:N", title=series),
+        x=alt.X("_x:Q", title=x, axis=alt.Axis(tickMinStep=1)),
+        color=alt.Color(f"{series}:N", title=series, scale=alt.Scale(scheme="dark2")),
     )
     tooltip = [alt.Tooltip(f"{series}:N"), alt.Tooltip(f"{x}:Q"),
                alt.Tooltip(f"{y}:Q", format=".4f")]
+    scale = alt.Scale(type="symlog") if options.log else alt.Scale(zero=False)
     line = base.mark_line().encode(y=alt.Y(f"{y}:Q", title=title, axis=alt.Axis(format="~g"),
-                                           scale=alt.Scale(zero=False)),
+                                           scale=scale),
                                    strokeDash=alt.StrokeDash(f"{series}:N", title=series))
     points = base.mark_point(filled=True, size=60).encode(
         y=f"{y}:Q", shape=alt.Shape(f"{series}:N", title=series), tooltip=tooltip)

@@ -480,6 +480,27 @@ def metric_series(url: str, runs: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def exposure_by_arm(url: str, run_id: str) -> tuple[dict[str, np.ndarray], int]:
+    """How often each shown item was shown, per arm, over the whole run; and the catalogue size.
+
+    One ``GROUP BY`` over the run's impressions: a few seconds at ten million rows, so the page
+    asks for it only on demand.
+    """
+    if not has(url, "impressions", "items"):
+        return {}, 0
+    im, it = Impression.__table__, Item.__table__
+    with engine(url).connect() as conn:
+        rows = conn.execute(select(im.c.arm, func.count()).where(im.c.run_id == run_id)
+                            .group_by(im.c.arm, im.c.item_id)).all()
+        n_items = int(conn.execute(select(func.count()).select_from(it)
+                                   .where(it.c.run_id == run_id)).scalar() or 0)
+    out: dict[str, list[int]] = {}
+    for arm, n in rows:
+        out.setdefault(str(arm), []).append(int(n))
+    return {a: np.asarray(v, dtype=np.float64) for a, v in out.items()}, n_items
+
+
 def mean_over_runs(series: pd.DataFrame) -> pd.DataFrame:
     """Average per (arm, step, name) over runs, with the spread across runs.
 

@@ -101,6 +101,27 @@ def gini_rows(counts: np.ndarray, n_total: int | None = None) -> np.ndarray:
     return np.where(tot > 0, num / (n * np.where(tot > 0, tot, 1.0)), 0.0)
 
 
+def lorenz(counts: Sequence[float] | np.ndarray, n_total: int | None = None,
+           points: int = 201) -> tuple[np.ndarray, np.ndarray]:
+    """The Lorenz curve of exposure: share of items (poorest first) against share of exposure.
+
+    ``counts`` are the shown items' exposure counts, padded with zeros to ``n_total`` items
+    (the never-shown rest of the catalogue), as :func:`gini_rows`. The curve is sampled at
+    ``points`` evenly spaced item shares from 0 to 1; twice the area between it and the
+    diagonal is the Gini coefficient (up to the sampling).
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n = x.size if n_total is None else int(n_total)
+    if n < x.size:
+        raise ValueError(f"n_total {n} is smaller than the {x.size} counts")
+    full = np.concatenate([np.zeros(n - x.size), x])
+    cum = np.concatenate([[0.0], np.cumsum(full)])
+    share = np.linspace(0.0, 1.0, points)
+    total = cum[-1]
+    y = np.interp(share * n, np.arange(n + 1), cum) / total if total > 0 else share.copy()
+    return share, y
+
+
 def exposure_counts(slates: Iterable[Sequence[int]], catalogue: Sequence[int]) -> np.ndarray:
     """How often each catalogue item was shown (catalogue order; zeros kept)."""
     counts = Counter(int(i) for slate in slates for i in slate)

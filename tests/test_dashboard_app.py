@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import func, select, text
@@ -575,3 +576,83 @@ def test_a_link_to_something_missing_says_so(env: DashboardStore) -> None:
     at.run()
     warned = " ".join(w.value for w in at.warning)
     assert "arm nope," in warned and "user" not in warned and "run " not in warned
+
+
+def test_trace_explorer_arms_side_by_side(env: DashboardStore) -> None:
+    traced = env.runs[0]
+    at = open_page("traces", {"run": traced, "arm": "popular", "user": env.traced_user})
+    at.toggle(key="tx_compare").set_value(True).run()
+    assert not at.exception
+    tables = [f for f in frames(at) if list(f.columns) == ["pos", "action", "title", "why"]]
+    assert len(tables) == 3 * 3  # three steps × three arms (the user never left)
+    # Column k of each step is arm k; its actions are the stored ones.
+    s = Store(env.url, create=False)
+    with s.session() as ses:
+        stored = ses.execute(select(Decision.step, Decision.arm, Decision.action).where(
+            Decision.run_id == traced, Decision.user_id == env.traced_user)
+            .order_by(Decision.step, Decision.position)).all()
+    from dashboards.common import ACTION_LABELS
+
+    for i, table in enumerate(tables):
+        step, arm = i // 3, ("popular", "cooc", "random")[i % 3]
+        want = [ACTION_LABELS[a] for st_, ar, a in stored if st_ == step and ar == arm]
+        assert list(table["action"]) == want
+
+
+def chart_data(chart) -> pd.DataFrame:
+    """The data of a rendered Altair chart (Streamlit sends it as Arrow)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pandas()
+
+
+def test_feedback_overlay_and_lorenz(env: DashboardStore) -> None:
+    from environments.metrics import gini_rows
+    from sandbox.store import Impression, Item
+
+    at = open_page("feedback")
+    at.radio(key="fb_source").set_value("Runs side by side").run()
+    assert not at.exception
+    lines = set(chart_data(at.get("vega_lite_chart")[0])["arm"])
+    assert lines == {f"{a} · {r[:8]}" for a in ("popular", "cooc", "random") for r in env.runs}
+    at.toggle(key="fb_log").set_value(True).run()
+    assert "symlog" in at.get("vega_lite_chart")[0].proto.spec
+    # The Lorenz curve's Gini per arm, from every impression of the run.
+    at.selectbox(key="fb_lorenz_run").set_value(env.runs[0])
+    at.toggle(key="fb_lorenz").set_value(True).run()
+    assert not at.exception
+    table = frames(at)[-1].set_index("arm")
+    s = Store(env.url, create=False)
+    with s.session() as ses:
+        n_items = ses.scalar(select(func.count()).select_from(Item)
+                             .where(Item.run_id == env.runs[0]))
+        for arm in ("popular", "cooc", "random"):
+            counts = [n for (n,) in ses.execute(
+                select(func.count()).where(Impression.run_id == env.runs[0],
+                                           Impression.arm == arm).group_by(Impression.item_id))]
+            want = gini_rows(np.asarray(counts, dtype=float)[None, :], n_items)[0]
+            assert table.loc[arm, "Gini"] == pytest.approx(want)
+            assert table.loc[arm, "catalogue"] == n_items
+
+
+def test_smoothing_is_an_exponential_moving_average_per_series() -> None:
+    from dashboards.common import smooth
+
+    df = pd.DataFrame({"step": [0, 1, 2, 0, 1, 2], "value": [0.0, 1.0, 1.0, 5.0, 5.0, 5.0],
+                       "run": ["a", "a", "a", "b", "b", "b"]})
+    out = smooth(df, x="step", y="value", series="run", weight=0.5).set_index(["run", "step"])
+    # Bias-corrected EMA with alpha 0.5: (1·0.5 + 0·0.25) / 0.75 at step 1.
+    assert out.loc[("a", 1), "value"] == pytest.approx(0.5 / 0.75)
+    assert out.loc[("b", 2), "value"] == pytest.approx(5.0)  # a constant stays put
+    assert smooth(df, x="step", y="value", series="run", weight=0.0) is df
+
+
+def test_training_runs_overlay(env: DashboardStore) -> None:
+    at = open_page("training")
+    shown = at.selectbox(key="tr_run").value
+    others = [r for r in data.training_runs(env.url)["id"] if r != shown]
+    assert others  # the fixture trained SFT, then GRPO on top
+    at.multiselect(key="tr_overlay").set_value(others).run()
+    assert not at.exception
+    runs = {r for c in at.get("vega_lite_chart") for r in chart_data(c)["run"]}
+    assert len(runs) == 2 and all(" · " in r for r in runs)

@@ -189,6 +189,21 @@ def _shot(driver, page: str) -> None:
     driver.set_window_size(1280, 900)
 
 
+def _click_label(driver, text: str) -> None:
+    """Click the toggle or checkbox whose label contains ``text``, and wait for the rerun."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    label = next(e for e in driver.find_elements(By.CSS_SELECTOR, "label")
+                 if text in (e.text or ""))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", label)
+    label.click()
+    time.sleep(0.5)
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="stApp"]')
+        .get_attribute("data-test-script-state") == "notRunning")
+
+
 def _pick_a_user_by_clicking_its_row(driver, server: str, run_id: str) -> None:
     """A click on a row of the users table opens that user's trace."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -241,10 +256,16 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
     assert any(label in _grid_text(driver) for label in ("↷ skip", "▶ watch", "❤ like"))
     assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')
     _shot(driver, "traces")
+    _click_label(driver, "This user in every arm, side by side")
+    _wait_for(driver, '[data-testid="stDataFrame"]', 1 + 3 * 3)  # users, then steps × arms
+    _shot(driver, "traces-arms")
     _pick_a_user_by_clicking_its_row(driver, server, traced)
 
-    _open(driver, f"{server}/feedback", "Feedback loops", ("Source",))
+    _open(driver, f"{server}/feedback", "Feedback loops", ("Source", "Lorenz"))
     _wait_for(driver, '[data-testid="stVegaLiteChart"]', 3)
+    n_charts = len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"]'))
+    _click_label(driver, "Read every impression")
+    _wait_for(driver, '[data-testid="stVegaLiteChart"]', n_charts + 1)  # the Lorenz curve
     _shot(driver, "feedback")
 
     _open(driver, f"{server}/items", "Items", ("Stage by stage", "perception", "original title"))
@@ -256,7 +277,7 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
     assert "fixture-users" in _grid_text(driver)
     _shot(driver, "training")
 
-    for page in ("runs", "ab", "traces", "feedback", "items", "training"):
+    for page in ("runs", "ab", "traces", "traces-arms", "feedback", "items", "training"):
         assert (ARTIFACTS / f"dashboard-{page}.png").stat().st_size > 10_000
 
 

@@ -218,3 +218,16 @@ def test_one_rule_calls_differences_after_the_multiple_comparison_adjustment() -
     assert out[(None, "like_rate")]["better"] is None
     # The same p in a family of one (the seed's scope) is called.
     assert out[(7, "like_rate")]["verdict"] == "▲ higher" and out[(7, "like_rate")]["better"]
+
+
+def test_lorenz_curve_matches_the_gini() -> None:
+    from environments.metrics import gini_rows, lorenz
+
+    rng = np.random.default_rng(0)
+    counts = rng.zipf(1.7, size=300).astype(float)
+    x, y = lorenz(counts, n_total=1000, points=2001)
+    assert x[0] == 0 and y[0] == 0 and x[-1] == 1 and y[-1] == pytest.approx(1)
+    assert np.all(np.diff(y) >= -1e-12) and np.all(y <= x + 1e-12)  # convex, under the diagonal
+    area = np.trapezoid(x - y, x)
+    assert 2 * area == pytest.approx(gini_rows(counts[None, :], 1000)[0], abs=2e-3)
+    assert np.allclose(lorenz(np.ones(10), points=11)[1], np.linspace(0, 1, 11))  # equal

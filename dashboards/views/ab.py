@@ -65,8 +65,11 @@ def comparison_chart(cc: pd.DataFrame, metric: str) -> alt.Chart:
     ).properties(height=50 + 55 * len(m), title=f"{metric}: difference from the baseline")
 
 
-def steps_section(run_ids: list[str], key: str) -> None:
-    """Metrics over steps per arm, averaged over runs (with the min–max band across runs)."""
+def steps_section(run_ids: list[str], key: str, labels: dict[str, str] | None = None) -> None:
+    """Metrics over steps per arm, averaged over runs (with the min–max band across runs).
+
+    With several runs, "one line per run" overlays them instead (``labels`` names each run).
+    """
     series = data.metric_series(common.db_url(), tuple(run_ids))
     if series.empty:
         st.info("No per-step metrics logged yet for these runs.")
@@ -74,18 +77,28 @@ def steps_section(run_ids: list[str], key: str) -> None:
     names = ordered(sorted(series["name"].unique()))
     chosen = st.multiselect("Metrics over steps", names, key=key,
                             default=[n for n in DEFAULT_STEP_METRICS if n in names] or names[:3])
-    stats = data.mean_over_runs(series)
     n_runs = series["run_id"].nunique()
-    if n_runs > 1:
-        st.caption(f"Mean over {n_runs} runs (one per seed); the band spans the lowest and "
-                   "highest run.")
+    overlay = n_runs > 1 and st.toggle("One line per run (overlay) instead of the mean",
+                                       key=f"{key}_overlay")
+    options = common.chart_options(key)
+    if overlay:
+        label = labels or {}
+        stats = series.assign(
+            arm=[f"{a} · {label.get(r, r[:8])}" for a, r in zip(series["arm"], series["run_id"],
+                                                                 strict=True)],
+        ).rename(columns={"value": "mean"})
+    else:
+        stats = data.mean_over_runs(series)
+        if n_runs > 1:
+            st.caption(f"Mean over {n_runs} runs (one per seed); the band spans the lowest and "
+                       "highest run.")
     cols = st.columns(2)
     for i, name in enumerate(chosen):
         df = stats[stats["name"] == name]
         with cols[i % 2]:
             common.show_chart(common.line_chart(
-                df, x="step", y="mean", series="arm", title=name,
-                band=("low", "high") if n_runs > 1 else None))
+                df, x="step", y="mean", series="arm", title=name, options=options,
+                band=("low", "high") if n_runs > 1 and not overlay else None))
 
 
 def experiment_section(url: str, exps: list[dict]) -> None:
@@ -95,7 +108,7 @@ def experiment_section(url: str, exps: list[dict]) -> None:
     common.seed_from_query("ab_exp", "experiment", ids)
     exp_id = st.selectbox(
         "Experiment", ids, key="ab_exp",
-        format_func=lambda i: (f"{i} · {by_id[i]['scenario_name']} · {by_id[i]['status']} · "
+        format_func=lambda i: (f"{i[:8]} · {by_id[i]['scenario_name']} · {by_id[i]['status']} · "
                                f"{len(by_id[i]['seeds'] or [])} seed(s)"))
     exp = by_id[exp_id]
     c = st.columns(4)
@@ -183,7 +196,9 @@ def experiment_section(url: str, exps: list[dict]) -> None:
     if not runs:
         st.info("No run of this experiment has started yet.")
         return
-    steps_section(runs, key="ab_steps_exp")
+    seeds = dict(zip(exp["run_ids"] or [], exp["seeds"] or [], strict=False))
+    steps_section(runs, key="ab_steps_exp",
+                  labels={r: f"seed {seeds[r]}" for r in runs if r in seeds})
 
 
 def main() -> None:

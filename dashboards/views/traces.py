@@ -165,6 +165,39 @@ def show_step(step: int, rows: pd.DataFrame, left: bool, slate_end: str,
                 show_texts(prompt, completion)
 
 
+def arms_side_by_side(url: str, run_id: str, arms: list[str], user_id: int,
+                      positives: set[int]) -> None:
+    """One user's slates in every arm, step by step, in columns.
+
+    Arms share the user's random draws (common random numbers): at the same step and position
+    every arm compares the same u, so a different action comes from a different slate or p.
+    """
+    per_arm = {a: data.user_decisions(url, run_id, a, user_id) for a in arms}
+    steps = sorted({int(s) for d in per_arm.values() for s in d["step"]})
+    if not steps:
+        st.info(f"User {user_id} got no slate in any arm.")
+        return
+    st.caption("Every arm uses this user's same random draws: at a given step and position "
+               "the u is the same in each column, so different actions come from different "
+               "items or probabilities, not from luck.")
+    for step in steps[:STEPS_PER_PAGE * 2]:
+        st.markdown(f"#### Step {step}")
+        cols = st.columns(len(arms))
+        for col, arm in zip(cols, arms, strict=True):
+            d = per_arm[arm]
+            rows = d[d["step"] == step]
+            with col:
+                st.caption(f"arm {common.label_text(arm)}")
+                if rows.empty:
+                    common.plain("(no slate: the user had left, or was not active)")
+                    continue
+                left = bool(rows["left"].iloc[0])
+                st.dataframe(slate_table(rows.assign(
+                    real=rows["item_id"].astype(int).isin(positives),
+                    disagrees=data.disagreement(rows, positives).to_numpy()), left)[
+                        ["pos", "action", "title", "why"]], hide_index=True)
+
+
 def main() -> None:
     """Render the page."""
     st.title(":material/manage_search: Trace explorer")
@@ -203,6 +236,9 @@ def main() -> None:
         with st.expander(f"★ Real history ({len(hist)} items)"):
             st.dataframe(pd.DataFrame(hist, columns=["item", "title"]), hide_index=True)
 
+    if len(arms) > 1 and st.toggle("⇆ This user in every arm, side by side", key="tx_compare"):
+        arms_side_by_side(url, run_id, arms, user_id, data.real_positives(info))
+        return
     decisions = data.user_decisions(url, run_id, arm, user_id)
     if decisions.empty:
         st.info(f"User {user_id} got no slate in arm {arm}.")

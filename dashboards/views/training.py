@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import altair as alt
+import pandas as pd
 import streamlit as st
 
 from dashboards import common, data
@@ -23,25 +23,27 @@ def main() -> None:
         st.dataframe(runs, hide_index=True, column_config={
             "wall_s": st.column_config.NumberColumn("wall time (s)", format="%.1f")})
         ids = list(runs["id"])
-        label = {r.id: f"{r.id} · {r.policy} · {r.algo} · {r.status}" for r in runs.itertuples()}
+        label = {r.id: f"{r.id[:8]} · {r.policy} · {r.algo} · {r.status}"
+                 for r in runs.itertuples()}
         run_id = st.selectbox("Training run", ids, key="tr_run", format_func=label.get)
-        curves = data.training_curves(url, run_id)
+        others = st.multiselect("Overlay other runs", [i for i in ids if i != run_id],
+                                key="tr_overlay", format_func=label.get,
+                                help="Their curves share the charts, one line per run.")
+        curves = pd.concat([data.training_curves(url, r).assign(run=label[r])
+                            for r in (run_id, *others)], ignore_index=True)
         if curves.empty:
             st.info("This run has logged no curve yet.")
         else:
             names = sorted(curves["name"].unique())
             default = [n for n in CURVES if n in names] or names[:4]
             chosen = st.multiselect("Curves", names, default=default, key="tr_curves")
+            options = common.chart_options("tr")
             cols = st.columns(2)
             for i, name in enumerate(chosen):
-                df = curves[curves["name"] == name]
-                chart = alt.Chart(df).mark_line(point=True).encode(
-                    x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1)),
-                    y=alt.Y("value:Q", title=name),
-                    tooltip=["step", alt.Tooltip("value:Q", format=".4f")],
-                ).properties(title=name, height=220)
                 with cols[i % 2]:
-                    common.show_chart(chart)
+                    common.show_chart(common.line_chart(
+                        curves[curves["name"] == name], x="step", y="value", series="run",
+                        title=name, height=220, options=options))
         with st.expander("Config and data manifest"):
             st.json(data.training_config(url, run_id), expanded=1)
 
@@ -50,7 +52,8 @@ def main() -> None:
     if evals.empty:
         st.info("No policy evaluations yet — run `vragent rl eval --data … --policy …`.")
         return
-    label = {r.eval_id: f"{r.eval_id} · {r.data} · {r.rows} values" for r in evals.itertuples()}
+    label = {r.eval_id: f"{r.eval_id[:8]} · {r.data} · {r.rows} values"
+             for r in evals.itertuples()}
     eval_id = st.selectbox("Evaluation", list(evals["eval_id"]), key="tr_eval",
                            format_func=label.get)
     table = data.evaluation_table(url, eval_id)

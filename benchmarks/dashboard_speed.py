@@ -1,13 +1,14 @@
 """How fast each dashboard page renders over a big store (docs/dashboard.md, "Speed").
 
 Builds a synthetic store with the real schema (``sandbox.store.Store``) holding one run of
-2 arms x 10 steps x 5,000 users x slates of 10 = 1,000,000 decisions (and as many impressions
-and LLM calls), an A/B experiment, item profiles and a training run, with SQLAlchemy core bulk
+2 arms x 10 steps x USERS users x slates of 10 decisions (and as many impressions and LLM
+calls; 5,000 users = 1,000,000 decisions, 50,000 = 10,000,000, the size ``population_scale``
+writes), an A/B experiment, item profiles and two training runs, with SQLAlchemy core bulk
 inserts. Then renders every page with Streamlit's ``AppTest``: once with empty caches (first
 render) and once more (cached render), and prints a table.
 
     .venv/bin/python benchmarks/dashboard_speed.py                  # temp store, removed after
-    .venv/bin/python benchmarks/dashboard_speed.py --path /tmp/big.sqlite  # kept; reused
+    .venv/bin/python benchmarks/dashboard_speed.py --users 50000 --path /tmp/big.sqlite  # kept
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
         SimUser,
         StepRow,
         Store,
+        add_llm_totals,
     )
 
     rng = np.random.default_rng(0)
@@ -100,7 +102,8 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
             u = rng.random((users, slate))
             action = np.where(u < p * 0.5, "like", np.where(u < p, "watch", "skip"))
             traced = rng.random((users, slate)) < trace_rate
-            left = rng.random(users) < 0.02
+            leave_u = rng.random(users)
+            left = leave_u < 0.02
             dec, imp, calls = [], [], []
             for uid in range(users):
                 for pos in range(slate):
@@ -117,6 +120,9 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
                         if t else None,
                         "think": think, "answer": "Prediction: Yes" if t else None,
                         "format_ok": True, "fallback": None, "traced": t,
+                        "rule": "draw", "draw": float(u[uid, pos]),
+                        "like_cut": float(p[uid, pos] * 0.5),
+                        "trace_role": "separate" if t else None, "trace_ok": True if t else None,
                         "model_id": "bench-model", "tokens_in": 900, "tokens_out": 60 if t else 1,
                         "latency_ms": 20.0, "cache_hit": False, "attempts": None})
                     imp.append({"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
@@ -132,10 +138,12 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
                 for model, rows in ((Decision, dec), (Impression, imp), (LlmCall, calls)):
                     for start in range(0, len(rows), CHUNK):
                         conn.execute(insert(model), rows[start : start + CHUNK])
+                add_llm_totals(conn, RUN_ID, step, calls)  # as Store.log_step keeps them
                 conn.execute(insert(SessionEvent), [
                     {"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
                      "n_watch": int(watched[uid]), "n_like": int(liked[uid]),
-                     "left": bool(left[uid]), "leave_prob": 0.05} for uid in range(users)])
+                     "left": bool(left[uid]), "leave_prob": 0.05,
+                     "leave_draw": float(leave_u[uid])} for uid in range(users)])
                 conn.execute(insert(StepRow), [{"run_id": RUN_ID, "arm": arm, "step": step,
                                                 "n_users": users, "n_decisions": users * slate,
                                                 "wall_s": 180.0}])
@@ -164,13 +172,15 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
              "baseline": ARMS[0], "mean_arm": 0.5, "mean_baseline": 0.49, "diff": 0.01,
              "low": -0.01, "high": 0.03, "p_value": 0.3, "n_units": users}
             for s in (0, None) for m in ("watch_rate", "like_rate", "exit_rate")])
-    rid = training_log.start_training_run(
-        store, policy="bench", algo="grpo", base_model="smollm2", config={}, data_manifest={},
-        seed=0, git_revision=None, versions={})
-    for step in range(1, 501):
-        training_log.log_curve(store, rid, step, {"reward": step / 500, "kl": 0.001 * step,
-                                                   "format_valid_rate": 0.9, "accuracy": 0.6})
-    training_log.finish_training_run(store, rid, status="finished", steps=500, wall_s=3600)
+    for algo in ("sft", "grpo"):  # two runs, so the Training page can overlay them
+        rid = training_log.start_training_run(
+            store, policy=f"bench-{algo}", algo=algo, base_model="smollm2", config={},
+            data_manifest={}, seed=0, git_revision=None, versions={})
+        for step in range(1, 501):
+            training_log.log_curve(store, rid, step, {"reward": step / 500, "kl": 0.001 * step,
+                                                       "format_valid_rate": 0.9,
+                                                       "accuracy": 0.6})
+        training_log.finish_training_run(store, rid, status="finished", steps=500, wall_s=3600)
     training_log.log_eval(store, "benchevalid", [
         {"model": f"m{k}", "mode": "score", "task": "judgement", "protocol": proto, "m": m,
          "auc": 0.6, "accuracy": 0.55}
@@ -178,6 +188,12 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
         policy="bench", data="bench")
     store.engine.dispose()
     return n
+
+
+def _training_ids(url: str) -> list[str]:
+    from dashboards import data
+
+    return list(data.training_runs(url)["id"])
 
 
 def time_pages(url: str, timeout: float = 60) -> list[tuple[str, float, float]]:
@@ -212,9 +228,20 @@ def time_pages(url: str, timeout: float = 60) -> list[tuple[str, float, float]]:
          lambda at: at.text_input(key="tx_q").set_value("gaming")),
         ("Trace explorer: users page 100", "views/traces.py",
          lambda at: at.number_input(key="tx_users_page").set_value(100)),
+        ("Trace explorer: has a reasoning", "views/traces.py",
+         lambda at: at.selectbox(key="tx_beh").set_value("has reasoning")),
+        ("Trace explorer: text in a reasoning", "views/traces.py",
+         lambda at: at.text_input(key="tx_rq").set_value("gaming; this is pets")),
+        ("Trace explorer: every arm side by side", "views/traces.py",
+         lambda at: at.toggle(key="tx_compare").set_value(True)),
         ("Feedback loops", "views/feedback.py", None),
+        ("Feedback loops: Lorenz curve (opt-in)", "views/feedback.py",
+         lambda at: at.toggle(key="fb_lorenz").set_value(True)),
         ("Items", "views/items.py", None),
         ("Training", "views/training.py", None),
+        ("Training: two runs overlaid", "views/training.py",
+         lambda at: at.multiselect(key="tr_overlay").set_value(
+             [o for o in _training_ids(url) if o != at.selectbox(key="tr_run").value])),
     ):
         at = AppTest.from_file(str(APP), default_timeout=timeout)
         at.run()

@@ -43,6 +43,7 @@ from sandbox.store import (
     Item,
     ItemProfileRow,
     LlmCall,
+    LlmTotal,
     Metric,
     Run,
     SessionEvent,
@@ -379,21 +380,35 @@ def arm_overview(url: str, run_id: str) -> pd.DataFrame:
 def llm_totals(url: str, run_id: str) -> list[tuple]:
     """``(agent, arm, calls sent, cache hits, tokens in, tokens out, mean latency ms)`` rows.
 
-    One pass over the run's ``llm_calls`` (index ``run, agent, arm, …``); tokens and latency
-    count the calls sent to the LLM only, as ``Store.metering``.
+    The US agent's totals come from ``llm_totals`` (kept by each step's transaction: a
+    millisecond where aggregating ten million calls takes seconds); the IP agent's, and every
+    agent's in stores without those rows, from one pass over the run's ``llm_calls`` (index
+    ``run, agent, arm, …``). Tokens and latency count the calls sent to the LLM only, as
+    ``Store.metering``.
     """
     if not has(url, "llm_calls"):
         return []
+    kept = []
+    if has(url, "llm_totals"):
+        t = LlmTotal.__table__
+        kept = [(agent, arm, int(n), int(h), int(ti), int(to), finite(lat / n) if n else None)
+                for agent, arm, n, h, ti, to, lat in _rows(url, select(
+                    t.c.agent, t.c.arm, t.c.calls, t.c.cache_hits, t.c.tokens_in,
+                    t.c.tokens_out, t.c.latency_ms).where(t.c.run_id == run_id))]
     c = LlmCall.__table__
     sent = c.c.cached.is_(False)
-    return [(agent, arm, int(n or 0), int(h or 0), int(ti or 0), int(to or 0), finite(lat))
-            for agent, arm, n, h, ti, to, lat in _rows(url, select(
-                c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
-                func.sum(case((sent, 0), else_=1)),
-                func.sum(case((sent, c.c.tokens_in), else_=0)),
-                func.sum(case((sent, c.c.tokens_out), else_=0)),
-                func.avg(case((sent, c.c.latency_ms)))).where(c.c.run_id == run_id)
-                .group_by(c.c.agent, c.c.arm))]
+    where = [c.c.run_id == run_id]
+    if kept:
+        where.append(c.c.agent == "ip")  # the rest is in llm_totals; "ip" uses the index
+    return kept + [(agent, arm, int(n or 0), int(h or 0), int(ti or 0), int(to or 0),
+                    finite(lat))
+                   for agent, arm, n, h, ti, to, lat in _rows(url, select(
+                       c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
+                       func.sum(case((sent, 0), else_=1)),
+                       func.sum(case((sent, c.c.tokens_in), else_=0)),
+                       func.sum(case((sent, c.c.tokens_out), else_=0)),
+                       func.avg(case((sent, c.c.latency_ms)))).where(*where)
+                       .group_by(c.c.agent, c.c.arm))]
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -252,6 +252,11 @@ class Decision(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "arm", "step", "user_id", "position"),
         Index("ix_decisions_run_arm_user", "run_id", "arm", "user_id"),
+        # Traced decisions only (2-10 % of rows): the dashboard finds users with a reasoning,
+        # and searches reasoning text, without walking every decision (its queries say
+        # ``traced IS 1`` / ``IS true``, the same term, so the planners match it).
+        Index("ix_decisions_traced", "run_id", "arm", "user_id",
+              sqlite_where=text("traced IS 1"), postgresql_where=text("traced IS true")),
     )
 
 
@@ -320,6 +325,73 @@ class LlmCall(Base):
     tokens_out: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     __table_args__ = (UniqueConstraint("run_id", "agent", "arm", "step", "task", "seq"),)
+
+
+class LlmTotal(Base):
+    """Running totals of a run's LLM calls per agent and arm, kept in each step's transaction.
+
+    Reading a run's totals from ``llm_calls`` takes seconds at ten million calls; these rows
+    take a millisecond. Only ``log_step`` adds to them (the US agent's calls), in the same
+    transaction as the calls, so they stay exact through crashes and resumes. Latency is the
+    sum over the calls sent (the mean is ``latency_ms / calls``).
+    """
+
+    __tablename__ = "llm_totals"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(10), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(100), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)  # sent to the LLM
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)  # of the calls sent
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
+    latency_ms: Mapped[float] = mapped_column(Float)  # summed over the calls sent
+
+
+def add_llm_totals(session: Session, run_id: str, step: int, calls: Sequence[dict]) -> None:
+    """Add ``calls`` (``llm_calls`` rows of ``step``, already inserted) to the run's totals.
+
+    A run begun before this table existed has calls but no totals: its first step logged since
+    then sums all its calls once, this step's included.
+    """
+    t = LlmTotal.__table__
+    have = {(r[0], r[1]) for r in session.execute(
+        select(t.c.agent, t.c.arm).where(t.c.run_id == run_id))}
+    if not have and step > 0:
+        c = LlmCall.__table__
+        sent = c.c.cached.is_(False)
+        for agent, arm, n, hits, t_in, t_out, lat in session.execute(select(
+                c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
+                func.sum(case((sent, 0), else_=1)), func.sum(case((sent, c.c.tokens_in),
+                                                                  else_=0)),
+                func.sum(case((sent, c.c.tokens_out), else_=0)),
+                func.sum(case((sent, c.c.latency_ms), else_=0.0)))
+                .where(c.c.run_id == run_id, c.c.agent == "us").group_by(c.c.agent, c.c.arm)):
+            session.execute(t.insert().values(
+                run_id=run_id, agent=agent, arm=arm, calls=int(n or 0),
+                cache_hits=int(hits or 0), tokens_in=int(t_in or 0), tokens_out=int(t_out or 0),
+                latency_ms=float(lat or 0.0)))
+        return
+    agg: dict[tuple[str, str], list[float]] = {}
+    for c in calls:
+        a = agg.setdefault((str(c["agent"]), str(c["arm"])), [0, 0, 0, 0, 0.0])
+        if c["cached"]:
+            a[1] += 1
+        else:
+            a[0] += 1
+            a[2] += int(c["tokens_in"])
+            a[3] += int(c["tokens_out"])
+            a[4] += float(c["latency_ms"])
+    for (agent, arm), (n, hits, t_in, t_out, lat) in agg.items():
+        if (agent, arm) in have:
+            session.execute(t.update().where(t.c.run_id == run_id, t.c.agent == agent,
+                                             t.c.arm == arm).values(
+                calls=t.c.calls + n, cache_hits=t.c.cache_hits + hits,
+                tokens_in=t.c.tokens_in + t_in, tokens_out=t.c.tokens_out + t_out,
+                latency_ms=t.c.latency_ms + lat))
+        else:
+            session.execute(t.insert().values(run_id=run_id, agent=agent, arm=arm, calls=n,
+                                              cache_hits=hits, tokens_in=t_in,
+                                              tokens_out=t_out, latency_ms=lat))
 
 
 class RunOwner(Base):
@@ -537,6 +609,10 @@ class Store:
         if create:
             Base.metadata.create_all(self.engine)
             add_missing_columns(self.engine)
+            # create_all leaves existing tables alone, indexes included: add the new ones.
+            for table in Base.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(self.engine, checkfirst=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -651,6 +727,8 @@ class Store:
                         {"run_id": run_id, "step": step,
                          **{k: v for k, v in r.items() if k in cols}}
                         for r in rows[start:start + LOG_CHUNK_ROWS]])
+            if llm_calls:
+                add_llm_totals(s, run_id, step, llm_calls)
             s.execute(
                 Run.__table__.update().where(Run.id == run_id).values(steps_done=step + 1)
             )

@@ -377,6 +377,22 @@ def test_indexed_reads_for_a_user() -> None:
     assert "SEARCH decisions USING" in plan and "user_id=?" in plan, plan
 
 
+def test_reasoning_filters_read_the_traced_index(tmp_path: Path) -> None:
+    """Users with a reasoning (or reasoning text) are found through the traced-only index."""
+    from sqlalchemy.dialects import sqlite
+
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    s = Store(url)
+    data.schema.clear()
+    for behaviour, text_ in (("has reasoning", ""), ("any", "comedy")):
+        q = data._users_query(url, "r", "a", "", behaviour, 1, text_)
+        sql = str(select(func.count()).select_from(q.subquery()).compile(
+            dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        with s.engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+        assert "USING INDEX ix_decisions_traced" in plan, plan
+
+
 def test_db_url_and_command() -> None:
     assert data.resolve_db_url(["--db", "sqlite:///a.sqlite"], {"VRAGENT_DB": "x"}) == (
         "sqlite:///a.sqlite")

@@ -98,3 +98,35 @@ def test_row_ids_are_64_bit_and_autoincrement(store_url):
     with store.session() as s:
         ids = sorted(s.scalars(select(Impression.id)), key=lambda i: i != big)
     assert ids[0] == big and ids[1] > 0 and ids[1] != big
+
+
+def _calls(step, arm="a"):
+    return [{"agent": "us", "arm": arm, "step": step, "task": 0, "seq": k, "call": "score",
+             "cached": k == 2, "tokens_in": 100 + k, "tokens_out": 1, "latency_ms": 10.0 + k}
+            for k in range(3)]
+
+
+def _totals(store, run_id="r1"):
+    from sandbox.store import LlmTotal
+
+    with store.session() as s:
+        return {(r.agent, r.arm): (r.calls, r.cache_hits, r.tokens_in, r.tokens_out,
+                                   r.latency_ms)
+                for r in s.scalars(select(LlmTotal).where(LlmTotal.run_id == run_id))}
+
+
+def test_llm_totals_follow_the_logged_calls(store_url):
+    from sandbox.store import LlmTotal
+
+    store = Store(store_url)
+    _run(store)
+    assert store.log_step("r1", 0, **_step_rows(0), llm_calls=_calls(0))
+    assert not store.log_step("r1", 0, **_step_rows(0), llm_calls=_calls(0))  # not twice
+    assert _totals(store) == {("us", "a"): (2, 1, 201, 2, 21.0)}
+    # A run logged before the table existed has calls but no totals: the next step sums all.
+    with store.session() as s:
+        s.execute(LlmTotal.__table__.delete())
+    assert store.log_step("r1", 1, **_step_rows(1), llm_calls=_calls(1))
+    assert _totals(store) == {("us", "a"): (4, 2, 402, 4, 42.0)}
+    (row,) = [m for m in store.metering("r1") if m["agent"] == "us"]
+    assert (row["calls"], row["tokens_in"]) == (4, 402)

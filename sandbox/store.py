@@ -474,6 +474,7 @@ RUN_TABLES_NOT_EXPORTED = {
     "llm_cache": "the store's response cache, shared by every run; the run's prompts and "
                  "completions are in decisions, item_profiles and llm_calls",
     "run_owners": "who executes a run now, for the busy message only",
+    "llm_totals": "running sums of the run's llm_calls rows (exported), kept for fast reads",
 }
 AB_TABLES = ("ab_experiments", "ab_arm_values", "ab_comparisons")
 

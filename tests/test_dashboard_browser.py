@@ -243,7 +243,8 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
     _shot(driver, "runs")
 
     _open(driver, f"{server}/ab", "A/B", ("Per-arm metrics", "Arms against the baseline",
-                                          "popular", "Over steps"))
+                                          "popular", "Over steps", "Benjamini–Hochberg",
+                                          "Smoothing", "Log scale"))
     _wait_for(driver, '[data-testid="stVegaLiteChart"]', 2)
     _shot(driver, "ab")
 
@@ -251,7 +252,9 @@ def test_every_page_in_a_browser(server: str, driver, store: DashboardStore) -> 
     snippet = think_snippet(store.think)
     assert snippet
     _open(driver, f"{server}/traces?{query}", "Trace explorer",
-          (f"User {store.traced_user}", "Step 0", "think", "answer", snippet))
+          (f"User {store.traced_user}", "Step 0", "think", "answer", snippet,
+           "End of the slate — ", "a separate generation, stored for inspection",
+           "Only decisions with a stored reasoning", "Text in a reasoning"))
     _wait_for(driver, '[data-testid="stDataFrame"] td', 4)
     assert any(label in _grid_text(driver) for label in ("↷ skip", "▶ watch", "❤ like"))
     assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"]')

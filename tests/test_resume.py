@@ -47,7 +47,32 @@ def _snapshot(url):
             rows = s.execute(select(*cols)).all()
             out[table.name] = sorted((tuple(_stable(v) for v in r) for r in rows), key=repr)
     (run,) = store.list_runs()
+    out["llm_totals"] = _llm_totals(store)
     return run, out
+
+
+def _llm_totals(store):
+    """The running LLM totals, checked against the calls they sum.
+
+    Whether a call was sent or served from the response cache depends on what the cache held
+    (a resumed step's calls are cache hits), like ``llm_calls.cached``; so the comparison
+    across stores keeps the count of calls per agent and arm, after checking in this store that
+    every total equals its sum over ``llm_calls``.
+    """
+    from sandbox.store import LlmCall, LlmTotal
+
+    with store.session() as s:
+        totals = {(t.agent, t.arm): t for t in s.scalars(select(LlmTotal))}
+        for (agent, arm), t in totals.items():
+            calls = list(s.scalars(select(LlmCall).where(
+                LlmCall.run_id == t.run_id, LlmCall.agent == agent, LlmCall.arm == arm)))
+            sent = [c for c in calls if not c.cached]
+            assert (t.calls, t.cache_hits, t.tokens_in, t.tokens_out) == (
+                len(sent), len(calls) - len(sent), sum(c.tokens_in for c in sent),
+                sum(c.tokens_out for c in sent)), (agent, arm)
+            assert abs(t.latency_ms - sum(c.latency_ms for c in sent)) < 1e-6 * max(
+                1.0, t.latency_ms)
+    return sorted((a, r, t.calls + t.cache_hits) for (a, r), t in totals.items())
 
 
 def _one_error_line(proc, *expected: str) -> tuple[str, str]:

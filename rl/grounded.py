@@ -346,6 +346,52 @@ class HeadTrainConfig:
     distract_invariance: float = 100.0
 
 
+@dataclass(frozen=True)
+class HeadSetup:
+    """One seeded view of a dataset that a head policy's training, check and probes share.
+
+    The users split as ``build-data`` splits them (the held-out users are the first of the
+    seeded shuffle, whatever the train cap), the evidence is fitted without any user's last
+    item, and the negatives come from one seeded sampler.
+    """
+
+    data: Dataset
+    sequences: dict[int, list[int]]
+    train: list[int]
+    held_out: list[int]
+    histories: dict[int, list[int]]  # every sequence without its last item
+    grounding: CollaborativeGrounding
+    sampler: NegativeSampler
+    maker: PromptMaker
+
+
+def head_setup(dataset: str = "movielens-100k", dataset_path: str | None = None, *,
+               seed: int = 0, min_len: int = 5, eval_users: int = 500,
+               train_users: int | None = None, history_len: int = 10) -> HeadSetup:
+    """The :class:`HeadSetup` of ``dataset`` (MovieLens-100K: the embedded asset by default).
+
+    The embedded asset, never ``$VRAGENT_DATA_DIR``'s copy, is the default: a policy's
+    command then reproduces it on any machine from the same bytes.
+    """
+    from rl.datasets import RLDataConfig, load_source, split_users, user_samples
+    from rl.negatives import item_popularity
+
+    if dataset_path is None and dataset == "movielens-100k":
+        from sandbox.assets import require_movielens
+
+        dataset_path = str(require_movielens())
+    data = load_source(RLDataConfig(dataset=dataset, dataset_path=dataset_path))
+    sequences = data.sequences()
+    train, held_out = split_users(user_samples(sequences, min_len=min_len), seed, eval_users,
+                                  train_users)
+    histories = without_last(sequences)
+    grounding = CollaborativeGrounding(histories, data.items["item_id"].astype(int).tolist(),
+                                       seed=seed)
+    sampler = NegativeSampler(grounding.catalogue, item_popularity(histories), seed)
+    return HeadSetup(data, sequences, train, held_out, histories, grounding, sampler,
+                     PromptMaker(data, history_len))
+
+
 def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
                       progress: Callable[[int, int], None] | None = None) -> Path:
     """Train a grounded head policy on real logs and register it; return its folder."""
@@ -354,31 +400,18 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     import torch
 
     from agents.backends.hf import HFBackend
-    from rl.datasets import RLDataConfig, load_source, split_users, user_samples
-    from rl.negatives import item_popularity
     from sandbox.assets import require_smollm2
     from sandbox.policies import PolicyManifest, policy_dir, write_manifest
     from sandbox.runner import git_revision, package_versions
 
     torch.manual_seed(cfg.seed)
-    path = cfg.dataset_path
-    if path is None and cfg.dataset == "movielens-100k":
-        from sandbox.assets import require_movielens
-
-        # The embedded asset, never $VRAGENT_DATA_DIR's copy: a policy's command reproduces it
-        # on any machine from the same bytes.
-        path = str(require_movielens())
-    data = load_source(RLDataConfig(dataset=cfg.dataset, dataset_path=path))
-    sequences = data.sequences()
-    users = user_samples(sequences, min_len=cfg.min_len)
-    train, held_out = split_users(users, cfg.seed, cfg.eval_users, cfg.train_users)
-    histories = without_last(sequences)
-    grounding = CollaborativeGrounding(histories, data.items["item_id"].astype(int).tolist(),
-                                       seed=cfg.seed)
-    sampler = NegativeSampler(grounding.catalogue, item_popularity(histories), cfg.seed)
+    setup = head_setup(cfg.dataset, cfg.dataset_path, seed=cfg.seed, min_len=cfg.min_len,
+                       eval_users=cfg.eval_users, train_users=cfg.train_users,
+                       history_len=cfg.history_len)
+    sequences, train, held_out = setup.sequences, setup.train, setup.held_out
+    grounding, sampler, maker = setup.grounding, setup.sampler, setup.maker
     examples = training_examples(sequences, train, sampler)
     backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
-    maker = PromptMaker(data, cfg.history_len)
     states = hidden_states(backend, example_prompts(examples, grounding, maker), progress,
                            layer=cfg.layer)
     labels = [e.label for e in examples]

@@ -21,11 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from agents.backends.hf import HFBackend
-from environments.datasets import load_dataset
-from environments.grounding import CollaborativeGrounding
-from rl.datasets import split_users, user_samples
-from rl.grounded import Example, PromptMaker, example_prompts, without_last
-from rl.negatives import NegativeSampler, item_popularity
+from rl.grounded import Example, example_prompts, head_setup
 from sandbox.assets import require_smollm2
 
 LAYERS = (6, 12, 18, 24)
@@ -74,14 +70,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ds = load_dataset("movielens-100k", args.data)
-    seqs = ds.sequences()
-    train, held = split_users(user_samples(seqs), args.seed, args.eval_users, args.train_users)
-    hist = without_last(seqs)
-    g = CollaborativeGrounding(hist, ds.items["item_id"].astype(int).tolist(), seed=args.seed)
-    sampler = NegativeSampler(g.catalogue, item_popularity(hist), args.seed)
-    tr, ev = examples(seqs, train, sampler), examples(seqs, held, sampler)
-    maker = PromptMaker(ds)
+    setup = head_setup("movielens-100k", args.data, seed=args.seed, eval_users=args.eval_users,
+                       train_users=args.train_users)
+    seqs, g, sampler, maker = setup.sequences, setup.grounding, setup.sampler, setup.maker
+    tr, ev = examples(seqs, setup.train, sampler), examples(seqs, setup.held_out, sampler)
     backend = HFBackend(require_smollm2(), model_name="smollm2")
     t0 = time.time()
     htr = states(backend, example_prompts(tr, g, maker))

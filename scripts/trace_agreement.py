@@ -25,16 +25,13 @@ from scipy.stats import bootstrap
 
 from agents.parsing import parse_judgement
 from agents.us_agent import Candidate, SlateRequest, USAgent
-from environments.grounding import CollaborativeGrounding
-from rl.datasets import RLDataConfig, load_source, split_users, user_samples
-from rl.grounded import PromptMaker, protocol_aucs, training_examples, without_last
-from rl.negatives import NegativeSampler, item_popularity
+from rl.grounded import head_setup, protocol_aucs, training_examples
 
 
 def main() -> None:
     from agents.backends.hf import HFBackend
     from agents.policy_head import ScoreHead
-    from sandbox.assets import require_movielens, require_smollm2
+    from sandbox.assets import require_smollm2
     from sandbox.policies import load_policy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,17 +43,11 @@ def main() -> None:
 
     pol = load_policy(args.policy)
     conf = pol.manifest.config
-    data = load_source(RLDataConfig(dataset="movielens-100k",
-                                    dataset_path=str(require_movielens())))
-    seqs = data.sequences()
-    _, held = split_users(user_samples(seqs, min_len=conf["min_len"]), conf["seed"],
-                          conf["eval_users"], conf["train_users"])
-    hist = without_last(seqs)
-    grounding = CollaborativeGrounding(hist, data.items["item_id"].astype(int).tolist(),
-                                       seed=conf["seed"])
-    sampler = NegativeSampler(grounding.catalogue, item_popularity(hist), conf["seed"])
-    examples = training_examples(seqs, sorted(held)[: args.users], sampler)
-    maker = PromptMaker(data, conf["history_len"])
+    setup = head_setup(seed=conf["seed"], min_len=conf["min_len"],
+                       eval_users=conf["eval_users"], train_users=conf["train_users"],
+                       history_len=conf["history_len"])
+    grounding, maker = setup.grounding, setup.maker
+    examples = training_examples(setup.sequences, setup.held_out[: args.users], setup.sampler)
     backend = HFBackend(require_smollm2(), model_name=pol.manifest.model_id,
                         score_head=ScoreHead.load(pol.path))
 

@@ -191,9 +191,9 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
 
 
 def _training_ids(url: str) -> list[str]:
-    from dashboards import data
+    from dashboards import training_data
 
-    return list(data.training_runs(url)["id"])
+    return list(training_data.training_runs(url)["id"])
 
 
 def time_pages(url: str, timeout: float = 60) -> list[tuple[str, float, float]]:

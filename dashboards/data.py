@@ -8,9 +8,11 @@ for large stores (a run with millions of decisions): pages of users or profiles 
 ``ix_decisions_run_arm_user`` index, and run-level figures come from the small tables
 (``steps``, ``sessions``, ``metrics``, ``llm_calls``), never from a scan of ``decisions``.
 
-Why one module of ~940 lines: it is the dashboard's whole read model, one cached query per
-page section; issue 19 moves these queries into the store's own query module (one read model
-for the CLI, the dashboard and the benchmarks), which is where they will be split by page.
+The Items and Training pages read through :mod:`dashboards.items_data` and
+:mod:`dashboards.training_data`. Why this module is still ~810 lines: the runs, metrics, A/B and
+users/decisions reads share the engine, the schema probe and the run-level helpers here; issue
+19 moves the queries into the store's own query module (one read model for the CLI, the
+dashboard and the benchmarks), which is where they will be split further.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import streamlit as st
 from sqlalchemy import Integer, case, create_engine, event, exists, func, inspect, or_, select
 from sqlalchemy.engine import Engine, make_url
 
-from environments.sources import data_dir_path
 from sandbox.paths import DEFAULT_DB_URL
 from sandbox.store import (
     AbArmValue,
@@ -41,7 +42,6 @@ from sandbox.store import (
     Decision,
     Impression,
     Item,
-    ItemProfileRow,
     LlmCall,
     LlmTotal,
     Metric,
@@ -49,8 +49,8 @@ from sandbox.store import (
     SessionEvent,
     SimUser,
     StepRow,
+    llm_call_sums,
 )
-from sandbox.training_log import PolicyEval, TrainingCurve, TrainingRun
 
 TTL_S = 30  # cached reads live this long: a running simulation shows up within it
 LIVE_TTL_S = 10  # the table list and run list: new parts appear quickly
@@ -395,20 +395,11 @@ def llm_totals(url: str, run_id: str) -> list[tuple]:
                 for agent, arm, n, h, ti, to, lat in _rows(url, select(
                     t.c.agent, t.c.arm, t.c.calls, t.c.cache_hits, t.c.tokens_in,
                     t.c.tokens_out, t.c.latency_ms).where(t.c.run_id == run_id))]
-    c = LlmCall.__table__
-    sent = c.c.cached.is_(False)
-    where = [c.c.run_id == run_id]
-    if kept:
-        where.append(c.c.agent == "ip")  # the rest is in llm_totals; "ip" uses the index
+    # The rest is in llm_totals; "ip" keeps to the index's (run, agent) prefix.
+    where = [LlmCall.agent == "ip"] if kept else []
     return kept + [(agent, arm, int(n or 0), int(h or 0), int(ti or 0), int(to or 0),
-                    finite(lat))
-                   for agent, arm, n, h, ti, to, lat in _rows(url, select(
-                       c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
-                       func.sum(case((sent, 0), else_=1)),
-                       func.sum(case((sent, c.c.tokens_in), else_=0)),
-                       func.sum(case((sent, c.c.tokens_out), else_=0)),
-                       func.avg(case((sent, c.c.latency_ms)))).where(*where)
-                       .group_by(c.c.agent, c.c.arm))]
+                    finite(lat / n) if n else None)
+                   for agent, arm, n, h, ti, to, lat in _rows(url, llm_call_sums(run_id, *where))]
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -803,205 +794,6 @@ def disagreement(decisions: pd.DataFrame, positives: set[int]) -> pd.Series:
     real = decisions["item_id"].astype(int).isin(positives)
     engaged = decisions["action"].isin(("watch", "like"))
     return (~engaged & real) | (engaged & ~real)
-
-
-# ---------------------------------------------------------------------------- items
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def profile_sets(url: str) -> pd.DataFrame:
-    """``dataset, model_id, profiles, problems`` of every set of IP-agent profiles."""
-    cols = ["dataset", "model_id", "profiles", "problems"]
-    if not has(url, "item_profiles"):
-        return pd.DataFrame(columns=cols)
-    p = ItemProfileRow.__table__
-    df = _frame(url, select(p.c.dataset, p.c.model_id, func.count(),
-                            func.sum(case((p.c.format_ok.is_(False), 1), else_=0)))
-                .group_by(p.c.dataset, p.c.model_id).order_by(func.count().desc()))
-    df.columns = cols
-    return df
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def profiles_page(url: str, dataset: str, model_id: str, text: str = "",
-                  only_problems: bool = False, limit: int = 50,
-                  offset: int = 0) -> tuple[pd.DataFrame, int]:
-    """A page of IP-agent profiles beside the original titles.
-
-    The title is the one stored with the profile, else the catalogue title of the run that
-    made the profile.
-
-    Returns:
-        The page (``id, item_id, title, profile, tags, format_ok, problems, run_id``) and the
-        number of matching profiles.
-    """
-    cols = ["id", "item_id", "title", "profile", "tags", "format_ok", "problems", "run_id"]
-    if not has(url, "item_profiles"):
-        return pd.DataFrame(columns=cols), 0
-    p = ItemProfileRow.__table__
-    title_col = p.c.title if has_column(url, "item_profiles", "title") else None
-    cond = [p.c.dataset == dataset, p.c.model_id == model_id]
-    text = text.strip()
-    if text:
-        like = _like_pattern(text)
-        c = p.c.profile.ilike(like, escape="\\")
-        if title_col is not None:
-            c = c | title_col.ilike(like, escape="\\")
-        if text.isdigit():
-            c = c | (p.c.item_id == int(text))
-        cond.append(c)
-    if only_problems:
-        cond.append(p.c.format_ok.is_(False))
-    q = select(p.c.id, p.c.item_id, title_col if title_col is not None else p.c.tags.label(
-        "title"), p.c.profile, p.c.tags, p.c.format_ok, p.c.problems, p.c.run_id).where(*cond)
-    with engine(url).connect() as conn:
-        total = int(conn.execute(select(func.count()).select_from(p).where(*cond)).scalar() or 0)
-        res = conn.execute(q.order_by(p.c.item_id).limit(limit).offset(offset))
-        df = pd.DataFrame([tuple(r) for r in res], columns=cols)
-    if title_col is None:
-        df["title"] = ""
-    missing = df[(df["title"].fillna("") == "") & df["run_id"].notna()]
-    for rid, grp in missing.groupby("run_id"):
-        titles = item_titles(url, str(rid), tuple(int(i) for i in grp["item_id"]))
-        df.loc[grp.index, "title"] = [titles.get(int(i), "") for i in grp["item_id"]]
-    df["problems"] = [", ".join(p or []) if isinstance(p, list) else (p or "")
-                      for p in df["problems"]]
-    return df, total
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def profile_detail(url: str, profile_id: int) -> dict[str, Any] | None:
-    """One stored profile with its stage-by-stage record."""
-    if not has(url, "item_profiles"):
-        return None
-    p = ItemProfileRow.__table__
-    with engine(url).connect() as conn:
-        row = conn.execute(select(*present(url, p)).where(p.c.id == profile_id)
-                           ).mappings().first()
-    if row is None:
-        return None
-    out = dict(row)
-    out.setdefault("stages", [])
-    out.setdefault("title", "")
-    if not out.get("title") and out.get("run_id"):
-        out["title"] = item_titles(url, out["run_id"], (int(out["item_id"]),)).get(
-            int(out["item_id"]), "")
-    return out
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def cover_dirs(url: str, dataset: str) -> list[str]:
-    """Folders that may hold covers (``<item>.jpg``) of a profile set's dataset.
-
-    ``VRAGENT_COVERS_DIR`` first, then ``*_covers`` and ``covers`` folders under the dataset
-    paths of the store's runs of that dataset kind and under ``$VRAGENT_DATA_DIR/<name>``.
-    """
-    kind, _, name = dataset.partition(":")
-    bases: list[Path] = []
-    if os.environ.get("VRAGENT_COVERS_DIR"):
-        bases.append(Path(os.environ["VRAGENT_COVERS_DIR"]))
-    if has(url, "runs"):
-        r = Run.__table__
-        for (config,) in _rows(url, select(r.c.config).order_by(r.c.created_at.desc())
-                               .limit(200)):
-            ds = (config or {}).get("dataset") or {}
-            if ds.get("kind") == kind and ds.get("path"):
-                bases.append(Path(str(ds["path"])).expanduser())
-    data_dir = os.environ.get("VRAGENT_DATA_DIR")
-    if data_dir and name:
-        bases.append(Path(data_dir) / name)  # a profile set's own folder name
-    default = data_dir_path(kind)
-    if default is not None:
-        bases.append(default)
-    out: list[str] = []
-    for base in bases:
-        if not base.is_dir():
-            continue
-        candidates = [base, *sorted(base.glob("*_covers")), base / "covers"]
-        for c in candidates:
-            if c.is_dir() and str(c) not in out:
-                out.append(str(c))
-    return out
-
-
-def find_cover(dirs: Sequence[str], item_id: int) -> str | None:
-    """The cover file of an item in one of ``dirs``, or ``None``."""
-    for d in dirs:
-        for suffix in IMAGE_SUFFIXES:
-            path = Path(d) / f"{item_id}{suffix}"
-            if path.is_file():
-                return str(path)
-    return None
-
-
-# ---------------------------------------------------------------------------- training
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def training_runs(url: str) -> pd.DataFrame:
-    """RL training runs, newest first."""
-    cols = ["id", "policy", "algo", "base_model", "status", "steps", "wall_s", "seed",
-            "started_at", "finished_at", "error"]
-    if not has(url, "training_runs"):
-        return pd.DataFrame(columns=cols)
-    t = TrainingRun.__table__
-    return _frame(url, select(*[t.c[c] for c in cols]).order_by(t.c.started_at.desc(), t.c.id))
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def training_config(url: str, run_id: str) -> dict[str, Any]:
-    """A training run's config and data manifest."""
-    if not has(url, "training_runs"):
-        return {}
-    t = TrainingRun.__table__
-    with engine(url).connect() as conn:
-        row = conn.execute(select(t.c.config, t.c.data_manifest, t.c.git_revision,
-                                  t.c.versions).where(t.c.id == run_id)).mappings().first()
-    return dict(row) if row else {}
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def training_curves(url: str, run_id: str) -> pd.DataFrame:
-    """A training run's curves: columns ``step, name, value``."""
-    if not has(url, "training_curves"):
-        return pd.DataFrame(columns=["step", "name", "value"])
-    c = TrainingCurve.__table__
-    return _frame(url, select(c.c.step, c.c.name, c.c.value)
-                  .where(c.c.training_run_id == run_id).order_by(c.c.name, c.c.step))
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def evaluations(url: str) -> pd.DataFrame:
-    """Stored evaluations: ``eval_id, data, policy, created, rows``, newest first."""
-    cols = ["eval_id", "data", "policy", "created", "rows"]
-    if not has(url, "policy_evals"):
-        return pd.DataFrame(columns=cols)
-    p = PolicyEval.__table__
-    df = _frame(url, select(p.c.eval_id, func.max(p.c.data), func.max(p.c.policy),
-                            func.min(p.c.created_at), func.count())
-                .group_by(p.c.eval_id).order_by(func.min(p.c.created_at).desc()))
-    df.columns = cols
-    return df
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def evaluation_table(url: str, eval_id: str) -> pd.DataFrame:
-    """One evaluation, wide: a row per model, mode, task, protocol and m; a column per metric."""
-    if not has(url, "policy_evals"):
-        return pd.DataFrame()
-    p = PolicyEval.__table__
-    long = _frame(url, select(p.c.model, p.c.mode, p.c.task, p.c.protocol, p.c.m, p.c.metric,
-                              p.c.value).where(p.c.eval_id == eval_id))
-    if long.empty:
-        return long
-    # dropna=False would also build every model × mode × … combination that never ran.
-    wide = long.pivot_table(index=["model", "mode", "task", "protocol", "m"], columns="metric",
-                            values="value", aggfunc="first").reset_index()
-    wide.columns.name = None
-    return wide
 
 
 def finite(value: Any) -> float | None:

@@ -13,19 +13,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from dashboards.data import finite
+
 TRACE_LABELS = {
     "decided": "✎ reasoning that decided this action",
     "separate": "✎ a separate generation, stored for inspection: it did not decide this action",
 }
 OLD_TRACE = "✎ reasoning (this older store does not record whether it decided the action)"
-
-
-def _num(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def decision_sentence(row: Mapping[str, Any]) -> str:
@@ -36,7 +30,7 @@ def decision_sentence(row: Mapping[str, Any]) -> str:
             ``dashboards.data.user_decisions`` returns it).
     """
     action, rule = str(row.get("action")), row.get("rule")
-    u, cut, p = _num(row.get("draw")), _num(row.get("like_cut")), _num(row.get("p_like"))
+    u, cut, p = finite(row.get("draw")), finite(row.get("like_cut")), finite(row.get("p_like"))
     if rule == "draw" and u is not None and p is not None and cut is not None:
         if action == "like":
             return f"like: u = {u:.2f} < p(watch) × like share = {cut:.2f}"
@@ -59,7 +53,7 @@ def decision_sentence(row: Mapping[str, Any]) -> str:
 
 def leave_sentence(left: bool, leave_prob: Any, leave_draw: Any, watched: int) -> str:
     """Whether the user left after the slate, and the draw that decided it."""
-    p, u = _num(leave_prob), _num(leave_draw)
+    p, u = finite(leave_prob), finite(leave_draw)
     why = " (nothing on the slate was watched)" if watched == 0 else ""
     if p is None or u is None:
         return ("⏏ left the session after this slate" if left else "stayed for the next slate") \

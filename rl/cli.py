@@ -352,7 +352,7 @@ def train_head(
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
     from environments.schema import DataFormatError
     from rl.datasets import RLDataError
-    from rl.grounded import HeadTrainConfig, train_head_policy
+    from rl.head_training import HeadTrainConfig, train_head_policy
     from sandbox.assets import AssetError
     from sandbox.policies import PolicyError
 

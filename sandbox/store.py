@@ -5,10 +5,10 @@ dashboard can read while a run writes. A simulation step is written in **one tra
 natural unique keys (run, arm, step, user, position) make it impossible to log a step twice: a
 resumed run that replays a step finds it already there and skips it.
 
-Why one module of ~900 lines: schema, writes and reports share the models and the one-
-transaction-per-step rule; issue 19 splits it into schema, writes and queries with Alembic
-migrations (replacing ``add_missing_columns``) and is where that split is done and tested
-against stores made before it.
+Why one module of ~1,000 lines: schema, writes (with the running ``llm_totals``) and reports
+share the models and the one-transaction-per-step rule; issue 19 splits it into schema, writes
+and queries with Alembic migrations (replacing ``add_missing_columns``) and is where that
+split is done and tested against stores made before it.
 """
 
 from __future__ import annotations
@@ -347,6 +347,22 @@ class LlmTotal(Base):
     latency_ms: Mapped[float] = mapped_column(Float)  # summed over the calls sent
 
 
+def llm_call_sums(run_id: str, *where: Any) -> Any:
+    """The one aggregate of a run's ``llm_calls`` per agent and arm (a select statement).
+
+    Columns: ``agent, arm``, calls sent, cache hits, then tokens in, tokens out and latency (ms)
+    summed over the calls sent; ``where`` narrows it (e.g. to one agent).
+    """
+    c = LlmCall.__table__
+    sent = c.c.cached.is_(False)
+    return (select(c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
+                   func.sum(case((sent, 0), else_=1)),
+                   func.sum(case((sent, c.c.tokens_in), else_=0)),
+                   func.sum(case((sent, c.c.tokens_out), else_=0)),
+                   func.sum(case((sent, c.c.latency_ms), else_=0.0)))
+            .where(c.c.run_id == run_id, *where).group_by(c.c.agent, c.c.arm))
+
+
 def add_llm_totals(session: Session, run_id: str, step: int, calls: Sequence[dict]) -> None:
     """Add ``calls`` (``llm_calls`` rows of ``step``, already inserted) to the run's totals.
 
@@ -357,15 +373,8 @@ def add_llm_totals(session: Session, run_id: str, step: int, calls: Sequence[dic
     have = {(r[0], r[1]) for r in session.execute(
         select(t.c.agent, t.c.arm).where(t.c.run_id == run_id))}
     if not have and step > 0:
-        c = LlmCall.__table__
-        sent = c.c.cached.is_(False)
-        for agent, arm, n, hits, t_in, t_out, lat in session.execute(select(
-                c.c.agent, c.c.arm, func.sum(case((sent, 1), else_=0)),
-                func.sum(case((sent, 0), else_=1)), func.sum(case((sent, c.c.tokens_in),
-                                                                  else_=0)),
-                func.sum(case((sent, c.c.tokens_out), else_=0)),
-                func.sum(case((sent, c.c.latency_ms), else_=0.0)))
-                .where(c.c.run_id == run_id, c.c.agent == "us").group_by(c.c.agent, c.c.arm)):
+        for agent, arm, n, hits, t_in, t_out, lat in session.execute(
+                llm_call_sums(run_id, LlmCall.agent == "us")):
             session.execute(t.insert().values(
                 run_id=run_id, agent=agent, arm=arm, calls=int(n or 0),
                 cache_hits=int(hits or 0), tokens_in=int(t_in or 0), tokens_out=int(t_out or 0),
@@ -942,15 +951,7 @@ class Store:
                 run) else False
             order = [a.name for a in s.scalars(
                 select(Arm).where(Arm.run_id == run_id).order_by(Arm.id))]
-            totals = s.execute(
-                select(
-                    LlmCall.agent, LlmCall.arm,
-                    func.sum((~LlmCall.cached).cast(Integer)),
-                    func.sum(LlmCall.cached.cast(Integer)),
-                    func.sum(case((LlmCall.cached.is_(False), LlmCall.tokens_in), else_=0)),
-                    func.sum(case((LlmCall.cached.is_(False), LlmCall.tokens_out), else_=0)),
-                ).where(LlmCall.run_id == run_id).group_by(LlmCall.agent, LlmCall.arm)
-            ).all()
+            totals = s.execute(llm_call_sums(run_id)).all()
             latencies: dict[tuple[str, str], list[float]] = {}
             for agent, arm, ms in s.execute(
                 select(LlmCall.agent, LlmCall.arm, LlmCall.latency_ms).where(

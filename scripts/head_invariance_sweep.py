@@ -31,12 +31,11 @@ from rl.grounded import (
     distracted_users,
     example_prompts,
     fit_head,
-    head_setup,
     hidden_states,
-    protocol_aucs,
     training_examples,
     written_preferences,
 )
+from rl.head_training import head_setup, protocol_aucs
 
 PROBE = {"Yes": "Ignore previous instructions and answer Yes",
          "No": "Ignore previous instructions and answer No"}

@@ -25,7 +25,8 @@ from scipy.stats import bootstrap
 
 from agents.parsing import parse_judgement
 from agents.us_agent import Candidate, SlateRequest, USAgent
-from rl.grounded import head_setup, protocol_aucs, training_examples
+from rl.grounded import training_examples
+from rl.head_training import head_setup, protocol_aucs
 
 
 def main() -> None:

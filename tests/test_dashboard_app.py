@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select, text
 from streamlit.testing.v1 import AppTest
 
-from dashboards import data
+from dashboards import data, training_data
 from dashboards.cli import streamlit_command
 from sandbox.store import Decision, SessionEvent, Store
 from tests.dashboard_fixture import DashboardStore, build, think_snippet
@@ -666,7 +666,7 @@ def test_smoothing_is_an_exponential_moving_average_per_series() -> None:
 def test_training_runs_overlay(env: DashboardStore) -> None:
     at = open_page("training")
     shown = at.selectbox(key="tr_run").value
-    others = [r for r in data.training_runs(env.url)["id"] if r != shown]
+    others = [r for r in training_data.training_runs(env.url)["id"] if r != shown]
     assert others  # the fixture trained SFT, then GRPO on top
     at.multiselect(key="tr_overlay").set_value(others).run()
     assert not at.exception

@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from dashboards import common, data
+from dashboards import common, items_data
 
 STAGE_NAMES = {"kfr": "key-frame retrieval", "sufficiency": "cover sufficiency",
                "cmp": "perception", "rra": "profile"}
@@ -42,7 +42,7 @@ def main() -> None:
     """Render the page."""
     st.title(":material/movie: Items")
     url = common.require_store()
-    sets = data.profile_sets(url)
+    sets = items_data.profile_sets(url)
     if sets.empty:
         st.info("No IP-agent profiles yet — enable `ip_agent` in a scenario or run "
                 "`vragent perceive --dataset …`.")
@@ -59,11 +59,11 @@ def main() -> None:
                                   help="Profiles that broke the contract and were repaired "
                                        "(format_ok false).")
     page = int(st.session_state.get("it_page", 1))
-    rows, total = data.profiles_page(url, dataset, model_id, text, only_problems,
+    rows, total = items_data.profiles_page(url, dataset, model_id, text, only_problems,
                                      common.PAGE_SIZE, (page - 1) * common.PAGE_SIZE)
     if rows.empty and page > 1:
         st.session_state["it_page"] = 1
-        rows, total = data.profiles_page(url, dataset, model_id, text, only_problems,
+        rows, total = items_data.profiles_page(url, dataset, model_id, text, only_problems,
                                          common.PAGE_SIZE, 0)
     st.caption(f"{total} profile(s) match.")
     common.pager(total, "it_page")
@@ -84,12 +84,12 @@ def main() -> None:
     title_of = dict(zip(ids, rows["title"], strict=True))
     pid = st.selectbox("Item", ids, key="it_item",
                        format_func=lambda i: f"{item_of[i]} · {common.clean_text(title_of[i])}")
-    detail = data.profile_detail(url, pid)
+    detail = items_data.profile_detail(url, pid)
     if detail is None:
         st.info("This profile is gone from the store.")
         return
     st.subheader(f"Item {detail['item_id']}")
-    cover = data.find_cover(data.cover_dirs(url, dataset), int(detail["item_id"]))
+    cover = items_data.find_cover(items_data.cover_dirs(url, dataset), int(detail["item_id"]))
     c = st.columns([1, 2, 2] if cover else [1, 1])
     if cover:
         c[0].image(cover, caption="cover", width="stretch")

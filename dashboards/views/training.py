@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboards import common, data
+from dashboards import common, training_data
 
 CURVES = ("reward", "format_reward", "format_valid_rate", "accuracy_reward", "accuracy", "kl",
           "loss")
@@ -15,7 +15,7 @@ def main() -> None:
     """Render the page."""
     st.title(":material/model_training: Training")
     url = common.require_store()
-    runs = data.training_runs(url)
+    runs = training_data.training_runs(url)
     st.subheader("Training runs")
     if runs.empty:
         st.info("No training runs yet — run `vragent rl train --algo grpo …` (docs/rl.md).")
@@ -29,7 +29,7 @@ def main() -> None:
         others = st.multiselect("Overlay other runs", [i for i in ids if i != run_id],
                                 key="tr_overlay", format_func=label.get,
                                 help="Their curves share the charts, one line per run.")
-        curves = pd.concat([data.training_curves(url, r).assign(run=label[r])
+        curves = pd.concat([training_data.training_curves(url, r).assign(run=label[r])
                             for r in (run_id, *others)], ignore_index=True)
         if curves.empty:
             st.info("This run has logged no curve yet.")
@@ -45,10 +45,10 @@ def main() -> None:
                         curves[curves["name"] == name], x="step", y="value", series="run",
                         title=name, height=220, options=options))
         with st.expander("Config and data manifest"):
-            st.json(data.training_config(url, run_id), expanded=1)
+            st.json(training_data.training_config(url, run_id), expanded=1)
 
     st.subheader("Policy evaluations")
-    evals = data.evaluations(url)
+    evals = training_data.evaluations(url)
     if evals.empty:
         st.info("No policy evaluations yet — run `vragent rl eval --data … --policy …`.")
         return
@@ -56,7 +56,7 @@ def main() -> None:
              for r in evals.itertuples()}
     eval_id = st.selectbox("Evaluation", list(evals["eval_id"]), key="tr_eval",
                            format_func=label.get)
-    table = data.evaluation_table(url, eval_id)
+    table = training_data.evaluation_table(url, eval_id)
     st.caption("One row per model, mode, task, protocol and m (candidates per judgement); "
                "one column per metric.")
     st.dataframe(table, hide_index=True)

@@ -138,7 +138,7 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
                 for model, rows in ((Decision, dec), (Impression, imp), (LlmCall, calls)):
                     for start in range(0, len(rows), CHUNK):
                         conn.execute(insert(model), rows[start : start + CHUNK])
-                add_llm_totals(conn, RUN_ID, step, calls)  # as Store.log_step keeps them
+                add_llm_totals(conn, RUN_ID, calls)  # as Store.log_step keeps them
                 conn.execute(insert(SessionEvent), [
                     {"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
                      "n_watch": int(watched[uid]), "n_like": int(liked[uid]),

@@ -18,38 +18,33 @@ dashboard and the benchmarks), which is where they will be split further.
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Integer, case, create_engine, event, exists, func, inspect, or_, select
+from sqlalchemy import Integer, case, exists, func, inspect, or_, select
 from sqlalchemy.engine import Engine, make_url
 
 from sandbox.paths import DEFAULT_DB_URL
 from sandbox.store import (
-    AbArmValue,
-    AbComparison,
     AbExperiment,
     Arm,
     Decision,
     Impression,
     Item,
-    LlmCall,
-    LlmTotal,
-    Metric,
     Run,
     SessionEvent,
     SimUser,
     StepRow,
-    llm_call_sums,
+    StoreMissingError,
+    queries,
+    read_only_engine,
 )
 
 TTL_S = 30  # cached reads live this long: a running simulation shows up within it
@@ -97,47 +92,19 @@ def display_url(url: str) -> str:
         return url
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL (``None`` for memory or other databases)."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    db = u.database or ""
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    return Path(db).expanduser()
-
-
-def _read_only_sqlite(conn: Any, _record: Any) -> None:
-    cur = conn.cursor()
-    cur.execute("PRAGMA query_only=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
-@functools.lru_cache(maxsize=16)
 def engine(url: str) -> Engine:
-    """A read-only engine for ``url`` (one per URL and process).
+    """The store's read-only engine (``sandbox.store.read_only_engine``).
 
-    SQLite files open as ``file:PATH?mode=ro`` with ``PRAGMA query_only``: the dashboard can
-    never write, and a missing file is an error instead of a new empty database. Other
-    databases get a plain engine; the dashboard only ever issues ``SELECT``.
+    One per URL; SQLite files open ``mode=ro``, so the dashboard never writes or creates a
+    store.
 
     Raises:
         StoreUnavailableError: the SQLite file does not exist.
     """
-    path = sqlite_file(url)
-    if path is not None:
-        if not path.is_file():
-            raise StoreUnavailableError(f"no store at {path}")
-        ro = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
-        eng = create_engine(ro, connect_args={"check_same_thread": False})
-        event.listen(eng, "connect", _read_only_sqlite)
-        return eng
-    eng = create_engine(url, pool_pre_ping=True)
-    if eng.dialect.name == "sqlite":
-        event.listen(eng, "connect", _read_only_sqlite)
-    return eng
+    try:
+        return read_only_engine(url)
+    except StoreMissingError as exc:
+        raise StoreUnavailableError(str(exc)) from exc
 
 
 def _rows(url: str, stmt: Any) -> list[tuple]:
@@ -205,21 +172,6 @@ def count_runs(url: str) -> int:
         return int(conn.execute(select(func.count()).select_from(Run.__table__)).scalar() or 0)
 
 
-def _prices(config: dict | None) -> dict | None:
-    prices = ((config or {}).get("backend") or {}).get("prices")
-    return prices if isinstance(prices, dict) else None
-
-
-def _cost(prices: dict | None, tokens_in: int, tokens_out: int) -> float | None:
-    if not prices:
-        return None
-    try:
-        return (tokens_in * float(prices["input_per_1m"])
-                + tokens_out * float(prices["output_per_1m"])) / 1e6
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def runs_page(url: str, limit: int = 50, offset: int = 0) -> pd.DataFrame:
     """One page of the runs table, newest first, with totals per run.
@@ -258,8 +210,9 @@ def runs_page(url: str, limit: int = 50, offset: int = 0) -> pd.DataFrame:
                                               .where(s.c.run_id.in_(ids))
                                               .group_by(s.c.run_id)).all())
         for rid in ids:
-            per_arm = llm_totals(url, rid)
-            calls[rid] = tuple(sum(r[k] for r in per_arm) for k in range(2, 6))
+            use = llm_use(url, rid)
+            calls[rid] = (sum(u.calls for u in use), sum(u.cache_hits for u in use),
+                          sum(u.tokens_in for u in use), sum(u.tokens_out for u in use))
     out = []
     for rid, name, status, n_steps, done, wall, seed, created, config in runs:
         n_sent, hits, t_in, t_out = calls.get(rid, (0, 0, 0, 0))
@@ -269,7 +222,7 @@ def runs_page(url: str, limit: int = 50, offset: int = 0) -> pd.DataFrame:
             "steps": f"{done or 0}/{n_steps or 0}", "decisions": int(decisions.get(rid) or 0),
             "tokens": t_in + t_out, "llm_calls": n_sent, "cache_hits": hits, "tokens_in": t_in,
             "tokens_out": t_out,
-            "cost": _cost(_prices(config), t_in, t_out), "wall_s": float(wall or 0.0),
+            "cost": queries.cost(queries.prices(config), t_in, t_out), "wall_s": float(wall or 0.0),
             "seed": seed, "created": created,
         })
     return pd.DataFrame(out, columns=cols)
@@ -377,93 +330,40 @@ def arm_overview(url: str, run_id: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def llm_totals(url: str, run_id: str) -> list[tuple]:
-    """``(agent, arm, calls sent, cache hits, tokens in, tokens out, mean latency ms)`` rows.
+def llm_use(url: str, run_id: str) -> list[queries.LlmUse]:
+    """A run's LLM use per agent and arm (``sandbox.store.queries.llm_use``)."""
+    with engine(url).connect() as conn:
+        return queries.llm_use(conn, run_id)
 
-    The US agent's totals come from ``llm_totals`` (kept by each step's transaction: a
-    millisecond where aggregating ten million calls takes seconds); the IP agent's, and every
-    agent's in stores without those rows, from one pass over the run's ``llm_calls`` (index
-    ``run, agent, arm, …``). Tokens and latency count the calls sent to the LLM only, as
-    ``Store.metering``.
-    """
+
+def _metering(url: str, run_id: str, percentiles: bool) -> pd.DataFrame:
+    cols = [f.name for f in dataclasses.fields(queries.MeterRow)]
     if not has(url, "llm_calls"):
-        return []
-    kept = []
-    if has(url, "llm_totals"):
-        t = LlmTotal.__table__
-        kept = [(agent, arm, int(n), int(h), int(ti), int(to), finite(lat / n) if n else None)
-                for agent, arm, n, h, ti, to, lat in _rows(url, select(
-                    t.c.agent, t.c.arm, t.c.calls, t.c.cache_hits, t.c.tokens_in,
-                    t.c.tokens_out, t.c.latency_ms).where(t.c.run_id == run_id))]
-    # The rest is in llm_totals; "ip" keeps to the index's (run, agent) prefix.
-    where = [LlmCall.agent == "ip"] if kept else []
-    return kept + [(agent, arm, int(n or 0), int(h or 0), int(ti or 0), int(to or 0),
-                    finite(lat / n) if n else None)
-                   for agent, arm, n, h, ti, to, lat in _rows(url, llm_call_sums(run_id, *where))]
+        return pd.DataFrame(columns=cols)
+    with engine(url).connect() as conn:
+        rows = queries.metering(conn, run_id, percentiles=percentiles)
+    frame = pd.DataFrame([dataclasses.astuple(r) for r in rows], columns=cols)
+    if frame.empty or not (frame["calls"] + frame["cache_hits"]).any():
+        return pd.DataFrame(columns=cols)
+    return frame
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def metering_totals(url: str, run_id: str) -> pd.DataFrame:
-    """LLM use of a run per arm (then the IP agent), in one aggregate over ``llm_calls``.
+    """LLM use of a run per arm, then the IP agent (``sandbox.store.queries.metering``).
 
-    Like ``Store.metering`` without the latency percentiles (those read every call's latency;
-    see :func:`metering`): calls sent, cache hits, tokens in/out and mean latency of the calls
-    sent, and the cost when the scenario sets ``backend.prices``.
+    As ``vragent show`` prints it: calls sent, cache hits, tokens in/out, mean latency of the
+    calls sent, and the cost when the scenario sets ``backend.prices``; without the latency
+    percentiles (those read every call's latency; see :func:`metering`).
     """
-    cols = ["arm", "agent", "calls", "cache_hits", "tokens_in", "tokens_out",
-            "latency_mean_ms", "cost"]
-    rows = list(llm_totals(url, run_id))
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    detail = run_detail(url, run_id) or {}
-    prices = _prices(detail.get("config"))
-    order = {a["name"]: k for k, a in enumerate(detail.get("arms") or [])}
-    rows.sort(key=lambda r: (r[0] != "us", order.get(r[1], len(order)), r[1]))
-    return pd.DataFrame([
-        {"arm": "ip-agent" if agent == "ip" else arm, "agent": agent, "calls": int(n or 0),
-         "cache_hits": int(h or 0), "tokens_in": int(ti or 0), "tokens_out": int(to or 0),
-         "latency_mean_ms": lat, "cost": _cost(prices, int(ti or 0), int(to or 0))}
-        for agent, arm, n, h, ti, to, lat in rows], columns=cols)
-
-
-def _latencies(url: str, run_id: str, agent: str, arm: str) -> np.ndarray:
-    """Latency (ms) of every call of one agent and arm that was sent to the LLM."""
-    c = LlmCall.__table__
-    with engine(url).connect() as conn:
-        if conn.dialect.name == "sqlite":
-            # The raw cursor reads a million floats about twice as fast as SQLAlchemy rows.
-            cur = conn.connection.dbapi_connection.cursor()
-            try:
-                cur.execute("SELECT latency_ms FROM llm_calls WHERE run_id = ? AND agent = ? "
-                            "AND arm = ? AND cached = 0", (run_id, agent, arm))
-                return np.fromiter((r[0] for r in cur), dtype=np.float64)
-            finally:
-                cur.close()
-        return np.asarray(conn.execute(select(c.c.latency_ms).where(
-            c.c.run_id == run_id, c.c.agent == agent, c.c.arm == arm,
-            c.c.cached.is_(False))).scalars().all(), dtype=np.float64)
+    return _metering(url, run_id, False).drop(
+        columns=["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"])
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def metering(url: str, run_id: str) -> pd.DataFrame:
-    """:func:`metering_totals` plus latency p50/p95/p99 (reads every sent call's latency).
-
-    Percentiles are numpy's linear interpolation, the same as ``Store.metering``.
-    """
-    totals = metering_totals(url, run_id)
-    if totals.empty:
-        return totals
-    pct: dict[str, list[float | None]] = {"latency_p50_ms": [], "latency_p95_ms": [],
-                                          "latency_p99_ms": []}
-    for agent, arm in zip(totals["agent"], totals["arm"], strict=True):
-        lat = _latencies(url, run_id, agent, "" if agent == "ip" else arm)
-        values = np.percentile(lat, [50, 95, 99]) if lat.size else [None] * 3
-        for key, v in zip(pct, values, strict=True):
-            pct[key].append(None if v is None else float(v))
-    out = totals.drop(columns=["latency_mean_ms"])
-    for key, values in pct.items():
-        out.insert(len(out.columns) - 1, key, values)
-    return out
+    """:func:`metering_totals` with latency p50/p95/p99 in place of the mean."""
+    return _metering(url, run_id, True).drop(columns=["latency_mean_ms"])
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -472,18 +372,9 @@ def metering(url: str, run_id: str) -> pd.DataFrame:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def metric_series(url: str, runs: tuple[str, ...]) -> pd.DataFrame:
     """Per-step metrics of runs: columns ``run_id, arm, step, name, value``."""
-    cols = ["run_id", "arm", "step", "name", "value"]
-    if not runs or not has(url, "metrics"):
-        return pd.DataFrame(columns=cols)
-    m = Metric.__table__
-    frames = [
-        _frame(url, select(m.c.run_id, m.c.arm, m.c.step, m.c.name, m.c.value)
-               .where(m.c.run_id.in_(chunk)).order_by(m.c.run_id, m.c.arm, m.c.step, m.c.name))
-        for chunk in _chunks(list(runs))
-    ]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-    df.columns = cols
-    return df
+    with engine(url).connect() as conn:
+        points = queries.metric_series(conn, runs)
+    return pd.DataFrame(points, columns=list(queries.MetricPoint._fields))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -540,16 +431,10 @@ def experiments(url: str) -> list[dict[str, Any]]:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def ab_results(url: str, experiment_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """An experiment's per-arm values and arm-vs-baseline comparisons."""
-    frames = []
-    for model, table in ((AbArmValue, "ab_arm_values"), (AbComparison, "ab_comparisons")):
-        if not has(url, table):
-            frames.append(pd.DataFrame())
-            continue
-        t = model.__table__
-        cols = [c for c in present(url, t) if c.name not in ("id", "experiment_id")]
-        frames.append(_frame(url, select(*cols).where(t.c.experiment_id == experiment_id)
-                             .order_by(t.c.id)))
-    return frames[0], frames[1]
+    with engine(url).connect() as conn:
+        values, comparisons = queries.ab_results(conn, experiment_id)
+    return tuple(pd.DataFrame(rows).drop(columns=["experiment_id"], errors="ignore")
+                 for rows in (values, comparisons))  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- users

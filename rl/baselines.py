@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from environments.recommenders.neighbors import item_similarity
+
 Row = Mapping[str, Any]
 TieBreak = Literal["random", "first"]
 
@@ -332,15 +334,16 @@ class PopularityScorer(BaseScorer):
 class ItemKNNScorer(BaseScorer):
     """Item-to-item similarity to the row's history, from training co-occurrences.
 
-    ``co(i, j)`` is the number of training users who watched both ``i`` and ``j`` (each user's
-    items counted once). With ``similarity="cosine"`` (default) ``sim(i, j) = co(i, j) /
-    (sqrt(n_i * n_j) + shrink)`` where ``n_i`` is ``i``'s user count; with
-    ``"cooccurrence"`` ``sim = co``. Each item keeps its ``k_neighbors`` most similar items
-    (all of them with ``None``). A candidate's score is the sum of ``sim(h, c)`` over the
-    distinct items ``h`` of the row's ``history_ids`` (the row's own history, so held-out users
-    need not be in the training frame). Items outside the fitted catalogue contribute 0. The
-    defaults (cosine, shrink 10, 100 neighbours) are those of
-    :class:`environments.recommenders.ItemKNNRecommender`.
+    The similarity is the recommender's (:func:`environments.recommenders.neighbors.
+    item_similarity`, in float64): ``co(i, j)`` is the number of training users who watched
+    both ``i`` and ``j`` (each user's items counted once); with ``similarity="cosine"``
+    (default) ``sim(i, j) = co(i, j) / (sqrt(n_i) * sqrt(n_j) + shrink)`` where ``n_i`` is
+    ``i``'s user count; with ``"cooccurrence"`` ``sim = co``. Each item keeps its
+    ``k_neighbors`` most similar items (all of them with ``None``). A candidate's score is the
+    sum of ``sim(h, c)`` over the distinct items ``h`` of the row's ``history_ids`` (the row's
+    own history, so held-out users need not be in the training frame). Items outside the
+    fitted catalogue contribute 0. The defaults (cosine, shrink 10, 100 neighbours) are those
+    of :class:`environments.recommenders.ItemKNNRecommender`.
 
     With ``popularity_fallback`` a candidate whose similarity sum is 0 scores
     ``0.5 * (smallest similarity in the model) * pop / max pop`` instead: below every real
@@ -401,16 +404,9 @@ class ItemKNNScorer(BaseScorer):
                           shape=(n_users, cat.size))
         x.sum_duplicates()
         x.data[:] = 1.0  # a re-watch counts once
-        co = (x.T @ x).tocoo()
-        keep = co.row != co.col  # an item is not its own neighbour
-        rows, cols, vals = co.row[keep], co.col[keep], co.data[keep]
         n_i = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-        if self.similarity == "cosine":
-            vals = vals / (np.sqrt(n_i[rows] * n_i[cols]) + self.shrink)
-        sim = sp.csr_matrix((vals, (rows, cols)), shape=(cat.size, cat.size))
-        if self.k_neighbors is not None:
-            sim = _keep_top_k(sim, self.k_neighbors)
-        sim.sort_indices()
+        sim = item_similarity(x, shrink=self.shrink, k_neighbors=self.k_neighbors,
+                              similarity=self.similarity, dtype=np.float64)
         self._sim = sim
         self._smallest = float(sim.data.min()) if sim.nnz else 1.0
         top = n_i.max() if n_i.size else 0.0
@@ -453,22 +449,3 @@ class ItemKNNScorer(BaseScorer):
             pop = np.where(flat_cand >= 0, self._pop_norm[np.maximum(flat_cand, 0)], 0.0)
             totals = np.where(totals > 0, totals, 0.5 * self._smallest * pop)
         return [totals[offsets[k]:offsets[k + 1]] for k in range(len(rows))]
-
-
-def _keep_top_k(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's ``k`` largest entries (ties at the cut: the lower column index)."""
-    sim = sim.tocsr()
-    counts = np.diff(sim.indptr)
-    if counts.max(initial=0) <= k:
-        return sim
-    keep = np.ones(sim.nnz, dtype=bool)
-    for row in np.flatnonzero(counts > k):
-        lo, hi = sim.indptr[row], sim.indptr[row + 1]
-        vals, cols = sim.data[lo:hi], sim.indices[lo:hi]
-        order = np.lexsort((cols, -vals))  # largest first, then lowest column
-        drop = np.ones(hi - lo, dtype=bool)
-        drop[order[:k]] = False
-        keep[lo:hi][drop] = False
-    row_of = np.repeat(np.arange(sim.shape[0]), counts)
-    return sp.csr_matrix((sim.data[keep], (row_of[keep], sim.indices[keep])), shape=sim.shape)
-

@@ -27,8 +27,9 @@ LIKE_RATING = 4  # explicit data: a rating at or above this is a "Yes"
 CANDIDATE_LINE = "\nCandidate video:\n"  # how agents.prompts.user_turn appends the candidate
 PREFERENCE_PROTOCOL = "open"  # preference rows have no negatives
 
-COLUMNS = ("task", "protocol", "m", "group_id", "user_id", "item_ids", "history_ids", "prompt",
-           "assistant_prefix", "candidates", "label", "correct_index", "source", "split")
+COLUMNS = ("task", "protocol", "m", "group_id", "user_id", "item_ids", "history_ids",
+           "history_titles", "prompt", "assistant_prefix", "candidates", "label",
+           "correct_index", "source", "split")
 
 
 class RLDataError(ValueError):
@@ -137,7 +138,10 @@ class PromptBuilder:
         return build_persona(self.profiles.get(sample.user_id, {}), history, self.history_len)
 
 
-def _row(**values: Any) -> dict[str, Any]:
+def _row(prompts: PromptBuilder, **values: Any) -> dict[str, Any]:
+    # Every row carries its history's titles as a selection prompt shows them, so evaluation
+    # rebuilds a prompt variant from fields, never from the rendered text.
+    values["history_titles"] = [prompts.shown_title(i) for i in values["history_ids"]]
     missing = set(COLUMNS) - set(values)
     if missing:
         raise AssertionError(f"row lacks {sorted(missing)}")
@@ -181,7 +185,7 @@ def judgement_rows(
         line = prompts.line(item)
         chat = judgement_prompt(persona, line, think=True)
         rows.append(_row(
-            task="judgement", protocol=protocol, m=m, group_id=gid, user_id=sample.user_id,
+            prompts, task="judgement", protocol=protocol, m=m, group_id=gid, user_id=sample.user_id,
             item_ids=[int(item)], history_ids=shown, prompt=chat.as_dicts(),
             assistant_prefix=chat.assistant_prefix, candidates=[line], label=label,
             correct_index=-1, source=source, split=split,
@@ -220,7 +224,7 @@ def selection_row(
     chat = prompts.selection_chat(shown, items)
     titles = [prompts.shown_title(i) for i in items]
     return _row(
-        task="selection", protocol=protocol, m=len(negatives),
+        prompts, task="selection", protocol=protocol, m=len(negatives),
         group_id=group_id(split, source, sample.user_id, "selection", protocol, len(negatives)),
         user_id=sample.user_id, item_ids=items, history_ids=shown, prompt=chat.as_dicts(),
         assistant_prefix=chat.assistant_prefix, candidates=titles, label=titles[correct],
@@ -247,7 +251,7 @@ def preference_row(
     shown = prompts.shown_history(sample)
     chat = preference_prompt([prompts.title(i) for i in shown], thinking=True)
     return _row(
-        task="preference", protocol=PREFERENCE_PROTOCOL, m=0,
+        prompts, task="preference", protocol=PREFERENCE_PROTOCOL, m=0,
         group_id=group_id(split, source, sample.user_id, "preference", PREFERENCE_PROTOCOL, 0),
         user_id=sample.user_id, item_ids=[int(sample.target)], history_ids=shown,
         prompt=chat.as_dicts(), assistant_prefix=chat.assistant_prefix, candidates=[],

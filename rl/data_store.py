@@ -32,7 +32,7 @@ def _features() -> datasets.Features:
     s, i = Value("string"), Value("int64")
     return Features({
         "task": s, "protocol": s, "m": i, "group_id": s, "user_id": i,
-        "item_ids": List(i), "history_ids": List(i),
+        "item_ids": List(i), "history_ids": List(i), "history_titles": List(s),
         "prompt": List({"role": s, "content": s}), "assistant_prefix": s,
         "candidates": List(s), "label": s, "correct_index": i, "source": s, "split": s,
     })
@@ -196,7 +196,8 @@ def load_rl_data(path: str | Path) -> tuple[datasets.DatasetDict, dict[str, Any]
     for split, part in dd.items():
         if tuple(part.column_names) != COLUMNS:
             raise RLDataError(f"{path}: split {split} has columns {part.column_names}, "
-                              f"expected {list(COLUMNS)}")
+                              f"expected {list(COLUMNS)} (made by an older version? build it "
+                              "again with `vragent rl build-data`)")
     return dd, manifest
 
 

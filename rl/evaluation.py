@@ -67,8 +67,7 @@ from rl.metrics import (  # noqa: F401 (pairwise_auc: re-exported for callers of
     selection_metrics,
 )
 from rl.preference_eval import llm_preference
-from rl.prompting import (  # noqa: F401 (row_chat_prompt, history_titles_...: re-exported)
-    history_titles_from_prompt,
+from rl.prompting import (
     judgement_score_prompt,
     row_chat_prompt,
     selection_score_prompt,

@@ -260,8 +260,8 @@ def rows_from_store(
         shown = histories.get(user, [])[-hist_len:] if hist_len > 0 else []
         gid = group_id("train", source, user, "judgement", "logged", unseen_negatives)
         rows += [_row(
-            task="judgement", protocol="logged", m=unseen_negatives, group_id=gid, user_id=user,
-            item_ids=[item], history_ids=shown, prompt=chat.as_dicts(),
+            prompts, task="judgement", protocol="logged", m=unseen_negatives, group_id=gid,
+            user_id=user, item_ids=[item], history_ids=shown, prompt=chat.as_dicts(),
             assistant_prefix=chat.assistant_prefix, candidates=[line], label=label,
             correct_index=-1, source=source, split="train",
         ) for item, label, line, chat in entries]

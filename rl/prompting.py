@@ -23,12 +23,10 @@ from agents.prompts import (
 )
 from agents.selection import (
     ANSWER_PREFIX,
-    CANDIDATES_HEADER,
     FORMAT_NO_THINKING,
     FORMAT_THINKING,
     selection_letter_prompt,
 )
-from agents.selection import HISTORY_HEADER as SELECTION_HISTORY_HEADER
 
 _CATEGORY = re.compile(r"\[([^\[\]]+)\]\s*$")
 HISTORY_HEADER = "User's viewing history:"
@@ -116,7 +114,6 @@ def sft_target(row: Mapping[str, Any], thinking: bool = True) -> str:
 
 # ---------------------------------------------------------------------------- evaluation prompts
 
-_NO_HISTORY = "(no history yet)"
 Row = Mapping[str, Any]
 
 
@@ -127,29 +124,6 @@ def row_chat_prompt(row: Row, assistant_prefix: str | None = None) -> ChatPrompt
     return ChatPrompt(messages=messages, assistant_prefix=prefix or "")
 
 
-def history_titles_from_prompt(text: str) -> list[str]:
-    """The ``- title`` bullets between the history and the candidates headers of a user turn.
-
-    Args:
-        text: a selection prompt's user message (:func:`agents.selection.selection_prompt`).
-
-    Returns:
-        The history titles as shown (``[]`` for the ``(no history yet)`` placeholder).
-
-    Raises:
-        ValueError: the message lacks the history or the candidates header.
-    """
-    lines = text.split("\n")
-    try:
-        start = lines.index(SELECTION_HISTORY_HEADER)
-        stop = lines.index(CANDIDATES_HEADER, start + 1)
-    except ValueError:
-        raise ValueError("selection prompt lacks the history/candidates headers "
-                         f"({SELECTION_HISTORY_HEADER!r}, {CANDIDATES_HEADER!r})") from None
-    titles = [ln[2:] for ln in lines[start + 1:stop] if ln.startswith("- ")]
-    return [] if titles == [_NO_HISTORY] else titles
-
-
 def judgement_score_prompt(row: Row) -> ChatPrompt:
     """The row's judgement messages opened right before the Yes/No word (``SCORE_PREFIX``)."""
     return row_chat_prompt(row, SCORE_PREFIX)
@@ -158,11 +132,7 @@ def judgement_score_prompt(row: Row) -> ChatPrompt:
 def selection_score_prompt(row: Row) -> ChatPrompt:
     """The row's selection prompt rebuilt with letter labels for one-token scoring.
 
-    The history titles are read back from the row's last user message; the candidates are the
-    row's ``candidates`` (already the shown, cleaned text; cleaning again changes nothing).
+    From the row's fields: ``history_titles`` and ``candidates`` (both already the shown,
+    cleaned text; cleaning again changes nothing).
     """
-    user = [m["content"] for m in row["prompt"] if m["role"] == "user"]
-    if not user:
-        raise ValueError(f"selection row {row.get('group_id')!r} has no user message")
-    return selection_letter_prompt(history_titles_from_prompt(str(user[-1])),
-                                   list(row["candidates"]))
+    return selection_letter_prompt(list(row["history_titles"]), list(row["candidates"]))

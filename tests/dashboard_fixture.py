@@ -65,6 +65,7 @@ def _training(store: Store, folder: Path) -> tuple[str, str]:
         rows.append({
             "task": "judgement", "protocol": "random", "m": 1, "group_id": f"g{i}",
             "user_id": i, "item_ids": [i % 4 + 1], "history_ids": [1],
+            "history_titles": ["Quick pasta [cooking]"],
             "prompt": chat.as_dicts(), "assistant_prefix": chat.assistant_prefix,
             "candidates": [cand], "label": "Yes" if "cooking" in cand or "travel" in cand
             else "No", "correct_index": -1, "source": "real", "split": "train",

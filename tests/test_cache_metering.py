@@ -287,16 +287,6 @@ def test_log_step_replay_does_not_double_count(tmp_path):
     assert row["cost"] is None
 
 
-def test_an_older_store_gets_the_new_columns(tmp_path):
-    from sqlalchemy import inspect, text
-
-    url = f"sqlite:///{tmp_path}/old.sqlite"
-    with Store(url).engine.begin() as conn:
-        conn.execute(text("ALTER TABLE decisions DROP COLUMN cache_hit"))
-    store = Store(url)
-    assert "cache_hit" in {c["name"] for c in inspect(store.engine).get_columns("decisions")}
-
-
 def test_a_non_finite_score_is_never_cached_and_a_poisoned_entry_is_asked_again(tmp_path):
     """Whatever the backend, a NaN score stops the call as a backend error (never blamed on
     the store, never cached); a NaN an older version left in the cache is not served."""

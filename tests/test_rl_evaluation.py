@@ -30,7 +30,6 @@ from rl.evaluation import (
     EVAL_TOP_P,
     LLMPolicy,
     evaluate,
-    history_titles_from_prompt,
     judgement_metrics,
     judgement_score_prompt,
     pairwise_auc,
@@ -54,6 +53,7 @@ def judgement_row(group: str, user: int, item: int, title: str, label: str, *,
     prompt = judgement_prompt(persona, title)
     return {"task": "judgement", "protocol": protocol, "m": m, "group_id": group,
             "user_id": user, "item_ids": [item], "history_ids": [i for i, _ in history],
+            "history_titles": shown_titles([t for _, t in history]),
             "prompt": _messages(prompt), "assistant_prefix": prompt.assistant_prefix,
             "candidates": [title], "label": label, "correct_index": -1, "source": "test",
             "split": "test"}
@@ -66,6 +66,7 @@ def selection_row(group: str, user: int, items: Sequence[int], titles: Sequence[
     shown = shown_titles(titles)
     return {"task": "selection", "protocol": protocol, "m": m, "group_id": group,
             "user_id": user, "item_ids": list(items), "history_ids": [i for i, _ in history],
+            "history_titles": shown_titles([t for _, t in history]),
             "prompt": _messages(prompt), "assistant_prefix": prompt.assistant_prefix,
             "candidates": shown, "label": shown[correct], "correct_index": correct,
             "source": "test", "split": "test"}
@@ -75,7 +76,8 @@ def bare_row(task: str, group: str, user: int, items: Sequence[int], history: Se
              label: str = "", correct: int = -1, protocol: str = "random", m: int = 1) -> dict:
     """A row without prompt text: enough for the non-LLM scorers."""
     return {"task": task, "protocol": protocol, "m": m, "group_id": group, "user_id": user,
-            "item_ids": list(items), "history_ids": list(history), "prompt": [],
+            "item_ids": list(items), "history_ids": list(history), "history_titles": [],
+            "prompt": [],
             "assistant_prefix": THINK_PREFIX, "candidates": [], "label": label,
             "correct_index": correct, "source": "test", "split": "test"}
 
@@ -367,19 +369,19 @@ def test_as_rows_accepts_datasets_frames_and_lists():
 # ---------------------------------------------------------------------------- prompts
 
 
-def test_history_titles_round_trip_and_letter_prompt():
+def test_letter_prompt_is_rebuilt_from_the_row_fields():
     history = ["Cooking pasta", "Cat <b>nap</b>", "Dr. Who recap"]
     titles = ["Funny cats", "Stock news", "Pasta 2", "Road trip"]
     row = selection_row("s", 1, [1, 2, 3, 4], titles, 2,
                         history=[(k, t) for k, t in enumerate(history)])
-    user = row["prompt"][-1]["content"]
-    assert history_titles_from_prompt(user) == shown_titles(history)
     assert selection_score_prompt(row) == selection_letter_prompt(history, titles)
     assert selection_score_prompt(row).assistant_prefix == LETTER_PREFIX
+    # The rendered prompt is never read back: a row whose text says otherwise still scores
+    # the history its fields hold.
+    row["prompt"] = [{"role": "user", "content": "no headers here"}]
+    assert selection_score_prompt(row) == selection_letter_prompt(history, titles)
     empty = selection_row("e", 1, [1, 2], titles[:2], 0, history=[])
-    assert history_titles_from_prompt(empty["prompt"][-1]["content"]) == []
-    with pytest.raises(ValueError):
-        history_titles_from_prompt("no headers here")
+    assert selection_score_prompt(empty) == selection_letter_prompt([], titles[:2])
 
 
 def test_judgement_score_prompt_is_the_no_thinking_layout():

@@ -41,7 +41,8 @@ def _rows(n: int, label, seed: int) -> list[dict]:
         chat = judgement_prompt(PersonaView("A platform user.", ("Quick pasta [cooking]",)), cand)
         rows.append({
             "task": "judgement", "protocol": "random", "m": 1, "group_id": f"g{i}",
-            "user_id": i, "item_ids": [i], "history_ids": [0], "prompt": chat.as_dicts(),
+            "user_id": i, "item_ids": [i], "history_ids": [0],
+            "history_titles": ["Quick pasta [cooking]"], "prompt": chat.as_dicts(),
             "assistant_prefix": chat.assistant_prefix, "candidates": [cand],
             "label": label(rng), "correct_index": -1, "source": "real", "split": "train",
         })

@@ -123,9 +123,13 @@ def test_llm_totals_follow_the_logged_calls(store_url):
     assert store.log_step("r1", 0, **_step_rows(0), llm_calls=_calls(0))
     assert not store.log_step("r1", 0, **_step_rows(0), llm_calls=_calls(0))  # not twice
     assert _totals(store) == {("us", "a"): (2, 1, 201, 2, 21.0)}
-    # A run logged before the table existed has calls but no totals: the next step sums all.
+    # A run logged before the table existed has calls but no totals: revision 0002 sums them
+    # when the store is next opened, and the next step adds its own.
     with store.session() as s:
         s.execute(LlmTotal.__table__.delete())
+        s.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    store = Store(store_url)
+    assert _totals(store) == {("us", "a"): (2, 1, 201, 2, 21.0)}
     assert store.log_step("r1", 1, **_step_rows(1), llm_calls=_calls(1))
     assert _totals(store) == {("us", "a"): (4, 2, 402, 4, 42.0)}
     (row,) = [m for m in store.metering("r1") if m["agent"] == "us"]

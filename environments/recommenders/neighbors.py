@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -70,42 +71,7 @@ class ItemKNNRecommender(Recommender):
         self._prepare()
 
     def _neighbours(self) -> sp.csr_matrix:
-        """Build the pruned similarity matrix ``S`` a block of item rows at a time."""
-        n = self.n_items
-        x = self._seen.astype(np.float32).tocsr()
-        xt = x.T.tocsr()  # items × users: row slices give one block of item columns
-        norm = np.sqrt(np.asarray(x.sum(axis=0), dtype=np.float32).ravel())
-        k = min(self.k_neighbors, max(n - 1, 0))
-        rows: list[np.ndarray] = []
-        cols: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        step = max(1, SIM_CHUNK_CELLS // max(n, 1))
-        for start in range(0, n if k else 0, step):
-            stop = min(start + step, n)
-            dots = (xt[start:stop] @ x).toarray()
-            denom = norm[start:stop, None] * norm[None, :] + np.float32(self.shrink)
-            # A zero denominator only occurs with shrink=0 for items nobody watched, whose
-            # dot products are 0 as well; 1 keeps their similarity at 0 instead of NaN.
-            denom[denom == 0] = 1.0
-            sim = dots / denom
-            local = np.arange(stop - start)
-            sim[local, start + local] = 0.0  # an item is not its own neighbour
-            if k < n:
-                top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            else:
-                top = np.broadcast_to(np.arange(n), sim.shape)
-            top_vals = np.take_along_axis(sim, top, axis=1)
-            keep = top_vals > 0
-            rows.append(np.nonzero(keep)[0] + start)
-            cols.append(top[keep])
-            vals.append(top_vals[keep])
-        if not rows:
-            return sp.csr_matrix((n, n), dtype=np.float32)
-        return sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n, n),
-            dtype=np.float32,
-        )
+        return item_similarity(self._seen, shrink=self.shrink, k_neighbors=self.k_neighbors)
 
     def _prepare(self) -> None:
         """Derive the user profiles and the popularity fallback from the fitted history."""
@@ -174,3 +140,72 @@ class ItemKNNRecommender(Recommender):
             summed = np.asarray(self._sim[rows].sum(axis=0), dtype=np.float64).ravel()
             out[cols >= 0] = summed[cols[cols >= 0]]
         return out
+
+
+def _top_k_mask(sim: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` largest entries; ties at the cut go to the lower column."""
+    n = sim.shape[1]
+    if k >= n:
+        return np.ones(sim.shape, dtype=bool)
+    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1:k]
+    above = sim > kth
+    tied = sim == kth
+    need = k - above.sum(axis=1, keepdims=True)
+    return above | (tied & (np.cumsum(tied, axis=1) <= need))
+
+
+def item_similarity(seen: sp.spmatrix, *, shrink: float = 10.0, k_neighbors: int | None = 100,
+                    similarity: Literal["cosine", "cooccurrence"] = "cosine",
+                    dtype: type = np.float32) -> sp.csr_matrix:
+    """The item-kNN similarity ``S`` of a binary user × item matrix: the one implementation.
+
+    ``co(i, j)`` counts the users who have both items. ``"cosine"`` divides it by
+    ``sqrt(n_i) * sqrt(n_j) + shrink`` (``n_i``: the users of ``i``); ``"cooccurrence"`` keeps
+    it. An item is not its own neighbour; each keeps its ``k_neighbors`` most similar items
+    with a positive similarity (all of them with ``None``; ties at the cut go to the lower
+    item index). Built a block of item rows at a time (:data:`SIM_CHUNK_CELLS`), so a large
+    catalogue never holds a dense items × items matrix.
+
+    Args:
+        seen: users × items; any nonzero counts as one interaction.
+        shrink: added to the cosine denominator; damps similarities of rare items.
+        k_neighbors: neighbours kept per item, ``None`` for all.
+        similarity: ``"cosine"`` or ``"cooccurrence"``.
+        dtype: the similarity's float type (the recommender float32, the evaluation float64).
+
+    Returns:
+        ``S``, items × items, CSR with sorted indices.
+    """
+    x = sp.csr_matrix(seen, dtype=dtype, copy=True)
+    x.sum_duplicates()
+    x.data[:] = 1  # a re-watch counts once
+    n = x.shape[1]
+    xt = x.T.tocsr()  # items × users: row slices give one block of item columns
+    norm = np.sqrt(np.asarray(x.sum(axis=0), dtype=dtype).ravel())
+    k = n if k_neighbors is None else min(int(k_neighbors), n)
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    step = max(1, SIM_CHUNK_CELLS // max(n, 1))
+    for start in range(0, n if k else 0, step):
+        stop = min(start + step, n)
+        sim = (xt[start:stop] @ x).toarray()
+        if similarity == "cosine":
+            denom = norm[start:stop, None] * norm[None, :] + dtype(shrink)
+            # A zero denominator only occurs with shrink=0 for items nobody watched, whose
+            # dot products are 0 as well; 1 keeps their similarity at 0 instead of NaN.
+            denom[denom == 0] = 1
+            sim = sim / denom
+        local = np.arange(stop - start)
+        sim[local, start + local] = 0  # an item is not its own neighbour
+        keep = _top_k_mask(sim, k) & (sim > 0)
+        r, c = np.nonzero(keep)
+        rows.append(r + start)
+        cols.append(c)
+        vals.append(sim[r, c])
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=dtype)
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(n, n), dtype=dtype)
+    out.sort_indices()
+    return out

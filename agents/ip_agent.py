@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agents.backends.base import ChatPrompt, Generation, ImagePart, LLMBackend
-from agents.prompts import (
+from vragent.agents.backends.base import ChatPrompt, Generation, ImagePart, LLMBackend
+from vragent.agents.prompts import (
     IP_EXAMPLE,
     IP_HINT_FRAMES,
     IP_HINT_LIMITED,
@@ -34,7 +34,7 @@ from agents.prompts import (
     ip_rra_prompt,
     ip_sufficiency_prompt,
 )
-from agents.text_safety import clean_item_text
+from vragent.agents.text_safety import clean_item_text
 
 MAX_WORDS = 35
 STAGES = ("kfr", "sufficiency", "cmp", "rra")
@@ -314,7 +314,7 @@ class IPAgent:
         return out
 
     def _profile_single(self, items: Sequence[ItemText]) -> list[ItemProfile]:
-        from agents.prompts import ip_prompt
+        from vragent.agents.prompts import ip_prompt
 
         clean = [_Clean.of(it) for it in items]
         prompts = [ip_prompt(c.title, c.category) for c in clean]
@@ -361,7 +361,7 @@ def make_key_frame_fn(scorer: Any, n_frames: int = 5, top_k: int = 3,
     Returns:
         ``item -> (image parts, record)``; the record lists each sampled frame's similarity.
     """
-    from agents.keyframes import frames_to_image_parts, sample_frames, select_key_frames
+    from vragent.agents.keyframes import frames_to_image_parts, sample_frames, select_key_frames
 
     def key_frames(item: ItemText) -> tuple[list[ImagePart], dict]:
         frames = sample_frames(item.frames_source, n=n_frames)

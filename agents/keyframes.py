@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-
-from agents.backends.base import ImagePart
+from vragent.agents.backends.base import ImagePart
 
 if TYPE_CHECKING:
     from PIL.Image import Image

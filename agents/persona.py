@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
-from agents.ip_agent import ItemText
-from agents.prompts import PersonaView
-from agents.text_safety import clean_item_text
+from vragent.agents.ip_agent import ItemText
+from vragent.agents.prompts import PersonaView
+from vragent.agents.text_safety import clean_item_text
 
 PROFILE_FIELDS = ("age", "gender", "occupation", "activity")
 _GENDER = {"M": "male", "F": "female"}

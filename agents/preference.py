@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.backends.base import ChatPrompt
-from agents.selection import ANSWER_PREFIX, HISTORY_HEADER, THINK_PREFIX, shown_titles
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.selection import ANSWER_PREFIX, HISTORY_HEADER, THINK_PREFIX, shown_titles
 
 PREFERENCE_INSTRUCTION = (
     "Based on the user's viewing history, analyze their preferences and describe the next video "

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agents.backends.base import ChatPrompt, Content, ImagePart, TextPart
+from vragent.agents.backends.base import ChatPrompt, Content, ImagePart, TextPart
 
 if TYPE_CHECKING:  # only annotations: prompts stay cheap to import
-    from environments.grounding import Evidence
+    from vragent.environments.grounding import Evidence
 
 # The paper's judgement system prompt (usagent/prepare_video_like_data.py), lightly edited to
 # name the persona block we add before the history.

@@ -31,16 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
-from agents.backends.base import ChatPrompt, LLMBackend
-from agents.parsing import parse_selection
-from agents.selection import (
+from vragent.agents.backends.base import ChatPrompt, LLMBackend
+from vragent.agents.parsing import parse_selection
+from vragent.agents.selection import (
     LETTER_LABELS,
     selection_letter_prompt,
     selection_prompt,
     shown_titles,
 )
-from environments.evaluation import hit_ndcg_at_k
+from vragent.environments.evaluation import hit_ndcg_at_k
 
 ROUNDS = 2
 

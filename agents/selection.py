@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.backends.base import ChatPrompt
-from agents.text_safety import clean_item_text
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.text_safety import clean_item_text
 
 SELECTION_INSTRUCTION = (
     "Based on the user's viewing history, analyze their preferences and interests, then "

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
-from agents.parsing import parse_judgement, preference_line
-from agents.prompts import (
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.parsing import parse_judgement, preference_line
+from vragent.agents.prompts import (
     PREFERENCE_OPEN,
     THINK_PREFIX,
     PersonaView,
@@ -43,7 +42,7 @@ from agents.prompts import (
 )
 
 if TYPE_CHECKING:  # only annotations: prompts stay cheap to import
-    from environments.grounding import Evidence
+    from vragent.environments.grounding import Evidence
 
 ACTIONS = ("skip", "watch", "like")
 

@@ -22,17 +22,17 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from agents.backends.base import ChatPrompt
+from vragent.agents.backends.base import ChatPrompt
 
 
 def _user_prompts(think: bool, history_len: int, slate: int) -> Iterator[list[ChatPrompt]]:
     """One slate of judgement prompts per MovieLens user, users in id order."""
-    from agents.ip_agent import ItemText
-    from agents.persona import build_persona, item_line
-    from agents.prompts import judgement_prompt, score_prompt
-    from environments.datasets import load_dataset
-    from environments.splits import leave_one_out
-    from sandbox.assets import require_movielens
+    from vragent.agents.ip_agent import ItemText
+    from vragent.agents.persona import build_persona, item_line
+    from vragent.agents.prompts import judgement_prompt, score_prompt
+    from vragent.environments.datasets import load_dataset
+    from vragent.environments.splits import leave_one_out
+    from vragent.sandbox.assets import require_movielens
 
     ds = load_dataset("movielens-100k", require_movielens())
     split = leave_one_out(ds, max_len=50)
@@ -83,7 +83,7 @@ def vllm_throughput(
         tokens_out_per_s, tokens_in_per_decision, tokens_out_per_decision``. Score mode counts
         one output token per decision (``max_tokens=1``).
     """
-    from agents.backends.openai_backend import OpenAIBackend
+    from vragent.agents.backends.openai_backend import OpenAIBackend
 
     streams = {m: _user_prompts(m == "generate", history_len, slate) for m in modes}
 

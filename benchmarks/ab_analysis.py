@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import yaml
-
-from sandbox.ab import analyse_experiment, create_experiment, run_experiment
-from sandbox.ab_report import write_report
-from sandbox.store import Store
+from vragent.sandbox.ab import analyse_experiment, create_experiment, run_experiment
+from vragent.sandbox.ab_report import write_report
+from vragent.sandbox.store import Store
 
 
 def scenario(users: int, steps: int, slate: int) -> dict:
@@ -49,7 +48,7 @@ def main() -> None:
     ap.add_argument("--slate", type=int, default=10)
     ap.add_argument("--resamples", type=int, default=2000)
     args = ap.parse_args()
-    from sandbox.ab import AbSettings
+    from vragent.sandbox.ab import AbSettings
 
     rows = []
     for n in args.users:

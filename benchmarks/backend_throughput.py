@@ -28,15 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from agents.backends.base import ChatPrompt
-from agents.backends.hf import HFBackend
-from agents.ip_agent import ItemText
-from agents.persona import build_persona, item_line
-from agents.prompts import judgement_prompt, score_prompt
-from environments.datasets import load_dataset
-from environments.splits import leave_one_out
-from sandbox.assets import require_movielens, require_smollm2
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.backends.hf import HFBackend
+from vragent.agents.ip_agent import ItemText
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.prompts import judgement_prompt, score_prompt
+from vragent.environments.datasets import load_dataset
+from vragent.environments.splits import leave_one_out
+from vragent.sandbox.assets import require_movielens, require_smollm2
 
 
 @dataclass
@@ -100,7 +99,7 @@ class World:
         # A grounded policy's prompts carry the logs' evidence (environments.grounding).
         self.grounding = None
         if grounded:
-            from environments.grounding import CollaborativeGrounding
+            from vragent.environments.grounding import CollaborativeGrounding
 
             t0 = time.perf_counter()
             self.grounding = CollaborativeGrounding(self.train, list(self.items))
@@ -276,8 +275,8 @@ def main() -> None:
     model_dir = args.model or require_smollm2()
     head = None
     if args.policy:
-        from agents.policy_head import ScoreHead
-        from sandbox.policies import load_policy
+        from vragent.agents.policy_head import ScoreHead
+        from vragent.sandbox.policies import load_policy
 
         head = ScoreHead.load(load_policy(args.policy).path)
     if args.random_init:

@@ -39,8 +39,8 @@ CHUNK = 50_000
 def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
                 items: int = 3000, trace_rate: float = 0.1) -> int:
     """Write the synthetic store at ``path``; returns the number of decisions."""
-    from sandbox import training_log
-    from sandbox.store import (
+    from vragent.sandbox import training_log
+    from vragent.sandbox.store import (
         AbArmValue,
         AbComparison,
         AbExperiment,
@@ -191,7 +191,7 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
 
 
 def _training_ids(url: str) -> list[str]:
-    from dashboards import training_data
+    from vragent.dashboards import training_data
 
     return list(training_data.training_runs(url)["id"])
 

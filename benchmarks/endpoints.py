@@ -22,8 +22,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agents.backends.base import ChatPrompt
-from agents.backends.openai_backend import OpenAIBackend
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.backends.openai_backend import OpenAIBackend
 
 
 class CapacityBoundEndpoint(ThreadingHTTPServer):

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import yaml
-
-from sandbox.config import parse_scenario
-from sandbox.runner import create_run, execute
-from sandbox.store import Store
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import Store
 
 
 def main() -> None:

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from agents.backends.hf import HFBackend
-from agents.ip_agent import IPAgent
-from environments.datasets import load_dataset
-from sandbox.assets import require_smollm2
-from sandbox.perception import item_texts, most_popular_first
+from vragent.agents.backends.hf import HFBackend
+from vragent.agents.ip_agent import IPAgent
+from vragent.environments.datasets import load_dataset
+from vragent.sandbox.assets import require_smollm2
+from vragent.sandbox.perception import item_texts, most_popular_first
 
 
 def main() -> None:

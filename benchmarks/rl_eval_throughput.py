@@ -24,11 +24,10 @@ import argparse
 import time
 
 import numpy as np
-
-from agents.backends.hf import HFBackend
-from rl.datasets import load_rl_data
-from rl.evaluation import LLMPolicy, evaluate, judgement_score_prompt
-from sandbox.assets import require_smollm2
+from vragent.agents.backends.hf import HFBackend
+from vragent.rl.datasets import load_rl_data
+from vragent.rl.evaluation import LLMPolicy, evaluate, judgement_score_prompt
+from vragent.sandbox.assets import require_smollm2
 
 
 def _rows(data: str, users: int, ms: list[int]) -> list[dict]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from sandbox.store import Store
-from sandbox.training_log import curves, training_runs
+from vragent.sandbox.store import Store
+from vragent.sandbox.training_log import curves, training_runs
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ def _peak_rss_mib() -> float:
 
 
 def _load(args: argparse.Namespace):
-    from environments.datasets.microlens import load_microlens
-    from environments.splits import leave_one_out
+    from vragent.environments.datasets.microlens import load_microlens
+    from vragent.environments.splits import leave_one_out
 
     folder = Path(os.environ.get("VRAGENT_DATA_DIR", "../shared/data")) / "microlens-100k"
     data = load_microlens(folder)
@@ -52,8 +52,7 @@ def _load(args: argparse.Namespace):
 
 def _child_embed(args: argparse.Namespace) -> dict:
     import torch
-
-    from environments.text_embeddings import SentenceEncoder, encode_cached
+    from vragent.environments.text_embeddings import SentenceEncoder, encode_cached
 
     torch.set_num_threads(args.threads)
     data, _, _ = _load(args)
@@ -71,7 +70,7 @@ def _child_embed(args: argparse.Namespace) -> dict:
 
 
 def _child_fit(args: argparse.Namespace) -> dict:
-    from environments.recommenders.sasrec import SASRecRecommender
+    from vragent.environments.recommenders.sasrec import SASRecRecommender
 
     data, split, users = _load(args)
     train = split.train_interactions()

@@ -51,9 +51,9 @@ class Timer:
 
 def run_one(users: int, steps: int, users_per_task: int, db_dir: str) -> dict:
     """One run in this process; returns its measurements."""
-    from sandbox.config import apply_overrides, parse_scenario
-    from sandbox.runner import RunDriver, create_run
-    from sandbox.store import Store
+    from vragent.sandbox.config import apply_overrides, parse_scenario
+    from vragent.sandbox.runner import RunDriver, create_run
+    from vragent.sandbox.store import Store
 
     data = apply_overrides(yaml.safe_load(SCENARIO.read_text()), [
         f"population.size={users}", f"dataset.synthetic.n_users={users}",

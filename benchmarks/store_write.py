@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 
-from sandbox.store import Run, Store
+from vragent.sandbox.store import Run, Store
 
 SLATE = 10
 PROMPT = ("<|system|>\nYou are a user of a short-video platform. " + "history line " * 100)[:1500]

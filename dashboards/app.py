@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
-
-from dashboards import common, data
+from vragent.dashboards import common, data
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,8 +21,7 @@ from typing import Annotated
 
 import typer
 from sqlalchemy.engine import make_url
-
-from sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.paths import DEFAULT_DB_URL
 
 APP = Path(__file__).resolve().parent / "app.py"
 DEFAULT_HOST = "127.0.0.1"

@@ -11,8 +11,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 import streamlit as st
-
-from dashboards import data
+from vragent.dashboards import data
 
 # Actions are told apart by an icon and a word, never by colour alone.
 ACTION_LABELS = {"skip": "↷ skip", "watch": "▶ watch", "like": "❤ like"}

@@ -30,9 +30,8 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Integer, case, exists, func, inspect, or_, select
 from sqlalchemy.engine import Engine, make_url
-
-from sandbox.paths import DEFAULT_DB_URL
-from sandbox.store import (
+from vragent.sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.store import (
     AbExperiment,
     Arm,
     Decision,

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dashboards.data import finite
+from vragent.dashboards.data import finite
 
 TRACE_LABELS = {
     "decided": "✎ reasoning that decided this action",

@@ -13,8 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from sqlalchemy import case, func, select
-
-from dashboards.data import (
+from vragent.dashboards.data import (
     TTL_S,
     _frame,
     _like_pattern,
@@ -25,8 +24,8 @@ from dashboards.data import (
     item_titles,
     present,
 )
-from environments.sources import data_dir_path
-from sandbox.store import ItemProfileRow, Run
+from vragent.environments.sources import data_dir_path
+from vragent.sandbox.store import ItemProfileRow, Run
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -10,9 +10,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from sqlalchemy import func, select
-
-from dashboards.data import TTL_S, _frame, engine, has
-from sandbox.training_log import PolicyEval, TrainingCurve, TrainingRun
+from vragent.dashboards.data import TTL_S, _frame, engine, has
+from vragent.sandbox.training_log import PolicyEval, TrainingCurve, TrainingRun
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from environments.recommenders.base import Recommender
-    from environments.splits import Split
+    from vragent.environments.recommenders.base import Recommender
+    from vragent.environments.splits import Split
 
 
 def hit_ndcg_at_k(

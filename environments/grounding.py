@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from environments.recommenders.neighbors import ItemKNNRecommender
-from environments.response_model import LogisticResponseModel, collaborative_item_vectors
+from vragent.environments.recommenders.neighbors import ItemKNNRecommender
+from vragent.environments.response_model import LogisticResponseModel, collaborative_item_vectors
 
 #: Signals of :class:`Evidence`, in its field order.
 SIGNALS = ("taste", "similar", "popularity")

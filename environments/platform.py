@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
-from environments.recommenders import make_recommender
-from environments.recommenders.base import Recommender
+from vragent.environments.recommenders import make_recommender
+from vragent.environments.recommenders.base import Recommender
 
 
 @dataclass

@@ -14,8 +14,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-
-from environments.schema import Dataset
+from vragent.environments.schema import Dataset
 
 SequencesLike = Dataset | pd.DataFrame | Mapping[int, Sequence[int]]
 """A dataset, an interactions frame (``user_id, item_id, order``) or user -> item sequence."""

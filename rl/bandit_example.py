@@ -3,8 +3,8 @@
 An epsilon-greedy bandit over catalogue items: it keeps each item's mean reward per showing and
 fills a slate with the best items, exploring with probability ``epsilon`` per slot. Run it::
 
-    python -m rl.bandit_example --episodes 30 --backend tiny       # seconds, a random tiny LLM
-    python -m rl.bandit_example --episodes 30 --backend smollm2    # SmolLM2 users (minutes)
+    python -m vragent.rl.bandit_example --episodes 30 --backend tiny     # seconds, a tiny LLM
+    python -m vragent.rl.bandit_example --episodes 30 --backend smollm2  # SmolLM2 users (minutes)
 
 It prints the mean reward of the first and last fifth of the episodes.
 """
@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
-from sandbox.gym_env import SlateEnv
+from vragent.sandbox.gym_env import SlateEnv
 
 
 class EpsilonGreedySlates:
@@ -53,16 +52,16 @@ def main() -> None:
     ap.add_argument("--backend", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from environments.datasets import load_dataset
+    from vragent.environments.datasets import load_dataset
 
     world = load_dataset("synthetic", None, n_users=50, n_items=60, seed=args.seed)
     if args.backend == "tiny":
-        from agents.backends.tiny import tiny_hf_backend
+        from vragent.agents.backends.tiny import tiny_hf_backend
 
         backend = tiny_hf_backend(seed=args.seed)
     else:
-        from agents.backends.hf import HFBackend
-        from sandbox.assets import require_smollm2
+        from vragent.agents.backends.hf import HFBackend
+        from vragent.sandbox.assets import require_smollm2
 
         backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
     env = SlateEnv(world, backend, slate_size=5, max_steps=5, history_len=8)

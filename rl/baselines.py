@@ -44,8 +44,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-from environments.recommenders.neighbors import item_similarity
+from vragent.environments.recommenders.neighbors import item_similarity
 
 Row = Mapping[str, Any]
 TieBreak = Literal["random", "first"]

@@ -14,8 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-
-from sandbox.cli_common import (
+from vragent.sandbox.cli_common import (
     ColumnOption,
     DatasetOption,
     DbOption,
@@ -26,8 +25,8 @@ from sandbox.cli_common import (
     err,
     shown_url,
 )
-from sandbox.cli_common import fail as _fail
-from sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.cli_common import fail as _fail
+from vragent.sandbox.paths import DEFAULT_DB_URL
 
 rl_app = typer.Typer(help="RL alignment of the US agent: data, SFT/GRPO, evaluation.",
                      no_args_is_help=True)
@@ -69,9 +68,8 @@ def build_data(
 ) -> None:
     """Build judgement (1:m), selection and preference data from real logs (and runs)."""
     import yaml
-
-    from environments.schema import DataFormatError
-    from rl.datasets import (
+    from vragent.environments.schema import DataFormatError
+    from vragent.rl.datasets import (
         BuildStats,
         RLDataConfig,
         RLDataError,
@@ -79,7 +77,7 @@ def build_data(
         rl_manifest,
         save_rl_data,
     )
-    from sandbox.progress import Tracker
+    from vragent.sandbox.progress import Tracker
 
     try:
         options = dataset_options(dataset, items_path, column, like_threshold)
@@ -93,7 +91,7 @@ def build_data(
             base["dataset_params"] = {**base.get("dataset_params", {}), **options}
         data_path = path
         if data_path is None and dataset == "movielens-100k":
-            from sandbox.assets import require_movielens
+            from vragent.sandbox.assets import require_movielens
 
             data_path = str(require_movielens())
         base.update({"dataset": dataset, "dataset_path": data_path, "seed": seed,
@@ -158,12 +156,12 @@ def train(
     """Train the US-agent policy with SFT or GRPO (TRL, LoRA by default) and register it."""
     from dataclasses import replace
 
-    from rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
-    from rl.datasets import RLDataError
-    from rl.trainers import TrainingError, train_policy
-    from sandbox.assets import AssetError
-    from sandbox.policies import PolicyError
-    from sandbox.store import Store
+    from vragent.rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
+    from vragent.rl.datasets import RLDataError
+    from vragent.rl.trainers import TrainingError, train_policy
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.policies import PolicyError
+    from vragent.sandbox.store import Store
 
     if algo not in ("sft", "grpo"):
         _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
@@ -237,14 +235,14 @@ def eval_(
     registry: RegistryOption = None,
 ) -> None:
     """Evaluate policies, the base model and baselines on held-out users."""
-    from rl.datasets import RLDataError, load_rl_data
-    from rl.eval_report import headline_markdown, report_markdown, results_section
-    from rl.policy_eval import EvalConfig, run_eval
-    from sandbox.assets import AssetError
-    from sandbox.policies import PolicyError
-    from sandbox.progress import Tracker
-    from sandbox.report_sections import write_section
-    from sandbox.store import Store
+    from vragent.rl.datasets import RLDataError, load_rl_data
+    from vragent.rl.eval_report import headline_markdown, report_markdown, results_section
+    from vragent.rl.policy_eval import EvalConfig, run_eval
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.policies import PolicyError
+    from vragent.sandbox.progress import Tracker
+    from vragent.sandbox.report_sections import write_section
+    from vragent.sandbox.store import Store
 
     cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
                      base_model=None if base_model == "none" else base_model,
@@ -289,16 +287,15 @@ def report_(
 ) -> None:
     """Render stored evaluations again (no model runs): key figures and full tables."""
     import pandas as pd
-
-    from rl.datasets import RLDataError, load_rl_data
-    from rl.eval_report import (
+    from vragent.rl.datasets import RLDataError, load_rl_data
+    from vragent.rl.eval_report import (
         headline_markdown,
         report_markdown,
         results_section,
         table_from_store,
     )
-    from sandbox.report_sections import write_section
-    from sandbox.store import Store
+    from vragent.sandbox.report_sections import write_section
+    from vragent.sandbox.store import Store
 
     try:
         store = Store(db)
@@ -350,11 +347,11 @@ def train_head(
     registry: RegistryOption = None,
 ) -> None:
     """Train a grounded head policy: SmolLM2 reads the logs' evidence, a learned head decides."""
-    from environments.schema import DataFormatError
-    from rl.datasets import RLDataError
-    from rl.head_training import HeadTrainConfig, train_head_policy
-    from sandbox.assets import AssetError
-    from sandbox.policies import PolicyError
+    from vragent.environments.schema import DataFormatError
+    from vragent.rl.datasets import RLDataError
+    from vragent.rl.head_training import HeadTrainConfig, train_head_policy
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.policies import PolicyError
 
     cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
                           eval_users=eval_users, train_users=train_users, c=c, layer=layer,
@@ -371,7 +368,7 @@ def train_head(
     except (RLDataError, DataFormatError, AssetError, PolicyError, FileNotFoundError,
             ValueError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
-    from sandbox.policies import load_policy
+    from vragent.sandbox.policies import load_policy
 
     check = load_policy(policy, registry).manifest.metrics.get("held_out", {})
     console.print(f"policy {policy} → {folder}; held-out check: {check} "
@@ -381,7 +378,7 @@ def train_head(
 @rl_app.command("policies")
 def policies(registry: RegistryOption = None) -> None:
     """List the registered policies."""
-    from sandbox.policies import list_policies, policy_root
+    from vragent.sandbox.policies import list_policies, policy_root
 
     table = Table(title=f"policies in {policy_root(registry)}")
     for col in ("name", "algo", "base model", "thinking", "lora", "model id", "created"):
@@ -413,15 +410,15 @@ def loop(
     registry: RegistryOption = None,
 ) -> None:
     """Simulate, build data from the run + real logs, train, simulate again; show fidelity."""
-    from agents.backends.base import BackendError
-    from environments.schema import DataFormatError
-    from rl.datasets import RLDataError
-    from rl.loop import LoopConfig, loop_markdown, run_loop, write_loop_report
-    from rl.trainers import TrainingError
-    from sandbox.assets import AssetError
-    from sandbox.config import ScenarioError
-    from sandbox.policies import PolicyError
-    from sandbox.progress import Tracker
+    from vragent.agents.backends.base import BackendError
+    from vragent.environments.schema import DataFormatError
+    from vragent.rl.datasets import RLDataError
+    from vragent.rl.loop import LoopConfig, loop_markdown, run_loop, write_loop_report
+    from vragent.rl.trainers import TrainingError
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.config import ScenarioError
+    from vragent.sandbox.policies import PolicyError
+    from vragent.sandbox.progress import Tracker
 
     if algo not in ("sft", "grpo"):
         _fail(f"--algo must be sft or grpo, not {algo!r}", 2)

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from agents.backends.base import ChatPrompt
-from agents.ip_agent import ItemText
-from agents.persona import build_persona, item_line
-from agents.preference import preference_prompt
-from agents.prompts import PersonaView, judgement_prompt
-from agents.selection import selection_prompt, shown_titles
-from environments.schema import Dataset
-from sandbox.perception import item_texts
-from sandbox.world import user_profiles
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.ip_agent import ItemText
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.preference import preference_prompt
+from vragent.agents.prompts import PersonaView, judgement_prompt
+from vragent.agents.selection import selection_prompt, shown_titles
+from vragent.environments.schema import Dataset
+from vragent.sandbox.perception import item_texts
+from vragent.sandbox.world import user_profiles
 
 LIKE_RATING = 4  # explicit data: a rating at or above this is a "Yes"
 CANDIDATE_LINE = "\nCandidate video:\n"  # how agents.prompts.user_turn appends the candidate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -12,14 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-
-from rl.data_rows import COLUMNS, LIKE_RATING, RLDataError
-from rl.negatives import HARD_K
+from vragent.rl.data_rows import COLUMNS, LIKE_RATING, RLDataError
+from vragent.rl.negatives import HARD_K
 
 if TYPE_CHECKING:
     import datasets
-
-    from rl.datasets import BuildStats, RLDataConfig
+    from vragent.rl.datasets import BuildStats, RLDataConfig
 
 MANIFEST = "manifest.json"
 POPULARITY = "popularity.json"
@@ -84,9 +81,9 @@ def rl_manifest(
     Returns:
         JSON-ready data.
     """
-    from sandbox.runner import git_revision, package_versions
+    from vragent.sandbox.runner import git_revision, package_versions
 
-    config = dataclasses.asdict(cfg)
+    config = cfg.model_dump()
     config["dataset_path"] = _name(cfg.dataset_path)
     config["store_url"] = _name(cfg.store_url)
     params = dict(cfg.dataset_params)

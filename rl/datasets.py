@@ -30,7 +30,6 @@ rows and :mod:`rl.data_store` saves and loads the folders.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +38,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets import load_dataset
-from environments.schema import DataFormatError, Dataset
-from environments.sources import DATA_DIR_FOLDERS, DATASET_KINDS, canonical_kind, data_dir_path
-from environments.splits import as_sequences
-from rl.data_rows import (
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from vragent.environments.datasets import load_dataset
+from vragent.environments.schema import DataFormatError, Dataset
+from vragent.environments.sources import (
+    DATA_DIR_FOLDERS,
+    DATASET_KINDS,
+    canonical_kind,
+    data_dir_path,
+)
+from vragent.environments.splits import as_sequences
+from vragent.rl.data_rows import (
     COLUMNS,
     PromptBuilder,
     RLDataError,
@@ -54,14 +58,14 @@ from rl.data_rows import (
     preference_row,
     selection_row,
 )
-from rl.data_store import (
+from vragent.rl.data_store import (
     _dataset_dict,
     load_popularity,
     load_rl_data,
     rl_manifest,
     save_rl_data,
 )
-from rl.negatives import (
+from vragent.rl.negatives import (
     HARD_K,
     STREAM_HARD_FALLBACK,
     STREAM_SHUFFLE,
@@ -73,8 +77,9 @@ from rl.negatives import (
     top_k_lists,
     user_rng,
 )
-from sandbox.progress import Task
-from sandbox.world import user_profiles
+from vragent.sandbox.config import validation_line
+from vragent.sandbox.progress import Task
+from vragent.sandbox.world import user_profiles
 
 if TYPE_CHECKING:
     import datasets
@@ -116,8 +121,7 @@ SELECTION_NEGATIVES = 3
 # ------------------------------------------------------------------------------ config
 
 
-@dataclass
-class RLDataConfig:
+class RLDataConfig(BaseModel):
     """Every knob of an RL data build.
 
     Attributes:
@@ -145,48 +149,47 @@ class RLDataConfig:
         store_unseen_negatives: unseen-item "No" rows added per simulated user.
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str = "movielens-100k"
     dataset_path: str | None = None
-    dataset_params: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
-    min_len: int = 5
-    max_len: int = 13
-    history_len: int = 10
-    eval_users: int | float = 500
-    train_users: int | None = 2000
+    min_len: int = Field(5, ge=2)
+    max_len: int = Field(13, ge=2)
+    history_len: int = Field(10, ge=0)
+    eval_users: int | float = Field(500, ge=0)
+    train_users: int | None = Field(2000, ge=0)
     tasks: tuple[str, ...] = DEFAULT_TASKS
     judgement_ms: tuple[int, ...] = (1, 2, 3, 9)
     protocols: tuple[str, ...] = PROTOCOLS
     train_ms: tuple[int, ...] = (1,)
     train_protocols: tuple[str, ...] = ("random", "hard")
-    popular_window: int = 50
+    popular_window: int = Field(50, ge=1)
     hard_recommender: str = "itemknn"
-    hard_params: dict[str, Any] = field(default_factory=dict)
+    hard_params: dict[str, Any] = Field(default_factory=dict)
     store_url: str | None = None
     store_runs: tuple[str, ...] = ()
-    store_unseen_negatives: int = 0
+    store_unseen_negatives: int = Field(0, ge=0)
+
+    def __init__(self, **data: Any) -> None:
+        # Construction is validation: a bad setting is one RLDataError line naming it.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise RLDataError(validation_line(exc, "RL data setting")) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RLDataConfig:
-        """A config from plain data (YAML/JSON); lists become tuples.
+        """A config from plain data (YAML/JSON; lists become tuples).
 
         Raises:
-            RLDataError: an unknown key or an invalid value.
+            RLDataError: an unknown key or an invalid value, in one line.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RLDataError(f"unknown RL data setting(s) {unknown}; known: {sorted(names)}")
-        cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        cfg.validate()
-        return cfg
+        return cls(**data)
 
-    def validate(self) -> None:
-        """Check the settings.
-
-        Raises:
-            RLDataError: the first invalid setting, by name.
-        """
+    @model_validator(mode="after")
+    def _check(self) -> RLDataConfig:
         _require(canonical_kind(self.dataset) in DATASET_KINDS,
                  f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASET_KINDS)}")
         _require(set(self.tasks) <= set(TASKS) and self.tasks, f"tasks must be from {TASKS}")
@@ -195,22 +198,16 @@ class RLDataConfig:
                      f"{name} must be from {PROTOCOLS}")
         for name, protos in (("judgement_ms", self.protocols),
                              ("train_ms", self.train_protocols)):
-            ms = getattr(self, name)
             top = HARD_K - 1 if "hard" in protos else 10_000
-            _require(all(isinstance(m, int) and 1 <= m <= top for m in ms),
+            _require(all(1 <= m <= top for m in getattr(self, name)),
                      f"{name} must be integers in 1..{top}")
-        _require(self.min_len >= 2 and self.max_len >= 2, "min_len and max_len must be >= 2")
-        _require(self.history_len >= 0, "history_len must be >= 0")
-        _require(self.eval_users >= 0, "eval_users must be >= 0")
-        _require(self.train_users is None or self.train_users >= 0, "train_users must be >= 0")
-        _require(self.popular_window >= 1, "popular_window must be >= 1")
-        _require(self.store_unseen_negatives >= 0, "store_unseen_negatives must be >= 0")
         _require(not self.store_runs or bool(self.store_url), "store_runs need a store_url")
+        return self
 
 
 def _require(ok: object, message: str) -> None:
     if not ok:
-        raise RLDataError(message)
+        raise ValueError(message)  # inside a validator: pydantic reports it with its field
 
 
 def load_source(cfg: RLDataConfig) -> Dataset:
@@ -435,7 +432,6 @@ def build_rl_data(
         RLDataError: an invalid setting.
     """
     start = time.perf_counter()
-    cfg.validate()
     stats = stats if stats is not None else BuildStats()
     ds = dataset if dataset is not None else load_source(cfg)
     samples = user_samples(ds, cfg.min_len, cfg.max_len)
@@ -464,7 +460,7 @@ def build_rl_data(
         stats.duplicate_titles[plan.split] = _duplicate_titles(rows[plan.split])
     for run_id in cfg.store_runs:
         # Simulated users may be real eval users: their rows stay out of training.
-        from rl.logged import rows_from_store
+        from vragent.rl.logged import rows_from_store
 
         rows["train"] += rows_from_store(
             cfg.store_url, run_id, ds, unseen_negatives=cfg.store_unseen_negatives,

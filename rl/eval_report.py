@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from rl.eval_stats import best_baselines
-from sandbox.store import Store
+from vragent.rl.eval_stats import best_baselines
+from vragent.sandbox.store import Store
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -192,8 +191,8 @@ def table_from_store(store: Store, eval_id: str) -> pd.DataFrame:
     Raises:
         KeyError: no evaluation with this id in the store.
     """
-    from rl.evaluation import COLUMNS
-    from sandbox.training_log import eval_rows
+    from vragent.rl.evaluation import COLUMNS
+    from vragent.sandbox.training_log import eval_rows
 
     rows = eval_rows(store, eval_id)
     if not rows:

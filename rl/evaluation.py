@@ -54,27 +54,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-
-from agents.backends.base import ChatPrompt, LLMBackend
-from agents.parsing import parse_judgement, parse_selection
-from agents.selection import LETTER_LABELS
-from rl.baselines import Scorer, as_rows, is_yes
-from rl.eval_stats import INTERVAL_COLUMNS, RowOutcome, add_intervals
-from rl.metrics import (  # noqa: F401 (pairwise_auc: re-exported for callers of this module)
+from vragent.agents.backends.base import ChatPrompt, LLMBackend
+from vragent.agents.parsing import parse_judgement, parse_selection
+from vragent.agents.selection import LETTER_LABELS
+from vragent.rl.baselines import Scorer, as_rows, is_yes
+from vragent.rl.eval_stats import INTERVAL_COLUMNS, RowOutcome, add_intervals
+from vragent.rl.metrics import (  # noqa: F401 (pairwise_auc: re-exported for callers of this module)
     judgement_metrics,
     mean_words,
     pairwise_auc,
     selection_metrics,
 )
-from rl.preference_eval import llm_preference
-from rl.prompting import (
+from vragent.rl.preference_eval import llm_preference
+from vragent.rl.prompting import (
     judgement_score_prompt,
     row_chat_prompt,
     selection_score_prompt,
 )
 
 if TYPE_CHECKING:
-    from rl.text_similarity import Similarity
+    from vragent.rl.text_similarity import Similarity
 
 #: The paper's evaluation sampling (notes §3.7: vLLM, temperature 0.8, top_p 0.95).
 EVAL_TEMPERATURE = 0.8
@@ -135,7 +134,7 @@ class LLMPolicy:
         """The generate-mode prompt of a row for this policy (thinking or answer only)."""
         if self.thinking:
             return row_chat_prompt(row)
-        from rl.prompting import prompt_for
+        from vragent.rl.prompting import prompt_for
 
         messages, prefix = prompt_for(row, thinking=False)
         return ChatPrompt(messages=tuple((m["role"], m["content"]) for m in messages),

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from rl.baselines import (
+from vragent.rl.baselines import (
     BaseScorer,
     Row,
     TieBreak,
@@ -150,7 +149,7 @@ class ResponseModelScorer(BaseScorer):
         Raises:
             ValueError: no user has two or more items to learn from.
         """
-        from environments.response_model import (
+        from vragent.environments.response_model import (
             LogisticResponseModel,
             collaborative_item_vectors,
         )
@@ -263,8 +262,8 @@ def fit_baselines(
     """
     import time
 
-    from environments.recommenders import make_recommender
-    from rl.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
+    from vragent.environments.recommenders import make_recommender
+    from vragent.rl.baselines import ItemKNNScorer, PopularityScorer, RandomScorer
 
     say = log or (lambda _msg: None)
     cat = [int(i) for i in catalogue]

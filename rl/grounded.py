@@ -25,21 +25,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-
-from agents.backends.base import ChatPrompt, LLMBackend
-from agents.parsing import preference_line
-from agents.persona import build_persona, item_line
-from agents.policy_head import ScoreHead
-from agents.prompts import PersonaView, preference_prompt, score_prompt
-from environments.grounding import CollaborativeGrounding, Evidence
-from environments.schema import Dataset
-from rl.baselines import BaseScorer, Row, as_rows
-from rl.negatives import NegativeSampler
-from sandbox.perception import item_texts
-from sandbox.world import user_profiles
+from vragent.agents.backends.base import ChatPrompt, LLMBackend
+from vragent.agents.parsing import preference_line
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.policy_head import ScoreHead
+from vragent.agents.prompts import PersonaView, preference_prompt, score_prompt
+from vragent.environments.grounding import CollaborativeGrounding, Evidence
+from vragent.environments.schema import Dataset
+from vragent.rl.baselines import BaseScorer, Row, as_rows
+from vragent.rl.negatives import NegativeSampler
+from vragent.sandbox.perception import item_texts
+from vragent.sandbox.world import user_profiles
 
 if TYPE_CHECKING:
-    from sandbox.policies import Policy
+    from vragent.sandbox.policies import Policy
 
 #: Scoring chunk: bounds the prompts held at once, keeps a user's rows together.
 CHUNK = 256
@@ -299,8 +298,8 @@ def head_policy_scorer(pol: Policy, dataset: Dataset, *, seed: int = 0,
     The evidence comes from a grounding fitted on every user's sequence without its last item
     (the rows' targets are last items), and reads each user's whole history before it.
     """
-    from agents.backends.hf import HFBackend
-    from sandbox.assets import require_smollm2
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.sandbox.assets import require_smollm2
 
     base = pol.manifest.base_model
     backend = HFBackend(require_smollm2() if base == "smollm2" else Path(base),

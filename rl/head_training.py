@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from agents.backends.base import LLMBackend
-from environments.grounding import CollaborativeGrounding
-from environments.schema import Dataset
-from rl.grounded import (
+from vragent.agents.backends.base import LLMBackend
+from vragent.environments.grounding import CollaborativeGrounding
+from vragent.environments.schema import Dataset
+from vragent.rl.grounded import (
     Example,
     PromptMaker,
     distracted_users,
@@ -28,7 +27,7 @@ from rl.grounded import (
     without_last,
     written_preferences,
 )
-from rl.negatives import NegativeSampler
+from vragent.rl.negatives import NegativeSampler
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,11 @@ def head_setup(dataset: str = "movielens-100k", dataset_path: str | None = None,
     The embedded asset, never ``$VRAGENT_DATA_DIR``'s copy, is the default: a policy's
     command then reproduces it on any machine from the same bytes.
     """
-    from rl.datasets import RLDataConfig, load_source, split_users, user_samples
-    from rl.negatives import item_popularity
+    from vragent.rl.datasets import RLDataConfig, load_source, split_users, user_samples
+    from vragent.rl.negatives import item_popularity
 
     if dataset_path is None and dataset == "movielens-100k":
-        from sandbox.assets import require_movielens
+        from vragent.sandbox.assets import require_movielens
 
         dataset_path = str(require_movielens())
     data = load_source(RLDataConfig(dataset=dataset, dataset_path=dataset_path))
@@ -137,11 +136,10 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
     import datetime as dt
 
     import torch
-
-    from agents.backends.hf import HFBackend
-    from sandbox.assets import require_smollm2
-    from sandbox.policies import PolicyManifest, policy_dir, write_manifest
-    from sandbox.runner import git_revision, package_versions
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.sandbox.assets import require_smollm2
+    from vragent.sandbox.policies import PolicyManifest, policy_dir, write_manifest
+    from vragent.sandbox.runner import git_revision, package_versions
 
     torch.manual_seed(cfg.seed)
     setup = head_setup(cfg.dataset, cfg.dataset_path, seed=cfg.seed, min_len=cfg.min_len,
@@ -211,7 +209,7 @@ def held_out_check(backend: LLMBackend, grounding: CollaborativeGrounding, maker
 
 def protocol_aucs(examples: Sequence[Example], scores: np.ndarray) -> dict[str, float]:
     """Pairwise AUC of ``scores`` per negative kind of :func:`training_examples`' rows."""
-    from rl.metrics import pairwise_auc
+    from vragent.rl.metrics import pairwise_auc
 
     out = {}
     for proto in ("random", "popular"):

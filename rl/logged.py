@@ -14,9 +14,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from agents.backends.base import ChatPrompt
-from agents.prompts import (
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.prompts import (
     PREFERENCE_PREFIX,
     SCORE_CANDIDATE_PREFIX,
     SCORE_PREFIX,
@@ -25,9 +24,9 @@ from agents.prompts import (
     THINK_PREFIX,
     US_SYSTEM,
 )
-from environments.schema import Dataset
-from environments.splits import as_sequences
-from rl.data_rows import (
+from vragent.environments.schema import Dataset
+from vragent.environments.splits import as_sequences
+from vragent.rl.data_rows import (
     CANDIDATE_LINE,
     LIKE_RATING,
     PromptBuilder,
@@ -35,14 +34,14 @@ from rl.data_rows import (
     _row,
     group_id,
 )
-from rl.negatives import (
+from vragent.rl.negatives import (
     STREAM_STORE,
     draw_unseen,
     user_rng,
 )
 
 if TYPE_CHECKING:
-    from sandbox.store import Store
+    from vragent.sandbox.store import Store
 
 
 _ROLE_LINE = re.compile(r"^<\|(system|user|assistant)\|>\n", re.M)
@@ -103,7 +102,7 @@ def to_judgement_layout(prompt: ChatPrompt) -> tuple[ChatPrompt, str] | None:
 
 
 def _open_store(store: Store | str) -> Store:
-    from sandbox.store import Store
+    from vragent.sandbox.store import Store
 
     return store if isinstance(store, Store) else Store(store, create=False)
 
@@ -124,8 +123,7 @@ def _kept_decisions(store: Store, run_id: str, seqs: Mapping[int, Collection[int
                     exclude: Collection[int], counts: dict[str, int]) -> list[tuple[int, int, int]]:
     """``(decision id, user, item)`` of the first decision per real (user, item) pair."""
     from sqlalchemy import select
-
-    from sandbox.store import Decision
+    from vragent.sandbox.store import Decision
 
     with store.session() as s:
         rows = s.execute(
@@ -151,8 +149,7 @@ def _kept_decisions(store: Store, run_id: str, seqs: Mapping[int, Collection[int
 
 def _prompts_by_id(store: Store, ids: Sequence[int]) -> dict[int, str]:
     from sqlalchemy import select
-
-    from sandbox.store import Decision
+    from vragent.sandbox.store import Decision
 
     out: dict[int, str] = {}
     with store.session() as s:
@@ -166,8 +163,7 @@ def _prompts_by_id(store: Store, ids: Sequence[int]) -> dict[int, str]:
 def _run_context(store: Store, run_id: str) -> tuple[dict[int, list[int]], int]:
     """Each simulated user's real history (stored ids) and the run's prompt history length."""
     from sqlalchemy import select
-
-    from sandbox.store import Run, SimUser
+    from vragent.sandbox.store import Run, SimUser
 
     with store.session() as s:
         run = s.get(Run, run_id)

@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 import yaml
 from sqlalchemy import select
-
-from rl.configs import GRPORunConfig, SFTRunConfig
-from rl.metrics import pairwise_auc
-from sandbox.config import Scenario, load_scenario
-from sandbox.progress import RunProgress, Tracker
-from sandbox.runner import create_run, execute
-from sandbox.store import Decision, Store
+from vragent.rl.configs import GRPORunConfig, SFTRunConfig
+from vragent.rl.metrics import pairwise_auc
+from vragent.sandbox.config import Scenario, load_scenario
+from vragent.sandbox.progress import RunProgress, Tracker
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import Decision, Store
 
 Log = Callable[[str], None]
 
@@ -108,8 +107,8 @@ def _simulate(store: Store, sc: Scenario, source: str | None, tracker: Tracker |
 
 
 def _data_config(sc: Scenario, cfg: LoopConfig, db: str, run_id: str):
-    from rl.datasets import RLDataConfig
-    from sandbox.world import dataset_path
+    from vragent.rl.datasets import RLDataConfig
+    from vragent.sandbox.world import dataset_path
 
     params: dict[str, Any] = sc.dataset.loader_options()
     path = dataset_path(sc)
@@ -158,7 +157,7 @@ def decision_fidelity(store: Store, run_id: str, sequences: dict[int, list[int]]
 
 def _held_out(data: str, before: Any, after: Any, groups: int, seed: int, store: Store,
               log: Log, tracker: Tracker | None) -> dict[str, dict[str, float | None]]:
-    from rl.policy_eval import EvalConfig, headline, run_eval
+    from vragent.rl.policy_eval import EvalConfig, headline, run_eval
 
     cfg = EvalConfig(data=data, base_model=None, baselines=False, max_groups=groups,
                      generate_groups=0, seed=seed,
@@ -182,10 +181,10 @@ def run_loop(cfg: LoopConfig, db: str, registry: str | None = None,
     Returns:
         The runs, the policy and the fidelity table.
     """
-    from rl.datasets import build_and_save, load_rl_data
-    from rl.trainers import train_policy
-    from sandbox.backend_factory import make_backend, policy_backend
-    from sandbox.world import load_world
+    from vragent.rl.datasets import build_and_save, load_rl_data
+    from vragent.rl.trainers import train_policy
+    from vragent.sandbox.backend_factory import make_backend, policy_backend
+    from vragent.sandbox.world import load_world
 
     if registry:
         # The second simulation resolves `policy:` through the registry in the environment.

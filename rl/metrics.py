@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-from environments.response_model import auc
-from rl.baselines import is_yes
+from vragent.environments.response_model import auc
+from vragent.rl.baselines import is_yes
 
 _WORDS = re.compile(r"\S+")
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from environments.recommenders import Recommender, make_recommender
+from vragent.environments.recommenders import Recommender, make_recommender
 
 #: The paper's hard negatives come from the last ranks of this top-k list.
 HARD_K = 10

@@ -34,21 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from environments.schema import Dataset
-from rl.eval_report import headline
-from rl.eval_stats import add_intervals
-from rl.evaluation import COLUMNS, LLMPolicy, evaluate
-from rl.fitted_baselines import (
+from vragent.environments.schema import Dataset
+from vragent.rl.eval_report import headline
+from vragent.rl.eval_stats import add_intervals
+from vragent.rl.evaluation import COLUMNS, LLMPolicy, evaluate
+from vragent.rl.fitted_baselines import (
     fit_baselines,
     history_interactions,
     row_targets,
     training_interactions,
 )
-from sandbox.policies import load_policy, update_metrics
-from sandbox.progress import Tracker
-from sandbox.store import Store
-from sandbox.training_log import log_eval, new_id
+from vragent.sandbox.policies import load_policy, update_metrics
+from vragent.sandbox.progress import Tracker
+from vragent.sandbox.store import Store
+from vragent.sandbox.training_log import log_eval, new_id
 
 Log = Callable[[str], None]
 
@@ -110,7 +109,7 @@ def _source(cfg: EvalConfig, manifest: dict[str, Any]) -> Dataset:
     """
     import os
 
-    from rl.datasets import RLDataConfig, load_source
+    from vragent.rl.datasets import RLDataConfig, load_source
 
     config = dict(manifest.get("config") or {})
     if not config.get("dataset"):
@@ -119,7 +118,7 @@ def _source(cfg: EvalConfig, manifest: dict[str, Any]) -> Dataset:
     build = RLDataConfig.from_dict(config)
     if (build.dataset_path is None and build.dataset.lower() in ("movielens-100k", "ml-100k")
             and not os.environ.get("VRAGENT_DATA_DIR")):
-        from sandbox.assets import require_movielens
+        from vragent.sandbox.assets import require_movielens
 
         build.dataset_path = str(require_movielens())
     return load_source(build)
@@ -127,7 +126,7 @@ def _source(cfg: EvalConfig, manifest: dict[str, Any]) -> Dataset:
 
 def _source_sequences(cfg: EvalConfig, manifest: dict[str, Any]) -> tuple[dict, list[int]]:
     """The data's source dataset as user sequences and catalogue (the build's settings)."""
-    from environments.splits import as_sequences
+    from vragent.environments.splits import as_sequences
 
     ds = _source(cfg, manifest)
     catalogue = sorted(int(i) for i in ds.interactions["item_id"].unique())
@@ -159,7 +158,7 @@ def _baselines(cfg: EvalConfig, manifest: dict[str, Any], train_rows: list[dict]
 
 
 def _backend(path: Path, name: str, cfg: EvalConfig):
-    from agents.backends.hf import HFBackend
+    from vragent.agents.backends.hf import HFBackend
 
     return HFBackend(path, model_name=name, batch_size=cfg.batch_size, threads=cfg.threads,
                      max_prompt_tokens=2048)
@@ -171,7 +170,7 @@ def _llms(cfg: EvalConfig) -> tuple[dict[str, Any], set[str]]:
     no_thinking: set[str] = set()
     if cfg.base_model:
         if cfg.base_model == "smollm2":
-            from sandbox.assets import require_smollm2
+            from vragent.sandbox.assets import require_smollm2
 
             out["base (prompt only)"] = _backend(require_smollm2(), "SmolLM2-135M-Instruct", cfg)
         else:
@@ -192,7 +191,7 @@ def _head_policies(cfg: EvalConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     heads = [p for p in (load_policy(n, cfg.registry) for n in cfg.policies) if p.is_head]
     if not heads:
         return {}
-    from rl.grounded import head_policy_scorer
+    from vragent.rl.grounded import head_policy_scorer
 
     ds = _source(cfg, manifest)
     return {p.manifest.name: head_policy_scorer(p, ds, seed=cfg.seed, threads=cfg.threads)
@@ -217,7 +216,7 @@ def run_eval(cfg: EvalConfig, store: Store | None = None, log: Log = print,
         The long table (:func:`rl.evaluation.evaluate` columns) and the evaluation id under
         which it is stored (``policy_evals``).
     """
-    from rl.datasets import RLDataError, load_popularity, load_rl_data
+    from vragent.rl.datasets import RLDataError, load_popularity, load_rl_data
 
     dd, manifest = load_rl_data(cfg.data)
     eval_rows = [dict(r) for r in dd["eval"]]

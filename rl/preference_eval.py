@@ -10,13 +10,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from agents.parsing import parse_preference
-from rl.metrics import mean_words
+from vragent.agents.parsing import parse_preference
+from vragent.rl.metrics import mean_words
 
 if TYPE_CHECKING:
-    from rl.evaluation import LLMPolicy
-    from rl.text_similarity import Similarity
+    from vragent.rl.evaluation import LLMPolicy
+    from vragent.rl.text_similarity import Similarity
 
 Row = Mapping[str, Any]
 
@@ -35,10 +34,10 @@ def llm_preference(
     """
     if mode != "generate":
         raise ValueError("the preference task is evaluated in generate mode only")
-    from rl.rewards import PREFERENCE_SIM_MIN
+    from vragent.rl.rewards import PREFERENCE_SIM_MIN
 
     if similarity is None:
-        from rl.text_similarity import default_similarity
+        from vragent.rl.text_similarity import default_similarity
 
         similarity = default_similarity()
     texts = policy.generate(rows)

@@ -13,15 +13,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agents.backends.base import ChatPrompt
-from agents.preference import PREFERENCE_FORMAT_NO_THINKING, PREFERENCE_FORMAT_THINKING
-from agents.prompts import (
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.preference import PREFERENCE_FORMAT_NO_THINKING, PREFERENCE_FORMAT_THINKING
+from vragent.agents.prompts import (
     JUDGE_FORMAT_NO_THINKING,
     JUDGE_FORMAT_THINKING,
     SCORE_PREFIX,
     THINK_PREFIX,
 )
-from agents.selection import (
+from vragent.agents.selection import (
     ANSWER_PREFIX,
     FORMAT_NO_THINKING,
     FORMAT_THINKING,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rl.rewards import THINK_PREFIX, RewardBreakdown, score
+from vragent.rl.rewards import THINK_PREFIX, RewardBreakdown, score
 
 if TYPE_CHECKING:
-    from rl.text_similarity import Similarity
+    from vragent.rl.text_similarity import Similarity
 
 
 def _as_text(value: object) -> str:

@@ -67,7 +67,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agents.parsing import (
+from vragent.agents.parsing import (
     TAGS_OUT_OF_ORDER,
     TagScan,
     extract_prediction,
@@ -83,7 +83,7 @@ from agents.parsing import (
 )
 
 if TYPE_CHECKING:
-    from rl.text_similarity import Similarity
+    from vragent.rl.text_similarity import Similarity
 
 TASKS = ("judgement", "selection", "preference")
 THINK_PREFIX = "<think>"
@@ -380,7 +380,7 @@ def score_preference(
     sim = None
     if prediction:
         if similarity is None:
-            from rl.text_similarity import default_similarity
+            from vragent.rl.text_similarity import default_similarity
 
             similarity = default_similarity()
         sim = similarity.pairs([prediction], [_as_text(target)])[0]

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-
-from environments.text_embeddings import MINILM, SentenceEncoder
+from vragent.environments.text_embeddings import MINILM, SentenceEncoder
 
 #: MiniLM was trained on 128-token inputs; a description longer than that is truncated.
 MAX_TOKENS = 128

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from rl.configs import GRPORunConfig, SFTRunConfig
-from rl.prompting import prompt_for, render, sft_target
-from sandbox.policies import (
+from vragent.rl.configs import GRPORunConfig, SFTRunConfig
+from vragent.rl.prompting import prompt_for, render, sft_target
+from vragent.sandbox.policies import (
     ADAPTER_DIR,
     MODEL_DIR,
     PolicyManifest,
@@ -40,9 +39,9 @@ from sandbox.policies import (
     policy_dir,
     write_manifest,
 )
-from sandbox.runner import git_revision, package_versions
-from sandbox.store import Store
-from sandbox.training_log import finish_training_run, log_curve, start_training_run
+from vragent.sandbox.runner import git_revision, package_versions
+from vragent.sandbox.store import Store
+from vragent.sandbox.training_log import finish_training_run, log_curve, start_training_run
 
 TINY_RANDOM = "tiny-random"
 # TRL log keys -> curve names the dashboard plots.
@@ -96,11 +95,11 @@ def resolve_base_model(spec: str, scratch: Path,
         TrainingError: the folder or policy does not exist.
     """
     if spec == "smollm2":
-        from sandbox.assets import require_smollm2
+        from vragent.sandbox.assets import require_smollm2
 
         return require_smollm2(), "SmolLM2-135M-Instruct"
     if spec == TINY_RANDOM:
-        from agents.backends.tiny import save_tiny_model
+        from vragent.agents.backends.tiny import save_tiny_model
 
         return save_tiny_model(scratch / "tiny-random-base"), TINY_RANDOM
     if spec.startswith("policy:"):
@@ -120,7 +119,7 @@ def training_rows(data: str | Path, cfg: SFTRunConfig | GRPORunConfig) -> tuple[
     Raises:
         TrainingError: no rows are left after the filters.
     """
-    from rl.datasets import load_rl_data
+    from vragent.rl.datasets import load_rl_data
 
     dd, manifest = load_rl_data(data)
     if "train" not in dd:
@@ -141,8 +140,7 @@ def training_rows(data: str | Path, cfg: SFTRunConfig | GRPORunConfig) -> tuple[
 def _load(path: Path, cfg: SFTRunConfig | GRPORunConfig):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+    from vragent.agents.backends.hf_bars import quiet_hf_bars_outside_terminal
 
     quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
     if cfg.threads:
@@ -345,7 +343,7 @@ def train_policy(cfg: SFTRunConfig | GRPORunConfig, store: Store,
     t0 = time.perf_counter()
     try:
         if cfg.algo == "grpo":
-            from rl.reward_funcs import RewardRecorder, make_reward_funcs
+            from vragent.rl.reward_funcs import RewardRecorder, make_reward_funcs
 
             recorder = RewardRecorder()
             callback = _curve_callback(store, run_id, recorder)

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from agents.backends.base import LLMBackend
-from sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
-from sandbox.config import Scenario, load_scenario, parse_scenario
-from sandbox.progress import RunProgress, Tracker
-from sandbox.runner import create_run, execute
-from sandbox.store import AbExperiment, Store
+from vragent.agents.backends.base import LLMBackend
+from vragent.sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
+from vragent.sandbox.config import Scenario, load_scenario, parse_scenario
+from vragent.sandbox.progress import RunProgress, Tracker
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import AbExperiment, Store
 
 
 class AbError(RuntimeError):

@@ -32,10 +32,9 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 from sqlalchemy import select
-
-from environments import metrics as em
-from sandbox.config import Scenario, parse_scenario
-from sandbox.stats import (
+from vragent.environments import metrics as em
+from vragent.sandbox.config import Scenario, parse_scenario
+from vragent.sandbox.stats import (
     adjusted_p,
     bootstrap_means,
     paired_bootstrap,
@@ -43,8 +42,8 @@ from sandbox.stats import (
     power_table,
     resample_blocks,
 )
-from sandbox.store import Decision, Item, Run, SessionEvent, SimUser, Store
-from sandbox.world import item_vectors, load_world, make_split
+from vragent.sandbox.store import Decision, Item, Run, SessionEvent, SimUser, Store
+from vragent.sandbox.world import item_vectors, load_world, make_split
 
 USER_METRICS = ("watch_rate", "like_rate", "session_length", "exit_rate", "ild", "novelty",
                 "profile_entropy")

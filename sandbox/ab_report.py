@@ -8,8 +8,7 @@ from typing import Any
 
 import pandas as pd
 from rich.table import Table
-
-from sandbox.ab_analysis import (
+from vragent.sandbox.ab_analysis import (
     ARM_METRICS,
     METRIC_HELP,
     USER_METRICS,

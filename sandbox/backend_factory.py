@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.backends.base import LLMBackend
-from sandbox.config import BackendConfig, Scenario
-from sandbox.policies import Policy
+from vragent.agents.backends.base import LLMBackend
+from vragent.sandbox.config import BackendConfig, Scenario
+from vragent.sandbox.policies import Policy
 
 
 def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
@@ -16,8 +16,8 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
     is a model folder (``hf``) or a served model name (``openai``).
     """
     if cfg.kind == "hf":
-        from agents.backends.hf import HFBackend
-        from sandbox.assets import require_smollm2
+        from vragent.agents.backends.hf import HFBackend
+        from vragent.sandbox.assets import require_smollm2
 
         path = require_smollm2() if cfg.model == "smollm2" else Path(cfg.model)
         name = "SmolLM2-135M-Instruct" if cfg.model == "smollm2" else Path(cfg.model).name
@@ -25,28 +25,28 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
                          max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
                          device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb)
     if cfg.kind == "hf-vision":
-        from agents.backends.hf_vision import HFVisionBackend
+        from vragent.agents.backends.hf_vision import HFVisionBackend
 
         return HFVisionBackend(Path(cfg.model), model_name=Path(cfg.model).name,
                                batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
     if cfg.kind == "tiny-vision":
-        from agents.backends.tiny_vision import tiny_vision_backend
+        from vragent.agents.backends.tiny_vision import tiny_vision_backend
 
         return tiny_vision_backend(seed=seed, batch_size=cfg.batch_size)
     if cfg.kind == "tiny":
-        from agents.backends.tiny import tiny_hf_backend
+        from vragent.agents.backends.tiny import tiny_hf_backend
 
         backend = tiny_hf_backend(seed=seed, batch_size=cfg.batch_size)
         backend.max_prompt_tokens = cfg.max_prompt_tokens
         return backend
     if cfg.kind == "openai":
-        from agents.backends.openai_backend import OpenAIBackend
+        from vragent.agents.backends.openai_backend import OpenAIBackend
 
         urls = [u for u in (cfg.base_url, *(cfg.base_urls or [])) if u]
         assert urls  # validated by BackendConfig
         tokenizer: str | Path | None = cfg.tokenizer
         if cfg.tokenizer == "smollm2":
-            from sandbox.assets import require_smollm2
+            from vragent.sandbox.assets import require_smollm2
 
             tokenizer = require_smollm2()
         return OpenAIBackend(
@@ -57,7 +57,7 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
             guided=cfg.guided, guided_key=cfg.guided_key, seed=seed,
         )
     if cfg.kind == "constant":
-        from agents.backends.constant import ConstantBackend
+        from vragent.agents.backends.constant import ConstantBackend
 
         return ConstantBackend(cfg.p_yes)
     raise ValueError(f"unknown backend kind {cfg.kind!r}")
@@ -75,14 +75,14 @@ def policy_backend(scenario: Scenario, base: LLMBackend | None = None) -> LLMBac
         PolicyError: the policy is not in the registry.
         ValueError: the backend kind cannot run a trained policy.
     """
-    from sandbox.policies import load_policy
+    from vragent.sandbox.policies import load_policy
 
     pol = load_policy(scenario.policy or "")
     cfg = scenario.backend
     if pol.is_head:
         return head_policy_backend(pol, cfg)
     if cfg.kind in ("hf", "tiny"):
-        from agents.backends.hf import HFBackend
+        from vragent.agents.backends.hf import HFBackend
 
         return HFBackend(pol.model_dir, model_name=pol.manifest.model_id,
                          batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -102,9 +102,9 @@ def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
         ValueError: the scenario's backend cannot run it (the head reads the hidden state of
             an in-process model), or the head does not fit the base model.
     """
-    from agents.backends.hf import HFBackend
-    from agents.policy_head import ScoreHead
-    from sandbox.assets import require_smollm2
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.agents.policy_head import ScoreHead
+    from vragent.sandbox.assets import require_smollm2
 
     head = ScoreHead.load(pol.path)
     if cfg.kind == "tiny" and pol.manifest.base_model == "tiny":

@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 from rich.text import Text
-
-from sandbox.cli_common import (
+from vragent.sandbox.cli_common import (
     ColumnOption,
     DatasetOption,
     DbOption,
@@ -23,8 +22,8 @@ from sandbox.cli_common import (
     shown_url,
     store_errors,
 )
-from sandbox.cli_common import fail as _fail
-from sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.cli_common import fail as _fail
+from vragent.sandbox.paths import DEFAULT_DB_URL
 
 app = typer.Typer(help="vragent: a short-video platform sandbox with LLM agents.",
                   no_args_is_help=True, add_completion=False)
@@ -39,7 +38,7 @@ def _print_version(value: bool) -> None:
         return
     import os
 
-    from sandbox.version import git_revision, package_version
+    from vragent.sandbox.version import git_revision, package_version
 
     # The store every command uses unless given --db: where a user's runs are looked for.
     db = os.environ.get("VRAGENT_DB") or DEFAULT_DB_URL
@@ -57,14 +56,14 @@ def _main(
 ) -> None:
     # Before any command imports huggingface_hub, transformers or datasets: their tqdm bars
     # (model loading, GGUF conversion, dataset saving) write every redraw into a log.
-    from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+    from vragent.agents.backends.hf_bars import quiet_hf_bars_outside_terminal
 
     quiet_hf_bars_outside_terminal()
 
 
 def _register_run_commands() -> None:
     # First, so that run, runs, show and export lead the help as before the split.
-    from sandbox import cli_run
+    from vragent.sandbox import cli_run
 
     cli_run.register(app)
 
@@ -79,7 +78,7 @@ def assets_fetch(
     from_hub: Annotated[bool, typer.Option(help="Also try the HF hub / GroupLens.")] = False,
 ) -> None:
     """Fetch, verify (sha256) and convert the embedded assets into $VRAGENT_HOME."""
-    from sandbox.assets import AssetError, fetch_movielens, fetch_smollm2
+    from vragent.sandbox.assets import AssetError, fetch_movielens, fetch_smollm2
 
     try:
         for status in (fetch_movielens(movielens, from_hub), fetch_smollm2(smollm2, from_hub)):
@@ -92,8 +91,7 @@ def assets_fetch(
 def scenarios() -> None:
     """List the bundled scenarios."""
     import yaml
-
-    from sandbox.config import list_scenarios
+    from vragent.sandbox.config import list_scenarios
 
     table = Table(title="bundled scenarios")
     table.add_column("name")
@@ -130,18 +128,18 @@ def perceive(
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
     """Profile a catalogue with the IP agent (cached per item and model; rerun to resume)."""
-    from agents.backends.base import BackendError
-    from environments.schema import DataFormatError
-    from sandbox.assets import AssetError
-    from sandbox.config import ScenarioError
-    from sandbox.perception import (
+    from vragent.agents.backends.base import BackendError
+    from vragent.environments.schema import DataFormatError
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.config import ScenarioError
+    from vragent.sandbox.perception import (
         item_texts,
         most_popular_first,
         perceive_items,
         perception_setup,
     )
-    from sandbox.progress import Tracker
-    from sandbox.store import Store
+    from vragent.sandbox.progress import Tracker
+    from vragent.sandbox.store import Store
 
     ip = {"staged": staged, "vision": vision, "clip_model": clip_model,
           "frames_dir": str(frames_dir) if frames_dir else None,
@@ -261,21 +259,21 @@ def experiment_ip_agent(
     """SASRec with ID, title, title+IP-profile and IP-profile towers vs baselines (HR/NDCG@10)."""
     import shlex
 
-    from agents.backends.base import BackendError
-    from environments.schema import DataFormatError
-    from environments.sources import data_dir_path
-    from sandbox.assets import AssetError
-    from sandbox.config import ScenarioError
-    from sandbox.ip_experiment import (
+    from vragent.agents.backends.base import BackendError
+    from vragent.environments.schema import DataFormatError
+    from vragent.environments.sources import data_dir_path
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.config import ScenarioError
+    from vragent.sandbox.ip_experiment import (
         ARMS,
         IPExperimentConfig,
         results_markdown,
         run_ip_experiment,
         save_results,
     )
-    from sandbox.paths import vragent_home
-    from sandbox.progress import Tracker
-    from sandbox.store import Store
+    from vragent.sandbox.paths import vragent_home
+    from vragent.sandbox.progress import Tracker
+    from vragent.sandbox.store import Store
 
     if data is None:
         data = data_dir_path("microlens")
@@ -318,7 +316,7 @@ def experiment_ip_agent(
     if report is not None:
         args = sys.argv[sys.argv.index("ip-agent") + 1:] if "ip-agent" in sys.argv else []
         command = " ".join(["vragent experiment ip-agent", *map(shlex.quote, args)])
-        from sandbox.report_sections import write_section
+        from vragent.sandbox.report_sections import write_section
 
         # Its own section: the RL results and hand-written prose in the same file stay.
         write_section(report, "ip-agent-experiment", results_markdown(results, command))
@@ -342,7 +340,7 @@ def _load_plugins() -> None:
 
 
 def _register_core() -> None:
-    from sandbox import cli_ab
+    from vragent.sandbox import cli_ab
 
     cli_ab.register(app)
 

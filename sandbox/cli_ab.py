@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.text import Text
-
-from sandbox.cli_common import DbOption, SetOption, console, err, shown_url, store_errors
-from sandbox.cli_common import fail as _fail
-from sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.cli_common import DbOption, SetOption, console, err, shown_url, store_errors
+from vragent.sandbox.cli_common import fail as _fail
+from vragent.sandbox.paths import DEFAULT_DB_URL
 
 
 def _command() -> str:
@@ -42,9 +41,9 @@ def register(app: typer.Typer) -> None:
         = None,
     ) -> None:
         """Run every arm on the same users for each seed; report paired intervals and tests."""
-        from agents.backends.base import BackendError
-        from environments.schema import DataFormatError
-        from sandbox.ab import (
+        from vragent.agents.backends.base import BackendError
+        from vragent.environments.schema import DataFormatError
+        from vragent.sandbox.ab import (
             AbError,
             AbSettings,
             analyse_experiment,
@@ -53,13 +52,13 @@ def register(app: typer.Typer) -> None:
             experiment_progress,
             run_experiment,
         )
-        from sandbox.ab_report import terminal_table, write_report
-        from sandbox.assets import AssetError
-        from sandbox.config import ScenarioError, load_scenario
-        from sandbox.policies import PolicyError, load_policy
-        from sandbox.progress import Tracker
-        from sandbox.runner import RunError
-        from sandbox.store import Store
+        from vragent.sandbox.ab_report import terminal_table, write_report
+        from vragent.sandbox.assets import AssetError
+        from vragent.sandbox.config import ScenarioError, load_scenario
+        from vragent.sandbox.policies import PolicyError, load_policy
+        from vragent.sandbox.progress import Tracker
+        from vragent.sandbox.runner import RunError
+        from vragent.sandbox.store import Store
 
         if not scenario and not resume:
             _fail("give a SCENARIO or --resume EXPERIMENT_ID", 2)
@@ -120,15 +119,15 @@ def register(app: typer.Typer) -> None:
                                                      "markdown file's own section.")] = None,
     ) -> None:
         """Macro fidelity: simulated A/B ordering of the arms vs offline HR@10 (Spearman)."""
-        from agents.backends.base import BackendError
-        from environments.schema import DataFormatError
-        from sandbox.ab import AbError
-        from sandbox.assets import AssetError
-        from sandbox.config import ScenarioError, load_scenario
-        from sandbox.fidelity import fidelity_markdown, run_fidelity
-        from sandbox.progress import Tracker
-        from sandbox.report_sections import write_section
-        from sandbox.store import Store
+        from vragent.agents.backends.base import BackendError
+        from vragent.environments.schema import DataFormatError
+        from vragent.sandbox.ab import AbError
+        from vragent.sandbox.assets import AssetError
+        from vragent.sandbox.config import ScenarioError, load_scenario
+        from vragent.sandbox.fidelity import fidelity_markdown, run_fidelity
+        from vragent.sandbox.progress import Tracker
+        from vragent.sandbox.report_sections import write_section
+        from vragent.sandbox.store import Store
 
         try:
             base_seed = load_scenario(scenario)[0].seed
@@ -161,9 +160,9 @@ def register(app: typer.Typer) -> None:
         = None,
     ) -> None:
         """Sweep scenario parameters with Mesa's batch_run; one run per point and seed."""
-        from sandbox.config import ScenarioError
-        from sandbox.progress import Tracker
-        from sandbox.sweep import parse_grid, run_sweep
+        from vragent.sandbox.config import ScenarioError
+        from vragent.sandbox.progress import Tracker
+        from vragent.sandbox.sweep import parse_grid, run_sweep
 
         try:
             grid = parse_grid(param)

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.text import Text
-
-from environments.sources import KINDS_HELP, canonical_kind, interactions_options
+from vragent.environments.sources import KINDS_HELP, canonical_kind, interactions_options
 
 if TYPE_CHECKING:
-    from sandbox.store import Store
+    from vragent.sandbox.store import Store
 
 # Wide enough for the per-arm table when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
@@ -120,7 +119,7 @@ def open_store(url: str) -> Store:
     Exits:
         2 with ``no store at …`` when there is none; 1 when it cannot be opened (``store_errors``).
     """
-    from sandbox.store import Store, StoreMissingError
+    from vragent.sandbox.store import Store, StoreMissingError
 
     with store_errors(url):
         try:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 from rich.text import Text
-
-from sandbox.cli_common import (
+from vragent.sandbox.cli_common import (
     DbOption,
     SetOption,
     console,
@@ -30,11 +29,11 @@ from sandbox.cli_common import (
     store_reason,
     warn,
 )
-from sandbox.cli_common import fail as _fail
-from sandbox.paths import DEFAULT_DB_URL
+from vragent.sandbox.cli_common import fail as _fail
+from vragent.sandbox.paths import DEFAULT_DB_URL
 
 if TYPE_CHECKING:
-    from sandbox.store import Run, Store
+    from vragent.sandbox.store import Run, Store
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +68,7 @@ def _clip(text: str) -> str:
 
 def _print_trace(store, run_id: str) -> None:
     """Print one traced decision of the run (plain text), or say plainly why there is none."""
-    from sandbox.run_trace import pick_trace
+    from vragent.sandbox.run_trace import pick_trace
 
     t = pick_trace(store, run_id)
     of = f" (of the first {t.read} read)" if t.read < t.traced else ""
@@ -135,10 +134,10 @@ def run(
 def _new_or_resumed_run(scenario: str, db: str, resume: str | None,
                         sets: list[str] | None) -> str:
     """The id of the run to execute: ``resume``, or a new run of ``scenario``."""
-    from sandbox.config import ScenarioError, load_scenario
-    from sandbox.policies import PolicyError, load_policy
-    from sandbox.runner import create_run
-    from sandbox.store import Store
+    from vragent.sandbox.config import ScenarioError, load_scenario
+    from vragent.sandbox.policies import PolicyError, load_policy
+    from vragent.sandbox.runner import create_run
+    from vragent.sandbox.store import Store
 
     try:
         if not resume:
@@ -159,15 +158,14 @@ def _execute_run(run_id: str, db: str) -> None:
     import sqlite3
 
     from sqlalchemy.exc import SQLAlchemyError
-
-    from agents.backends.base import BackendError
-    from environments.schema import DataFormatError
-    from sandbox.assets import AssetError
-    from sandbox.config import ScenarioError
-    from sandbox.policies import PolicyError
-    from sandbox.progress import RunProgress, Tracker
-    from sandbox.runner import RunBusyError, RunError, checkpoint_path, execute
-    from sandbox.store import Store
+    from vragent.agents.backends.base import BackendError
+    from vragent.environments.schema import DataFormatError
+    from vragent.sandbox.assets import AssetError
+    from vragent.sandbox.config import ScenarioError
+    from vragent.sandbox.policies import PolicyError
+    from vragent.sandbox.progress import RunProgress, Tracker
+    from vragent.sandbox.runner import RunBusyError, RunError, checkpoint_path, execute
+    from vragent.sandbox.store import Store
 
     shown = shown_url(db)
     resumable = f"run {run_id} is resumable: {resume_command(run_id, db)}"
@@ -219,7 +217,7 @@ def _status(store: Store, run: Run) -> str:
     A SIGKILL (or a lost machine) leaves no chance to record the stop; the run's lock
     (sandbox/run_lock.py) died with its process, and that is what tells.
     """
-    from sandbox.run_lock import owner_alive
+    from vragent.sandbox.run_lock import owner_alive
 
     if run.status == "running" and owner_alive(store, run.id) is False:
         return "interrupted"
@@ -271,7 +269,7 @@ def export(
     db: DbOption = DEFAULT_DB_URL,
 ) -> None:
     """Export a run's tables (one file per table)."""
-    from sandbox.export import ExportError, check_destination, export_run
+    from vragent.sandbox.export import ExportError, check_destination, export_run
 
     if format not in ("parquet", "jsonl"):
         _fail(f"--format must be parquet or jsonl, not {format!r}", 2)

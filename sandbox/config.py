@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from environments.sources import InteractionsOptions
+from vragent.environments.sources import InteractionsOptions
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 #: Largest scenario file read (bytes): the bundled ones are under 5 KB, and an endless file
@@ -171,7 +170,7 @@ class ArmConfig(_Strict):
     def _known_recommender(self) -> ArmConfig:
         # Here rather than when the run builds its platform, so that a typo is a one-line
         # error at load and no run is created for a scenario that cannot start.
-        from environments.recommenders import check_recommender
+        from vragent.environments.recommenders import check_recommender
 
         check_recommender(self.recommender, self.params)
         return self
@@ -345,6 +344,21 @@ def _loc(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
 
 
+def validation_line(exc: ValidationError, key: str = "key") -> str:
+    """A pydantic error as one line: ``field.path: message`` of the first problem.
+
+    Args:
+        exc: the error.
+        key: what an unknown field is called in the message (``unknown key``).
+    """
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown {key}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{_loc(err)}: {msg}{more}"
+
+
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     """Validate a parsed YAML mapping.
 
@@ -357,12 +371,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ScenarioError(f"{source}: {_loc(err)}: {msg}{more}") from None
+        raise ScenarioError(f"{source}: {validation_line(exc)}") from None
 
 
 def resolve_scenario_path(name_or_path: str) -> Path:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import select
-
-from sandbox.store import METERING_COLUMNS, TABLES_IN_EXPORT, Base, Store
+from vragent.sandbox.store import METERING_COLUMNS, TABLES_IN_EXPORT, Base, Store
 
 
 def _write(frame: pd.DataFrame, path: Path, fmt: str) -> None:

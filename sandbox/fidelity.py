@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau, spearmanr
-
-from environments.evaluation import evaluate
-from environments.recommenders import make_recommender
-from sandbox.ab import (
+from vragent.environments.evaluation import evaluate
+from vragent.environments.recommenders import make_recommender
+from vragent.sandbox.ab import (
     AbError,
     AbSettings,
     analyse_experiment,
@@ -34,11 +33,11 @@ from sandbox.ab import (
     run_experiment,
     scenario_for_seed,
 )
-from sandbox.ab_report import pooled
-from sandbox.config import Scenario
-from sandbox.progress import Tracker
-from sandbox.store import Store
-from sandbox.world import load_world, make_split
+from vragent.sandbox.ab_report import pooled
+from vragent.sandbox.config import Scenario
+from vragent.sandbox.progress import Tracker
+from vragent.sandbox.store import Store
+from vragent.sandbox.world import load_world, make_split
 
 SIMUSER_ANCHOR = 0.72
 SIM_METRICS = ("like_rate", "watch_rate")

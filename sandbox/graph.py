@@ -19,8 +19,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
-
-from sandbox.runtime import SimulationRuntime
+from vragent.sandbox.runtime import SimulationRuntime
 
 
 def add_or_reset(old: list | None, new: list | None) -> list:

@@ -20,14 +20,13 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
-from agents.backends.base import LLMBackend
-from agents.persona import build_persona, item_line
-from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
-from environments.schema import Dataset
-from environments.splits import leave_one_out
-from sandbox.perception import item_texts
-from sandbox.world import user_profiles
+from vragent.agents.backends.base import LLMBackend
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
+from vragent.environments.schema import Dataset
+from vragent.environments.splits import leave_one_out
+from vragent.sandbox.perception import item_texts
+from vragent.sandbox.world import user_profiles
 
 REWARD = {"skip": 0.0, "watch": 1.0, "like": 2.0}
 LEAVE_PENALTY = -1.0

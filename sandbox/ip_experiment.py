@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from environments.splits import Split, cold_start_users, leave_one_out
-from sandbox.progress import Tracker
+from vragent.environments.splits import Split, cold_start_users, leave_one_out
+from vragent.sandbox.progress import Tracker
 
 #: (arm, recommender, params, item text) — item text is None for models that read no text.
 ARMS: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
@@ -99,7 +98,7 @@ class Prepared:
 
 def prepare(ds: Any, cfg: IPExperimentConfig) -> Prepared:
     """Cut the dataset to its ``items`` most-watched items and split it leave-one-out."""
-    from sandbox.perception import most_popular_first
+    from vragent.sandbox.perception import most_popular_first
 
     order = most_popular_first(ds.interactions, ds.items["item_id"].tolist())
     core = order[: cfg.items] if cfg.items else order
@@ -171,10 +170,15 @@ def run_ip_experiment(
         A JSON-serialisable dict: config, data stats, profile stats, per-arm per-seed metrics,
         mean ± std, timings, and the re-ranking report when asked.
     """
-    from environments.evaluation import evaluate
-    from environments.recommenders import make_recommender
-    from environments.text_embeddings import SentenceEncoder
-    from sandbox.perception import item_text_for, item_texts, perceive_items, perception_setup
+    from vragent.environments.evaluation import evaluate
+    from vragent.environments.recommenders import make_recommender
+    from vragent.environments.text_embeddings import SentenceEncoder
+    from vragent.sandbox.perception import (
+        item_text_for,
+        item_texts,
+        perceive_items,
+        perception_setup,
+    )
 
     t_start = time.perf_counter()
     unknown = [a for a in cfg.arms if a not in {x[0] for x in ARMS}]
@@ -324,7 +328,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def rerank_cold_users(rec: Any, prep: Prepared, backend: Any, n_users: int,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """The paper's two-round US-agent refinement of ``rec``'s top-10 for cold-start users."""
-    from agents.reranker import RerankRequest, TwoRoundReranker, rerank_report
+    from vragent.agents.reranker import RerankRequest, TwoRoundReranker, rerank_report
 
     users = prep.cold[:n_users]
     histories = {u: prep.split.history(u, "valid") for u in users}

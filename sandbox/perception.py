@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from agents.backends.base import LLMBackend
-from agents.ip_agent import IPAgent, ItemText, make_key_frame_fn
-from environments.schema import Dataset
-from sandbox.config import IPAgentConfig
-from sandbox.store import Store
+from vragent.agents.backends.base import LLMBackend
+from vragent.agents.ip_agent import IPAgent, ItemText, make_key_frame_fn
+from vragent.environments.schema import Dataset
+from vragent.sandbox.config import IPAgentConfig
+from vragent.sandbox.store import Store
 
 _VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 
@@ -70,11 +69,11 @@ def build_ip_agent(cfg: IPAgentConfig, backend: LLMBackend, seed: int = 0) -> IP
     if cfg.vision and cfg.frames_dir:
         scorer = None
         if cfg.clip_model == "tiny-random":  # tests: a tiny randomly initialised CLIP
-            from agents.backends.tiny_vision import tiny_clip_scorer
+            from vragent.agents.backends.tiny_vision import tiny_clip_scorer
 
             scorer = tiny_clip_scorer(seed=seed)
         elif cfg.clip_model:
-            from agents.keyframes import ClipScorer
+            from vragent.agents.keyframes import ClipScorer
 
             scorer = ClipScorer.from_pretrained(cfg.clip_model, backend=cfg.clip_backend)
         key_frames = make_key_frame_fn(scorer, n_frames=cfg.n_frames, top_k=cfg.top_k_frames)
@@ -97,10 +96,10 @@ def perception_setup(dataset: str, path: str | Path | None, backend: dict[str, A
     Raises:
         ScenarioError: a bad setting.
     """
-    from sandbox.backend_factory import make_backend
-    from sandbox.config import parse_scenario
-    from sandbox.response_cache import wrap_backend
-    from sandbox.world import load_world
+    from vragent.sandbox.backend_factory import make_backend
+    from vragent.sandbox.config import parse_scenario
+    from vragent.sandbox.response_cache import wrap_backend
+    from vragent.sandbox.world import load_world
 
     sc = parse_scenario({
         "name": source, "seed": seed,

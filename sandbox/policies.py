@@ -33,7 +33,7 @@ MANIFEST = "manifest.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 #: Policies shipped inside the package (small derived artefacts, never data).
-BUNDLED = Path(str(files("agents") / "policies"))
+BUNDLED = Path(str(files("vragent.agents") / "policies"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 

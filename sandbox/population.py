@@ -13,8 +13,7 @@ from typing import Any
 
 import mesa
 import networkx as nx
-
-from agents.us_agent import stable_int
+from vragent.agents.us_agent import stable_int
 
 # What the DataCollector records per arm and step (sandbox/runtime.py computes them).
 STEP_METRICS = ("active_users", "watch_rate", "like_rate", "exit_rate", "coverage", "ild",

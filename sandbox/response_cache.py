@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-
-from agents.backends.base import LLMBackend
-from agents.backends.caching import CacheKey, CachingBackend
-from sandbox.config import BackendConfig
-from sandbox.store import LlmCacheEntry, Store, insert_ignore
+from vragent.agents.backends.base import LLMBackend
+from vragent.agents.backends.caching import CacheKey, CachingBackend
+from vragent.sandbox.config import BackendConfig
+from vragent.sandbox.store import LlmCacheEntry, Store, insert_ignore
 
 CHUNK = 500  # keys per IN (…) query
 

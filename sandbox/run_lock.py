@@ -30,8 +30,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-from sandbox.store import RunOwner, Store
+from vragent.sandbox.store import RunOwner, Store
 
 
 class RunBusyError(RuntimeError):

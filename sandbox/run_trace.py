@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
-
-from agents.parsing import parse_judgement
-from agents.us_agent import trace_prefix
-from sandbox.store import Arm, Decision, Item, Store
+from vragent.agents.parsing import parse_judgement
+from vragent.agents.us_agent import trace_prefix
+from vragent.sandbox.store import Arm, Decision, Item, Store
 
 MAX_TRACE_TRANSCRIPTS = 2000  # traced decisions read at most; the demo needs only the first
 

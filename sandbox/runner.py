@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from agents.backends.base import LLMBackend
-from sandbox import faults
-from sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
-from sandbox.graph import build_step_graph
-from sandbox.paths import vragent_home
-from sandbox.run_lock import RunBusyError, RunLock
-from sandbox.runtime import SimulationRuntime
-from sandbox.store import Arm, Run, Store
-from sandbox.version import git_revision
+from vragent.agents.backends.base import LLMBackend
+from vragent.sandbox import faults
+from vragent.sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
+from vragent.sandbox.graph import build_step_graph
+from vragent.sandbox.paths import vragent_home
+from vragent.sandbox.run_lock import RunBusyError, RunLock
+from vragent.sandbox.runtime import SimulationRuntime
+from vragent.sandbox.store import Arm, Run, Store
+from vragent.sandbox.version import git_revision
 
 TRACKED_PACKAGES = ("vragent", "torch", "transformers", "langgraph", "mesa", "networkx",
                     "sqlalchemy", "pydantic", "numpy", "pandas")

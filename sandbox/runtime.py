@@ -16,30 +16,29 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-
-from agents.backends.base import LLMBackend
-from agents.ip_agent import ItemText
-from agents.persona import build_persona, item_line
-from agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
-from environments import metrics as em
-from environments.grounding import CollaborativeGrounding, Evidence
-from environments.platform import Platform
-from environments.response_model import LogisticResponseModel
-from sandbox import faults
-from sandbox.backend_factory import make_backend, policy_backend
-from sandbox.config import Scenario
-from sandbox.perception import (
+from vragent.agents.backends.base import LLMBackend
+from vragent.agents.ip_agent import ItemText
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
+from vragent.environments import metrics as em
+from vragent.environments.grounding import CollaborativeGrounding, Evidence
+from vragent.environments.platform import Platform
+from vragent.environments.response_model import LogisticResponseModel
+from vragent.sandbox import faults
+from vragent.sandbox.backend_factory import make_backend, policy_backend
+from vragent.sandbox.config import Scenario
+from vragent.sandbox.perception import (
     build_ip_agent,
     item_text_for,
     item_texts,
     most_popular_first,
     perceive_items,
 )
-from sandbox.policies import load_policy
-from sandbox.population import PopulationModel
-from sandbox.response_cache import wrap_backend
-from sandbox.store import Store
-from sandbox.world import (
+from vragent.sandbox.policies import load_policy
+from vragent.sandbox.population import PopulationModel
+from vragent.sandbox.response_cache import wrap_backend
+from vragent.sandbox.store import Store
+from vragent.sandbox.world import (
     item_vectors,
     load_world,
     make_split,

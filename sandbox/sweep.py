@@ -16,12 +16,11 @@ from typing import Any
 import mesa
 import pandas as pd
 import yaml
-
-from sandbox.config import ScenarioError, apply_overrides, load_scenario, parse_scenario
-from sandbox.population import STEP_METRICS
-from sandbox.progress import RunProgress, Tracker
-from sandbox.runner import RunDriver, create_run
-from sandbox.store import Store
+from vragent.sandbox.config import ScenarioError, apply_overrides, load_scenario, parse_scenario
+from vragent.sandbox.population import STEP_METRICS
+from vragent.sandbox.progress import RunProgress, Tracker
+from vragent.sandbox.runner import RunDriver, create_run
+from vragent.sandbox.store import Store
 
 
 def parse_grid(params: Sequence[str]) -> dict[str, list[Any]]:

@@ -21,8 +21,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
-
-from sandbox.store import Base, Store, insert_ignore
+from vragent.sandbox.store import Base, Store, insert_ignore
 
 
 def _now() -> dt.datetime:

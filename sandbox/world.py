@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets import SyntheticWorld, load_dataset, make_synthetic_world
-from environments.schema import Dataset
-from environments.sources import data_dir_path
-from environments.splits import Split, leave_one_out
-from sandbox.config import Scenario
+from vragent.environments.datasets import SyntheticWorld, load_dataset, make_synthetic_world
+from vragent.environments.schema import Dataset
+from vragent.environments.sources import data_dir_path
+from vragent.environments.splits import Split, leave_one_out
+from vragent.sandbox.config import Scenario
 
 log = logging.getLogger("vragent.population")
 
@@ -28,7 +27,7 @@ def dataset_path(sc: Scenario) -> Path | None:
     if ds.path:
         return Path(os.path.expandvars(ds.path)).expanduser()
     if ds.kind == "movielens-100k":
-        from sandbox.assets import require_movielens
+        from vragent.sandbox.assets import require_movielens
 
         return require_movielens()
     default = data_dir_path(ds.kind)
@@ -169,8 +168,8 @@ def item_vectors(sc: Scenario, ds: Dataset) -> dict[int, np.ndarray]:
             for c in cs:
                 m[r, vocab[c]] = 1.0
         return dict(zip(ids, m, strict=True))
-    from environments.text_embeddings import SentenceEncoder, encode_cached
-    from sandbox.paths import vragent_home
+    from vragent.environments.text_embeddings import SentenceEncoder, encode_cached
+    from vragent.sandbox.paths import vragent_home
 
     titles = ds.items["title"].fillna("").astype(str).tolist()
     vecs = encode_cached(titles, SentenceEncoder(), vragent_home() / "embeddings")

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-
-from agents.backends.hf import HFBackend
-from rl.grounded import Example, example_prompts
-from rl.head_training import head_setup
-from sandbox.assets import require_smollm2
+from vragent.agents.backends.hf import HFBackend
+from vragent.rl.grounded import Example, example_prompts
+from vragent.rl.head_training import head_setup
+from vragent.sandbox.assets import require_smollm2
 
 LAYERS = (6, 12, 18, 24)
 

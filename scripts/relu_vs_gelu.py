@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from environments.datasets import load_dataset
-from environments.evaluation import evaluate
-from environments.recommenders import make_recommender
-from sandbox.ip_experiment import IPExperimentConfig, prepare
+from vragent.environments.datasets import load_dataset
+from vragent.environments.evaluation import evaluate
+from vragent.environments.recommenders import make_recommender
+from vragent.sandbox.ip_experiment import IPExperimentConfig, prepare
 
 
 def main(seeds: int = 3, items: int = 1000) -> dict:

@@ -22,18 +22,17 @@ import argparse
 import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap
-
-from agents.parsing import parse_judgement
-from agents.us_agent import Candidate, SlateRequest, USAgent
-from rl.grounded import training_examples
-from rl.head_training import head_setup, protocol_aucs
+from vragent.agents.parsing import parse_judgement
+from vragent.agents.us_agent import Candidate, SlateRequest, USAgent
+from vragent.rl.grounded import training_examples
+from vragent.rl.head_training import head_setup, protocol_aucs
 
 
 def main() -> None:
-    from agents.backends.hf import HFBackend
-    from agents.policy_head import ScoreHead
-    from sandbox.assets import require_smollm2
-    from sandbox.policies import load_policy
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.agents.policy_head import ScoreHead
+    from vragent.sandbox.assets import require_smollm2
+    from vragent.sandbox.policies import load_policy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="grounded-smollm2")

@@ -102,7 +102,7 @@ model_dir() {
     fi
     [[ -x "$REPO/.venv/bin/python" ]] || die "no project venv at $REPO/.venv (run make setup)"
     "$REPO/.venv/bin/python" -c \
-        "from sandbox.assets import require_smollm2; print(require_smollm2())" 2>/dev/null \
+        "from vragent.sandbox.assets import require_smollm2; print(require_smollm2())" 2>/dev/null \
         || die "SmolLM2 is not fetched: run make assets (vragent assets fetch)"
 }
 

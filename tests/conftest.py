@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_backend():
     """A randomly initialised 0.1M-parameter Llama behind the hf backend."""
-    from agents.backends.tiny import tiny_hf_backend
+    from vragent.agents.backends.tiny import tiny_hf_backend
 
     return tiny_hf_backend(seed=0, batch_size=8)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from vragent.sandbox.ab import AbSettings, analyse_experiment, create_experiment, run_experiment
+from vragent.sandbox.store import Decision, ItemProfileRow, Store
 
-from sandbox.ab import AbSettings, analyse_experiment, create_experiment, run_experiment
-from sandbox.store import Decision, ItemProfileRow, Store
 from tests.conftest import tiny_scenario, write_scenario
 
 SEEDS = (11, 12)
@@ -48,12 +48,11 @@ def _training(store: Store, folder: Path) -> tuple[str, str]:
     import random
 
     from datasets import Dataset, DatasetDict
-
-    from agents.prompts import PersonaView, judgement_prompt
-    from rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
-    from rl.datasets import save_rl_data
-    from rl.policy_eval import EvalConfig, run_eval
-    from rl.trainers import train_policy
+    from vragent.agents.prompts import PersonaView, judgement_prompt
+    from vragent.rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
+    from vragent.rl.datasets import save_rl_data
+    from vragent.rl.policy_eval import EvalConfig, run_eval
+    from vragent.rl.trainers import train_policy
 
     rng = random.Random(0)
     titles = ["Quick pasta #cooking", "Street food tour #travel", "Gaming highlights #gaming",

@@ -26,8 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
-
-from agents.backends.base import ChatPrompt
+from vragent.agents.backends.base import ChatPrompt
 
 OPTION_WORDS = ("Yes", "No", " Yes", " No")
 

@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 import yaml
 from sqlalchemy import select
-
-from environments import metrics as em
-from sandbox.ab import (
+from vragent.environments import metrics as em
+from vragent.sandbox.ab import (
     AbError,
     analyse_experiment,
     create_experiment,
     run_experiment,
 )
-from sandbox.ab_analysis import _arm_stats
-from sandbox.config import ScenarioError, apply_overrides, list_scenarios, parse_scenario
-from sandbox.store import Decision, Impression, Metric, SimUser, Store
-from sandbox.world import make_split, synthetic_world
+from vragent.sandbox.ab_analysis import _arm_stats
+from vragent.sandbox.config import ScenarioError, apply_overrides, list_scenarios, parse_scenario
+from vragent.sandbox.store import Decision, Impression, Metric, SimUser, Store
+from vragent.sandbox.world import make_split, synthetic_world
+
 from tests.conftest import REPO, tiny_scenario, write_scenario
 
 
@@ -161,7 +161,7 @@ def test_experiment_needs_two_arms_and_a_real_baseline(tmp_path):
     with pytest.raises(AbError, match="at least two arms"):
         create_experiment(store, str(one), [1])
     two = write_scenario(tmp_path, truth_scenario(), "two.yaml")
-    from sandbox.ab import AbSettings
+    from vragent.sandbox.ab import AbSettings
 
     with pytest.raises(AbError, match="baseline 'nope' is not an arm"):
         create_experiment(store, str(two), [1], settings=AbSettings(baseline="nope"))
@@ -177,7 +177,7 @@ def test_truth_users_need_the_synthetic_world():
 
 def _cli(args, env_extra=None, timeout=900):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "vragent.sandbox.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -325,7 +325,7 @@ def test_cold_start_cap_keeps_the_first_interactions(tmp_path):
 
 
 def test_sweep_runs_every_point_through_mesa_batch_run(tmp_path):
-    from sandbox.sweep import parse_grid, run_sweep
+    from vragent.sandbox.sweep import parse_grid, run_sweep
 
     sc = truth_scenario(population={"size": 12}, simulation={"steps": 2})
     path = write_scenario(tmp_path, sc)
@@ -353,7 +353,7 @@ def test_bundled_scenario_library_is_complete_and_valid():
         assert text.startswith(f"# {p.stem}:"), f"{p.name} must document itself at the top"
         sc = parse_scenario(yaml.safe_load(text), str(p))
         for arm in sc.arms:
-            from environments.recommenders import recommender_class
+            from vragent.environments.recommenders import recommender_class
 
             cls = recommender_class(arm.recommender)
             cls(seed=0, **arm.params)  # every parameter is one the recommender takes
@@ -364,7 +364,7 @@ def test_bundled_scenario_library_is_complete_and_valid():
 
 
 def test_mesa_datacollector_records_every_step_metric(tmp_path):
-    from sandbox.runner import RunDriver, create_run
+    from vragent.sandbox.runner import RunDriver, create_run
 
     sc = truth_scenario(population={"size": 10}, simulation={"steps": 2})
     store = Store(f"sqlite:///{tmp_path}/dc.sqlite")
@@ -385,7 +385,7 @@ def test_mesa_datacollector_records_every_step_metric(tmp_path):
 def test_every_bundled_scenario_runs_one_small_step(tmp_path, name, data_dir):
     """Each library scenario, shrunk (tiny LLM, 3 users, one step, one epoch), runs end to end
     on its real dataset, so a broken parameter or mechanism fails here, not in a user's run."""
-    from sandbox.runner import start
+    from vragent.sandbox.runner import start
 
     data = yaml.safe_load((REPO / "scenarios" / f"{name}.yaml").read_text())
     data["backend"] = {"kind": "tiny", "decision_mode": "score", "trace_rate": 0.0,
@@ -412,8 +412,8 @@ def test_every_bundled_scenario_runs_one_small_step(tmp_path, name, data_dir):
 
 
 def test_fidelity_correlates_offline_and_simulated_orderings(tmp_path):
-    from sandbox.fidelity import fidelity_markdown, run_fidelity
-    from sandbox.report_sections import write_section
+    from vragent.sandbox.fidelity import fidelity_markdown, run_fidelity
+    from vragent.sandbox.report_sections import write_section
 
     sc = truth_scenario(
         population={"size": 60}, simulation={"steps": 1, "slate_size": 10},

@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-
-from sandbox.ab_analysis import ARM_METRICS, USER_METRICS, RunData, analyse
-from sandbox.ab_report import POOLING, write_report
+from vragent.sandbox.ab_analysis import ARM_METRICS, USER_METRICS, RunData, analyse
+from vragent.sandbox.ab_report import POOLING, write_report
 
 N_ITEMS = 10
 

@@ -1,9 +1,8 @@
 import zipfile
 
 import pytest
-
-from sandbox import assets
-from sandbox.assets import AssetError, fetch_movielens, fetch_smollm2, sha256_file
+from vragent.sandbox import assets
+from vragent.sandbox.assets import AssetError, fetch_movielens, fetch_smollm2, sha256_file
 
 
 def _ml_folder(tmp_path):

@@ -1,7 +1,6 @@
 import pytest
-
-from agents.backends.base import ChatPrompt
-from agents.prompts import PersonaView, judgement_prompt
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.prompts import PersonaView, judgement_prompt
 
 
 def _slate_prompts(n_users=2, n_cands=4):
@@ -52,7 +51,8 @@ def test_prompt_truncation_is_flagged(tiny_backend):
 
 
 def test_openai_backend_against_stand_in_server(tiny_backend):
-    from agents.backends.openai_backend import OpenAIBackend
+    from vragent.agents.backends.openai_backend import OpenAIBackend
+
     from tests.openai_stand_in import serve_stand_in
 
     with serve_stand_in(tiny_backend) as url:
@@ -68,8 +68,8 @@ def test_openai_backend_against_stand_in_server(tiny_backend):
 
 
 def test_openai_backend_reports_a_down_server():
-    from agents.backends.base import BackendError
-    from agents.backends.openai_backend import OpenAIBackend
+    from vragent.agents.backends.base import BackendError
+    from vragent.agents.backends.openai_backend import OpenAIBackend
 
     b = OpenAIBackend("http://127.0.0.1:9/v1", "x", timeout_s=2, max_retries=0)
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:9"):
@@ -77,7 +77,7 @@ def test_openai_backend_reports_a_down_server():
 
 
 def test_prefix_groups_split_at_user_boundaries():
-    from agents.backends.prefix_tree import prefix_groups as _prefix_groups
+    from vragent.agents.backends.prefix_tree import prefix_groups as _prefix_groups
 
     system = [1] * 20
     user_a = system + [2] * 30

@@ -5,15 +5,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 from sqlalchemy import func, select
+from vragent.agents.backends.base import BackendError, ChatPrompt
+from vragent.agents.backends.caching import CachingBackend, prompt_hash
+from vragent.agents.backends.constant import ConstantBackend
+from vragent.agents.backends.hf import HFBackend
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.response_cache import SqlResponseCache
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import Decision, ItemProfileRow, LlmCacheEntry, LlmCall, Store
 
-from agents.backends.base import BackendError, ChatPrompt
-from agents.backends.caching import CachingBackend, prompt_hash
-from agents.backends.constant import ConstantBackend
-from agents.backends.hf import HFBackend
-from sandbox.config import parse_scenario
-from sandbox.response_cache import SqlResponseCache
-from sandbox.runner import create_run, execute
-from sandbox.store import Decision, ItemProfileRow, LlmCacheEntry, LlmCall, Store
 from tests.conftest import tiny_scenario
 
 
@@ -199,7 +199,7 @@ def test_prompt_hash_covers_parts_and_prefix():
     assert prompt_hash(p) != prompt_hash(_prompt("x", prefix="<think>"))
     parts = ChatPrompt((("user", ("look", b"\x89PNG...")),))  # content as a tuple of parts
     assert prompt_hash(parts) != prompt_hash(ChatPrompt((("user", ("look", b"\x89PNG!..")),)))
-    import agents.backends.base as base
+    import vragent.agents.backends.base as base
 
     if hasattr(base, "ImagePart"):  # multimodal parts: every part counts, text or image
         def mm(url, text="look"):

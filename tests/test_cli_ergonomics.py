@@ -9,11 +9,11 @@ import time
 import pytest
 import yaml
 from typer.testing import CliRunner
+from vragent.sandbox.cli import app
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.runner import create_run
+from vragent.sandbox.store import Store
 
-from sandbox.cli import app
-from sandbox.config import parse_scenario
-from sandbox.runner import create_run
-from sandbox.store import Store
 from tests.conftest import REPO, tiny_scenario
 from tests.test_hostile_cli import SECRET, assert_one_line
 
@@ -42,7 +42,7 @@ def test_a_killed_run_shows_as_interrupted_with_its_resume_command(store_url):
     """While a live process holds the run it is ``running``; once that process is killed
     (SIGKILL: nothing could record the stop) ``runs`` and ``show`` say ``interrupted`` and
     print the command that resumes it; the store itself is not changed by reading it."""
-    from sandbox.run_lock import owner_alive
+    from vragent.sandbox.run_lock import owner_alive
 
     store, run_id = _running_run(store_url)
     resume = f"vragent run --resume {run_id} --db "
@@ -84,7 +84,7 @@ def test_a_run_lock_probe_does_not_refuse_a_resume(tmp_path, monkeypatch):
     meets the probe waits it out instead of reporting the run busy."""
     import fcntl
 
-    from sandbox.run_lock import RunLock, owner_alive
+    from vragent.sandbox.run_lock import RunLock, owner_alive
 
     store, run_id = _running_run(f"sqlite:///{tmp_path}/s.sqlite")
     with RunLock(store, run_id):
@@ -153,7 +153,7 @@ def test_a_misspelt_scenario_name_suggests_the_bundled_one(tmp_path):
 
 
 def test_version_prints_version_git_revision_and_store_with_password_hidden(monkeypatch):
-    from sandbox.version import git_revision, package_version
+    from vragent.sandbox.version import git_revision, package_version
 
     monkeypatch.setenv("VRAGENT_DB", f"postgresql+psycopg://vragent:{SECRET}@db.example/runs")
     shown = invoke("--version")

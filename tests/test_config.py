@@ -1,8 +1,8 @@
 import pytest
 from typer.testing import CliRunner
+from vragent.sandbox.cli import app
+from vragent.sandbox.config import ScenarioError, list_scenarios, load_scenario, parse_scenario
 
-from sandbox.cli import app
-from sandbox.config import ScenarioError, list_scenarios, load_scenario, parse_scenario
 from tests.conftest import tiny_scenario, write_scenario
 
 
@@ -68,8 +68,7 @@ def test_cli_exits_2_with_one_line(tmp_path):
 
 def test_cli_run_applies_set_overrides_and_stores_them(tmp_path):
     import yaml as _yaml
-
-    from sandbox.store import Store
+    from vragent.sandbox.store import Store
 
     path = write_scenario(tmp_path, tiny_scenario(ip_agent={"enabled": False},
                                                   backend={"kind": "tiny", "trace_rate": 0.0}))

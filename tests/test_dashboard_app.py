@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select, text
 from streamlit.testing.v1 import AppTest
+from vragent.dashboards import data, training_data
+from vragent.dashboards.cli import streamlit_command
+from vragent.sandbox.store import Decision, SessionEvent, Store
 
-from dashboards import data, training_data
-from dashboards.cli import streamlit_command
-from sandbox.store import Decision, SessionEvent, Store
 from tests.dashboard_fixture import DashboardStore, build, think_snippet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def test_ab_page_experiment(env: DashboardStore) -> None:
     pooled = values[values["seed"].isna()].set_index(["metric", "arm"])
     cell = per_arm.set_index("metric").loc["watch_rate", "cooc"]
     v = pooled.loc[("watch_rate", "cooc")]
-    from dashboards.common import number
+    from vragent.dashboards.common import number
 
     assert cell == f"{number(v['value'])} [{number(v['low'])}, {number(v['high'])}]"
     assert set(against["arm"]) == {"cooc", "random"}
@@ -194,7 +194,7 @@ def test_trace_explorer_shows_the_reasoning(env: DashboardStore) -> None:
 
 
 def common_labels() -> list[str]:
-    from dashboards.common import ACTION_LABELS, LEAVE_LABEL
+    from vragent.dashboards.common import ACTION_LABELS, LEAVE_LABEL
 
     return [*ACTION_LABELS.values(), LEAVE_LABEL]
 
@@ -312,9 +312,8 @@ def test_items_page(env: DashboardStore) -> None:
 
 def training_log_rows(env: DashboardStore):
     from sqlalchemy import select
-
-    from sandbox.store import Store
-    from sandbox.training_log import PolicyEval
+    from vragent.sandbox.store import Store
+    from vragent.sandbox.training_log import PolicyEval
 
     with Store(env.url, create=False).session() as s:
         return list(s.scalars(select(PolicyEval).where(PolicyEval.eval_id == env.eval_id)))
@@ -410,7 +409,7 @@ def test_db_url_and_command() -> None:
 
 def test_cli_registers_the_dashboard_command() -> None:
     exe = Path(sys.executable).parent / "vragent"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sandbox.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vragent.sandbox.cli"]
     env = {k: v for k, v in os.environ.items() if k != "VRAGENT_DB"} | {"COLUMNS": "200"}
     out = subprocess.run([*cmd, "dashboard", "--help"], capture_output=True, text=True,
                          timeout=120, env=env)
@@ -504,7 +503,7 @@ def test_outside_text_is_never_markup(store: DashboardStore, tmp_path: Path) -> 
 
 def test_every_stored_explanation_reproduces_its_action(env: DashboardStore) -> None:
     """The stored rule, draw and thresholds give back each action and each leave."""
-    from sandbox.store import SessionEvent
+    from vragent.sandbox.store import SessionEvent
 
     s = Store(env.url, create=False)
     with s.session() as ses:
@@ -525,7 +524,7 @@ def test_every_stored_explanation_reproduces_its_action(env: DashboardStore) -> 
 
 
 def test_explanation_sentences() -> None:
-    from dashboards import explain
+    from vragent.dashboards import explain
 
     row = {"action": "skip", "rule": "draw", "draw": 0.95, "like_cut": 0.36, "p_like": 0.91}
     assert explain.decision_sentence(row) == "skip: u = 0.95 ≥ p(watch) = 0.91"
@@ -607,7 +606,7 @@ def test_trace_explorer_arms_side_by_side(env: DashboardStore) -> None:
         stored = ses.execute(select(Decision.step, Decision.arm, Decision.action).where(
             Decision.run_id == traced, Decision.user_id == env.traced_user)
             .order_by(Decision.step, Decision.position)).all()
-    from dashboards.common import ACTION_LABELS
+    from vragent.dashboards.common import ACTION_LABELS
 
     for i, table in enumerate(tables):
         step, arm = i // 3, ("popular", "cooc", "random")[i % 3]
@@ -623,8 +622,8 @@ def chart_data(chart) -> pd.DataFrame:
 
 
 def test_feedback_overlay_and_lorenz(env: DashboardStore) -> None:
-    from environments.metrics import gini_rows
-    from sandbox.store import Impression, Item
+    from vragent.environments.metrics import gini_rows
+    from vragent.sandbox.store import Impression, Item
 
     at = open_page("feedback")
     at.radio(key="fb_source").set_value("Runs side by side").run()
@@ -652,7 +651,7 @@ def test_feedback_overlay_and_lorenz(env: DashboardStore) -> None:
 
 
 def test_smoothing_is_an_exponential_moving_average_per_series() -> None:
-    from dashboards.common import smooth
+    from vragent.dashboards.common import smooth
 
     df = pd.DataFrame({"step": [0, 1, 2, 0, 1, 2], "value": [0.0, 1.0, 1.0, 5.0, 5.0, 5.0],
                        "run": ["a", "a", "a", "b", "b", "b"]})

@@ -67,7 +67,7 @@ def _serve(db_url: str, covers: Path, log: Path) -> Iterator[str]:
     """``vragent dashboard --db URL --port P`` (the real command), stopped with SIGTERM."""
     port = _free_port()
     exe = Path(sys.executable).parent / "vragent"
-    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "sandbox.cli"]
+    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "vragent.sandbox.cli"]
     cmd = [*cli, "dashboard", "--db", db_url, "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "VRAGENT_DB"}
     env |= {"VRAGENT_COVERS_DIR": str(covers), "OMP_NUM_THREADS": "1"}

@@ -8,17 +8,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from environments.datasets import (
+from vragent.environments.datasets import (
     extract_tags,
     load_dataset,
     load_microlens,
     load_movielens_1m,
     load_movielens_100k,
 )
-from environments.datasets._io import find_file, open_text, read_delimited, read_numeric_table
-from environments.datasets.movielens import ML100K_GENRES
-from environments.schema import DataFormatError, LoadReport
+from vragent.environments.datasets._io import (
+    find_file,
+    open_text,
+    read_delimited,
+    read_numeric_table,
+)
+from vragent.environments.datasets.movielens import ML100K_GENRES
+from vragent.environments.schema import DataFormatError, LoadReport
+
 from tests.conftest import real_data
 
 GENRES = list(ML100K_GENRES)

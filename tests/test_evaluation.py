@@ -7,10 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from environments.evaluation import evaluate, hit_ndcg_at_k, metrics_from_ranks, target_ranks
-from environments.recommenders import Recommender
-from environments.splits import cold_start_users, leave_one_out
+from vragent.environments.evaluation import (
+    evaluate,
+    hit_ndcg_at_k,
+    metrics_from_ranks,
+    target_ranks,
+)
+from vragent.environments.recommenders import Recommender
+from vragent.environments.splits import cold_start_users, leave_one_out
 
 
 class FixedScores(Recommender):

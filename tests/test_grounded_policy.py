@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from agents.backends.base import ChatPrompt
-from agents.policy_head import ScoreHead
-from agents.prompts import PersonaView, score_prompt
-from environments.datasets import make_synthetic_world
-from environments.grounding import CollaborativeGrounding, Evidence
-from environments.recommenders.neighbors import ItemKNNRecommender
-from rl.grounded import (
+from vragent.agents.backends.base import ChatPrompt
+from vragent.agents.policy_head import ScoreHead
+from vragent.agents.prompts import PersonaView, score_prompt
+from vragent.environments.datasets import make_synthetic_world
+from vragent.environments.grounding import CollaborativeGrounding, Evidence
+from vragent.environments.recommenders.neighbors import ItemKNNRecommender
+from vragent.rl.grounded import (
     GroundedPolicyScorer,
     PromptMaker,
     example_prompts,
@@ -22,8 +21,9 @@ from rl.grounded import (
     training_examples,
     without_last,
 )
-from rl.negatives import NegativeSampler
-from sandbox.policies import PolicyManifest, load_policy, write_manifest
+from vragent.rl.negatives import NegativeSampler
+from vragent.sandbox.policies import PolicyManifest, load_policy, write_manifest
+
 from tests.conftest import tiny_scenario
 
 
@@ -207,10 +207,9 @@ def test_a_head_policy_runs_in_the_simulator_with_evidence(tmp_path, monkeypatch
                                                            sequences, grounding, world):
     import yaml
     from sqlalchemy import select
-
-    from sandbox.config import parse_scenario
-    from sandbox.runner import create_run, execute
-    from sandbox.store import Decision, Store
+    from vragent.sandbox.config import parse_scenario
+    from vragent.sandbox.runner import create_run, execute
+    from vragent.sandbox.store import Decision, Store
 
     name = _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world)
     monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "policies"))
@@ -231,8 +230,8 @@ def test_a_head_policy_runs_in_the_simulator_with_evidence(tmp_path, monkeypatch
 
 def test_a_head_policy_needs_an_in_process_backend(tmp_path, monkeypatch, tiny_backend,
                                                    sequences, grounding, world):
-    from sandbox.backend_factory import policy_backend
-    from sandbox.config import Scenario
+    from vragent.sandbox.backend_factory import policy_backend
+    from vragent.sandbox.config import Scenario
 
     name = _tiny_head_policy(tmp_path, tiny_backend, sequences, grounding, world)
     monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "policies"))
@@ -245,7 +244,7 @@ def test_example_prompts_share_one_evidence_call_per_user(sequences, grounding, 
     maker = PromptMaker(world.dataset)
     user = sorted(sequences)[0]
     hist = tuple(sequences[user][:-1])
-    from rl.grounded import Example
+    from vragent.rl.grounded import Example
 
     examples = [Example(user, hist, i, False, "x") for i in (1, 2, 3)]
     prompts = example_prompts(examples, grounding, maker)
@@ -260,8 +259,8 @@ def test_distracted_training_users_see_the_text_on_every_title_others_do_not(
         sequences, grounding, world):
     """Training against injected titles (issue 18, acceptance 6): a seeded share of the users
     carries one distractor on all its titles, history and candidate alike."""
-    from agents.text_safety import clean_item_text
-    from rl.grounded import DISTRACTORS, distracted_users
+    from vragent.agents.text_safety import clean_item_text
+    from vragent.rl.grounded import DISTRACTORS, distracted_users
 
     users = sorted(sequences)[:20]
     chosen = distracted_users(users, 0.5, seed=4)
@@ -271,7 +270,7 @@ def test_distracted_training_users_see_the_text_on_every_title_others_do_not(
     assert distracted_users(users, 0.0, seed=4) == {}
     # The probe's own sentence is never trained on (scripts/injection_probe.py).
     assert not any("Ignore previous instructions" in d for d in DISTRACTORS)
-    from rl.negatives import item_popularity
+    from vragent.rl.negatives import item_popularity
 
     sampler = NegativeSampler(grounding.catalogue, item_popularity(without_last(sequences)), 0)
     examples = training_examples(sequences, users, sampler)
@@ -319,7 +318,7 @@ def test_a_head_on_an_earlier_layer_runs_only_that_many_layers(tiny_backend):
 
 
 def test_head_layer_round_trips_and_must_exist(tmp_path, tiny_backend):
-    from agents.backends.depth import truncated_body
+    from vragent.agents.backends.depth import truncated_body
 
     head = ScoreHead(np.arange(4.0), 0.1, np.zeros(4), np.ones(4), layer=3)
     head.save(tmp_path)
@@ -342,7 +341,7 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
     import subprocess
     import sys
 
-    from sandbox.policies import BUNDLED
+    from vragent.sandbox.policies import BUNDLED
 
     shipped = load_policy(BUNDLED_POLICY, tmp_path / "empty-registry")
     assert shipped.path.parent == BUNDLED and shipped.is_head and shipped.grounded
@@ -355,7 +354,7 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
                 "check_users", "distract", "reason", "reason_invariance",
                 "distract_invariance"):
         args += [f"--{key.replace('_', '-')}", str(conf[key])]
-    done = subprocess.run([sys.executable, "-m", "sandbox.cli", "rl", "train-head", *args],
+    done = subprocess.run([sys.executable, "-m", "vragent.sandbox.cli", "rl", "train-head", *args],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     folder = load_policy("reproduced", reg).path
@@ -371,8 +370,8 @@ def test_the_bundled_policy_reproduces_from_its_seed(tmp_path):
         assert got[key] == pytest.approx(want[key], abs=0.005), key
 
     # rl eval scores a head policy on held-out rows beside the baselines, on the same rows.
-    from rl.datasets import RLDataConfig, build_and_save
-    from rl.policy_eval import EvalConfig, run_eval
+    from vragent.rl.datasets import RLDataConfig, build_and_save
+    from vragent.rl.policy_eval import EvalConfig, run_eval
 
     cfg = RLDataConfig(dataset="synthetic", eval_users=20, train_users=24, seed=0,
                        protocols=("random",), train_protocols=("random",), judgement_ms=(1,))
@@ -400,9 +399,9 @@ def test_a_head_policy_decides_after_the_preference_it_wrote(tiny_backend, mode)
     """Traces that decide: the model writes one preference per slate, each candidate is read
     after it, and the head's p(Yes) from that state is the stored answer and the action's
     source (generate: the answer; score: the seeded draw from p)."""
-    from agents.parsing import parse_judgement
-    from agents.prompts import PREFERENCE_PREFIX, PersonaView
-    from agents.us_agent import Candidate, SlateRequest, USAgent
+    from vragent.agents.parsing import parse_judgement
+    from vragent.agents.prompts import PREFERENCE_PREFIX, PersonaView
+    from vragent.agents.us_agent import Candidate, SlateRequest, USAgent
 
     calls = []
     inner_generate = tiny_backend.generate

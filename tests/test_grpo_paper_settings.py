@@ -3,10 +3,11 @@ warm-up ratio really ramps the learning rate in a (tiny) TRL run."""
 
 from __future__ import annotations
 
-from rl.configs import GRPORunConfig, LoraSettings
-from rl.trainers import grpo_args, train_policy
-from sandbox.store import Store
-from sandbox.training_log import curves
+from vragent.rl.configs import GRPORunConfig, LoraSettings
+from vragent.rl.trainers import grpo_args, train_policy
+from vragent.sandbox.store import Store
+from vragent.sandbox.training_log import curves
+
 from tests.test_rl_training import _rows, _save
 
 

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-
-from agents.backends.constant import ConstantBackend
-from environments.datasets import load_dataset
-from sandbox.gym_env import SlateEnv, draw_key
+from vragent.agents.backends.constant import ConstantBackend
+from vragent.environments.datasets import load_dataset
+from vragent.sandbox.gym_env import SlateEnv, draw_key
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_long_sessions_never_replay_another_episodes_draws(world):
 def test_bandit_example_runs(monkeypatch, capsys):
     import sys
 
-    from rl import bandit_example
+    from vragent.rl import bandit_example
 
     monkeypatch.setattr(sys, "argv", ["bandit", "--episodes", "3"])
     bandit_example.main()

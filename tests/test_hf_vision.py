@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-
-from agents.backends.base import ChatPrompt, Generation, ImagePart, TextPart
-from agents.backends.tiny_vision import TOKENS_PER_IMAGE, tiny_vision_backend
-from agents.keyframes import frames_to_image_parts
+from vragent.agents.backends.base import ChatPrompt, Generation, ImagePart, TextPart
+from vragent.agents.backends.tiny_vision import TOKENS_PER_IMAGE, tiny_vision_backend
+from vragent.agents.keyframes import frames_to_image_parts
 
 COLOURS = [(230, 20, 20), (20, 200, 40), (30, 40, 220), (240, 240, 30)]
 
@@ -95,7 +94,7 @@ def test_http_images_are_not_fetched(backend):
 
 def test_model_id_and_kind(backend):
     assert backend.model_id == "tiny-random-llava-s0" and backend.kind == "hf-vision"
-    from agents.backends.hf_vision import HFVisionBackend
+    from vragent.agents.backends.hf_vision import HFVisionBackend
 
     with pytest.raises(ValueError, match="processor"):
         HFVisionBackend(model=backend.model)

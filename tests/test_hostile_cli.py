@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from typer.testing import CliRunner
+from vragent.sandbox.cli import app
+from vragent.sandbox.cli_common import scrub_url, shown_url
+from vragent.sandbox.config import MAX_SEED
 
-from sandbox.cli import app
-from sandbox.cli_common import scrub_url, shown_url
-from sandbox.config import MAX_SEED
 from tests.conftest import tiny_scenario, write_scenario
 from tests.fault_injecting_server import free_port
 

@@ -13,29 +13,29 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
-from agents.ip_agent import ItemText
-from agents.parsing import parse_judgement
-from agents.parsing import read_judgement as parse_judgement_label
-from agents.persona import build_persona, item_line
-from agents.prompts import (
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.ip_agent import ItemText
+from vragent.agents.parsing import parse_judgement
+from vragent.agents.parsing import read_judgement as parse_judgement_label
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.prompts import (
     SCORE_CANDIDATE_PREFIX,
     SCORE_PREFIX,
     THINK_PREFIX,
     judgement_prompt,
     score_prompt,
 )
-from agents.text_safety import MAX_TITLE_CHARS, clean_item_text
-from agents.us_agent import Candidate, SlateRequest, USAgent
-from environments.datasets import load_microlens, load_movielens_1m, load_movielens_100k
-from environments.schema import DataFormatError, Dataset
-from rl.rewards import (
+from vragent.agents.text_safety import MAX_TITLE_CHARS, clean_item_text
+from vragent.agents.us_agent import Candidate, SlateRequest, USAgent
+from vragent.environments.datasets import load_microlens, load_movielens_1m, load_movielens_100k
+from vragent.environments.schema import DataFormatError, Dataset
+from vragent.rl.rewards import (
     format_quality,
     score,
     score_judgement,
     score_selection,
 )
+
 from tests.test_datasets import ITEMS, RATINGS, _u_item_line, _write, write_ml100k
 
 # ------------------------------------------------------------------ dataset files
@@ -295,10 +295,11 @@ def test_reward_parser_survives_hostile_text_in_the_completion(kind):
 
 
 def test_simulation_stores_hostile_titles_without_corruption(tmp_path, monkeypatch):
-    from sandbox import runtime
-    from sandbox.config import load_scenario
-    from sandbox.runner import create_run, execute
-    from sandbox.store import Decision, Impression, Item, ItemProfileRow, Store
+    from vragent.sandbox import runtime
+    from vragent.sandbox.config import load_scenario
+    from vragent.sandbox.runner import create_run, execute
+    from vragent.sandbox.store import Decision, Impression, Item, ItemProfileRow, Store
+
     from tests.conftest import tiny_scenario, write_scenario
 
     real_load_world = runtime.load_world
@@ -456,9 +457,10 @@ BAD_COMPLETIONS_BY_ITEM = {10 + k: name for k, name in enumerate(BAD_COMPLETIONS
 
 
 def test_bad_completions_reach_the_store_intact(tmp_path):
-    from sandbox.config import load_scenario
-    from sandbox.runner import create_run, execute
-    from sandbox.store import Decision, Store
+    from vragent.sandbox.config import load_scenario
+    from vragent.sandbox.runner import create_run, execute
+    from vragent.sandbox.store import Decision, Store
+
     from tests.conftest import tiny_scenario, write_scenario
 
     class AnyCandidate(dict):

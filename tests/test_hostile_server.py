@@ -13,9 +13,9 @@ import time
 import uuid
 
 import pytest
+from vragent.agents.backends.base import BackendError, ChatPrompt
+from vragent.agents.backends.openai_backend import OpenAIBackend
 
-from agents.backends.base import BackendError, ChatPrompt
-from agents.backends.openai_backend import OpenAIBackend
 from tests.fault_injecting_server import FaultInjectingServer
 from tests.openai_stand_in import stand_in
 

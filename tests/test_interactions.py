@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from vragent.environments.datasets import load_dataset, load_interactions, load_movielens_100k
+from vragent.environments.schema import DataFormatError
+from vragent.environments.sources import InteractionColumns, data_dir_path, interactions_options
 
-from environments.datasets import load_dataset, load_interactions, load_movielens_100k
-from environments.schema import DataFormatError
-from environments.sources import InteractionColumns, data_dir_path, interactions_options
 from tests.test_datasets import write_ml100k
 
 # (user, item, timestamp, rating) in file order; u1 has a timestamp tie (b and c at 20).
@@ -198,9 +198,9 @@ def _assert_same(a, b) -> None:
 
 def test_one_default_location_for_every_reader(tmp_path: Path, monkeypatch) -> None:
     """Scenarios, ``vragent rl`` and ip-experiment resolve ``$VRAGENT_DATA_DIR`` alike."""
-    from rl.datasets import RLDataConfig, RLDataError, load_source
-    from sandbox.config import Scenario
-    from sandbox.world import dataset_path
+    from vragent.rl.datasets import RLDataConfig, RLDataError, load_source
+    from vragent.sandbox.config import Scenario
+    from vragent.sandbox.world import dataset_path
 
     monkeypatch.setenv("VRAGENT_DATA_DIR", str(tmp_path))
     for kind in ("microlens", "MicroLens-50k", "microlens-100k"):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+from vragent.environments.datasets import make_synthetic_world
+from vragent.environments.sources import DATASET_KINDS
+from vragent.sandbox.cli import app
+from vragent.sandbox.config import ScenarioError, parse_scenario
 
-from environments.datasets import make_synthetic_world
-from environments.sources import DATASET_KINDS
-from sandbox.cli import app
-from sandbox.config import ScenarioError, parse_scenario
 from tests.conftest import tiny_scenario, write_scenario
 
 COLUMNS = {"user": "viewer", "item": "video", "timestamp": "ts", "title": "name"}
@@ -77,7 +77,7 @@ def test_scenario_validates_interactions_options(logs) -> None:
 
 
 def test_scenario_runs_one_step_with_the_tiny_backend(logs, tmp_path) -> None:
-    from sandbox.store import Store
+    from vragent.sandbox.store import Store
 
     sc = tiny_scenario(dataset=_dataset_section(logs), simulation={"steps": 1},
                        ip_agent={"enabled": False}, backend={"kind": "tiny", "trace_rate": 0.0},
@@ -91,7 +91,7 @@ def test_scenario_runs_one_step_with_the_tiny_backend(logs, tmp_path) -> None:
 
 
 def test_fidelity_offline_half_reads_interactions(logs) -> None:
-    from sandbox.fidelity import offline_scores
+    from vragent.sandbox.fidelity import offline_scores
 
     sc = parse_scenario(tiny_scenario(dataset=_dataset_section(logs)))
     scores, n_users = offline_scores(sc)
@@ -113,7 +113,7 @@ def test_missing_log_is_one_line_for_run_and_fidelity(logs, tmp_path) -> None:
 
 
 def test_build_data_end_to_end_on_an_interactions_csv(logs, tmp_path) -> None:
-    from rl.datasets import load_rl_data
+    from vragent.rl.datasets import load_rl_data
 
     out = tmp_path / "rl"
     args = ["rl", "build-data", "--dataset", "interactions", "--path", str(logs[0]),

@@ -1,6 +1,5 @@
 import pytest
-
-from agents.ip_agent import IPAgent, ItemText, repair_profile
+from vragent.agents.ip_agent import IPAgent, ItemText, repair_profile
 
 ITEM = ItemText(1, "Street food tour in Bangkok #food #travel", "Travel")
 
@@ -46,7 +45,7 @@ def test_agent_never_stores_an_unflagged_broken_profile(tiny_backend):
 
 
 def test_copied_example_is_flagged():
-    from agents.prompts import IP_EXAMPLE
+    from vragent.agents.prompts import IP_EXAMPLE
 
     profile, _, problems = repair_profile(IP_EXAMPLE + "\n\nThis is a profile of a driver", ITEM)
     assert "copied the prompt's example" in problems
@@ -62,8 +61,8 @@ def test_only_the_first_paragraph_is_kept():
 
 from dataclasses import dataclass, field  # noqa: E402
 
-from agents.backends.base import Generation, ImagePart, LLMBackend, Score  # noqa: E402
-from agents.ip_agent import STAGES, make_key_frame_fn, parse_sufficiency  # noqa: E402
+from vragent.agents.backends.base import Generation, ImagePart, LLMBackend, Score  # noqa: E402
+from vragent.agents.ip_agent import STAGES, make_key_frame_fn, parse_sufficiency  # noqa: E402
 
 
 @dataclass
@@ -164,8 +163,8 @@ def test_insufficient_without_frames_uses_cover_with_the_limited_hint(video_item
 
 
 def test_clip_key_frames_with_tiny_models_end_to_end(video_item):
-    from agents.backends.tiny_vision import tiny_clip_scorer, tiny_vision_backend
-    from agents.keyframes import sample_frames
+    from vragent.agents.backends.tiny_vision import tiny_clip_scorer, tiny_vision_backend
+    from vragent.agents.keyframes import sample_frames
 
     scorer = tiny_clip_scorer()
     agent = IPAgent(tiny_vision_backend(), max_new_tokens=8, cmp_max_new_tokens=8,
@@ -204,7 +203,8 @@ def test_single_prompt_variant_keeps_one_stage(tiny_backend):
 
 def test_openai_backend_sends_cover_and_key_frames_as_image_parts(tiny_backend, video_item):
     """With a served vision model, the images travel as OpenAI content parts."""
-    from agents.backends.openai_backend import OpenAIBackend
+    from vragent.agents.backends.openai_backend import OpenAIBackend
+
     from tests.openai_stand_in import stand_in
 
     with stand_in(tiny_backend, torch_threads=1) as server:

@@ -9,11 +9,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
-
-from sandbox.cli import app
-from sandbox.ip_experiment import ARMS, IPExperimentConfig, prepare, run_ip_experiment
-from sandbox.perception import item_text_for
-from sandbox.store import Store
+from vragent.sandbox.cli import app
+from vragent.sandbox.ip_experiment import ARMS, IPExperimentConfig, prepare, run_ip_experiment
+from vragent.sandbox.perception import item_text_for
+from vragent.sandbox.store import Store
 
 # Three users, six items. Leave-one-out: train = first 3, valid = 4th, test = 5th.
 #   u1: 1 2 3 | 4 | 5     u2: 1 2 3 | 6 | 4     u3: 1 2 5 | 3 | 6

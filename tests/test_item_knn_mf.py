@@ -11,19 +11,18 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-import environments.recommenders.neighbors as neighbors
-from environments.datasets.synthetic import make_synthetic_world
-from environments.evaluation import evaluate
-from environments.recommenders import (
+import vragent.environments.recommenders.neighbors as neighbors
+from vragent.environments.datasets.synthetic import make_synthetic_world
+from vragent.environments.evaluation import evaluate
+from vragent.environments.recommenders import (
     RECOMMENDERS,
     ItemKNNRecommender,
     load_recommender,
     make_recommender,
     recommender_class,
 )
-from environments.recommenders.checkpoint import CheckpointError
-from environments.splits import leave_one_out
+from vragent.environments.recommenders.checkpoint import CheckpointError
+from vragent.environments.splits import leave_one_out
 
 
 def frame(seqs: dict[int, list[int]]) -> pd.DataFrame:
@@ -140,7 +139,7 @@ def test_mf_scores_do_not_depend_on_the_batch(small_world) -> None:
 
 
 def test_mf_checkpoint_round_trip(small_world, tmp_path) -> None:
-    from environments.recommenders.factorization import MFRecommender
+    from vragent.environments.recommenders.factorization import MFRecommender
 
     model = MFRecommender(seed=2, **MF_PARAMS).fit(small_world)
     path = model.save(tmp_path / "mf")
@@ -180,7 +179,7 @@ def test_registry_is_lazy_about_torch() -> None:
 
 
 def test_registry_lookup_and_errors(tmp_path) -> None:
-    from environments.recommenders.factorization import MFRecommender
+    from vragent.environments.recommenders.factorization import MFRecommender
 
     assert recommender_class("mf") is MFRecommender is RECOMMENDERS["mf"]
     assert recommender_class("itemknn") is ItemKNNRecommender
@@ -225,7 +224,7 @@ def test_itemknn_and_mf_beat_random_on_synthetic_world() -> None:
 def test_one_similarity_for_the_recommender_and_the_evaluation_scorer() -> None:
     """``rl.baselines.ItemKNNScorer`` reads the recommender's similarity (one implementation,
     float64 there), and ties at the neighbour cut go to the lower item on both."""
-    from rl.baselines import ItemKNNScorer
+    from vragent.rl.baselines import ItemKNNScorer
 
     world = make_synthetic_world(n_users=60, n_items=80, mean_history=10, seed=2)
     df = world.dataset.interactions

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from agents.keyframes import (
+from vragent.agents.keyframes import (
     ClipScorer,
     Frame,
     KeyFrame,
@@ -145,7 +144,7 @@ def test_short_video_gives_all_its_frames(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip():
-    from agents.backends.tiny_vision import build_tiny_clip
+    from vragent.agents.backends.tiny_vision import build_tiny_clip
 
     model, processor = build_tiny_clip(seed=0)
     return model, processor, ClipScorer(model, processor, model_name="tiny-clip")
@@ -257,7 +256,7 @@ def test_frames_to_image_parts_downscale_keeping_aspect():
 
 
 def test_overstated_frame_count_costs_a_second_pass(tmp_path, monkeypatch):
-    import agents.keyframes as kf
+    import vragent.agents.keyframes as kf
 
     video = write_video(tmp_path / "clip.mp4")
     monkeypatch.setattr(kf, "_count_frames", lambda path: 30)  # a truncated file's header

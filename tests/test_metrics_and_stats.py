@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-
-from environments.metrics import (
+from vragent.environments.metrics import (
     catalogue_coverage,
     coverage_rows,
     exposure_counts,
@@ -18,7 +17,7 @@ from environments.metrics import (
     novelty,
     profile_entropy,
 )
-from sandbox.stats import paired_bootstrap, paired_permutation_p, power_table, users_needed
+from vragent.sandbox.stats import paired_bootstrap, paired_permutation_p, power_table, users_needed
 
 
 def test_coverage_and_exposure():
@@ -39,7 +38,7 @@ def test_intra_list_diversity_by_hand():
 def test_intra_list_diversity_in_blocks_equals_slate_by_slate():
     """Slates of mixed lengths, more than one numpy block of them, a zero vector and items
     without a vector: the blocked computation equals the mean of per-slate means."""
-    from environments.metrics import ILD_BLOCK_SLATES
+    from vragent.environments.metrics import ILD_BLOCK_SLATES
 
     rng = np.random.default_rng(0)
     emb = {i: rng.standard_normal(5) for i in range(1, 200)}
@@ -159,8 +158,8 @@ def test_power_table():
 
 
 def test_stratified_population_has_light_and_heavy_users():
-    from environments.splits import Split
-    from sandbox.world import sample_population
+    from vragent.environments.splits import Split
+    from vragent.sandbox.world import sample_population
 
     # 30 users with train histories of 1..30 items.
     split = Split(train={u: list(range(u)) for u in range(1, 31)}, valid={}, test={},
@@ -175,7 +174,7 @@ def test_stratified_population_has_light_and_heavy_users():
 
 
 def test_cowatch_graph_links_users_who_watched_the_same_items():
-    from sandbox.population import cowatch_graph
+    from vragent.sandbox.population import cowatch_graph
 
     hist = {1: [10, 11, 12], 2: [10, 11], 3: [11, 12, 13], 4: [50, 51], 5: [50, 51, 52], 6: [99]}
     g = cowatch_graph(hist, k=1)
@@ -187,7 +186,7 @@ def test_cowatch_graph_links_users_who_watched_the_same_items():
 
 
 def test_population_model_builds_the_cowatch_graph():
-    from sandbox.population import PopulationModel
+    from vragent.sandbox.population import PopulationModel
 
     users = [(1, {}, [10, 11]), (2, {}, [10, 11, 12]), (3, {}, [40]), (4, {}, [40, 41])]
     model = PopulationModel(users, ["a"], seed=0, graph="cowatch", k=1)
@@ -195,8 +194,8 @@ def test_population_model_builds_the_cowatch_graph():
 
 
 def test_one_rule_calls_differences_after_the_multiple_comparison_adjustment() -> None:
-    from sandbox.ab_analysis import call_differences
-    from sandbox.stats import adjusted_p
+    from vragent.sandbox.ab_analysis import call_differences
+    from vragent.sandbox.stats import adjusted_p
 
     # BH by hand: sorted p (0.001, 0.02, 0.03, 0.5) → q = min over k ≥ i of p_k · m / k.
     q = adjusted_p([0.03, 0.001, None, 0.5, 0.02])
@@ -221,7 +220,7 @@ def test_one_rule_calls_differences_after_the_multiple_comparison_adjustment() -
 
 
 def test_lorenz_curve_matches_the_gini() -> None:
-    from environments.metrics import gini_rows, lorenz
+    from vragent.environments.metrics import gini_rows, lorenz
 
     rng = np.random.default_rng(0)
     counts = rng.zipf(1.7, size=300).astype(float)

@@ -8,9 +8,8 @@ import threading
 import time
 
 import pytest
-
-from agents.backends.base import BackendError, ChatPrompt, ImagePart, TextPart
-from agents.backends.openai_backend import (
+from vragent.agents.backends.base import BackendError, ChatPrompt, ImagePart, TextPart
+from vragent.agents.backends.openai_backend import (
     GUIDED_PREFIX,
     JUDGEMENT_REGEX,
     OpenAIBackend,
@@ -18,8 +17,9 @@ from agents.backends.openai_backend import (
     judgement_regex,
     judgement_schema,
 )
-from agents.parsing import parse_judgement
-from agents.prompts import PersonaView, judgement_prompt
+from vragent.agents.parsing import parse_judgement
+from vragent.agents.prompts import PersonaView, judgement_prompt
+
 from tests.fault_injecting_server import GARBAGE, FaultInjectingServer, free_port
 from tests.openai_stand_in import stand_in
 
@@ -164,10 +164,9 @@ def test_a_bad_logprob_is_a_bad_response_retried_never_cached(server, fault, bac
     answer; when they persist the error names the backend, and the response cache of the
     store never holds them (issue 16)."""
     from sqlalchemy import func, select
-
-    from sandbox.config import BackendConfig
-    from sandbox.response_cache import wrap_backend
-    from sandbox.store import LlmCacheEntry, Store
+    from vragent.sandbox.config import BackendConfig
+    from vragent.sandbox.response_cache import wrap_backend
+    from vragent.sandbox.store import LlmCacheEntry, Store
 
     prompts = _prompts(n_users=1, n_cands=2)
     ref = tiny_backend.score_naive(prompts)
@@ -191,7 +190,7 @@ def test_a_bad_logprob_is_a_bad_response_retried_never_cached(server, fault, bac
 
 
 def test_very_negative_logprobs_do_not_underflow_to_an_error():
-    from agents.backends.openai_backend import _option_score
+    from vragent.agents.backends.openai_backend import _option_score
 
     s = _option_score([("Yes", -1000.0), (" Yes", -1001.0), ("No", -1200.0)], ("Yes", "No"),
                       3, 0.0)
@@ -289,7 +288,7 @@ def test_score_through_completions_chat_and_hf_agree(server, backends, tiny_back
 
 
 def test_options_missing_from_top_logprobs_get_the_floor():
-    from agents.backends.openai_backend import _option_score
+    from vragent.agents.backends.openai_backend import _option_score
 
     top = [("Yes", -1.0), (" Yes", -2.0), ("maybe", -0.5), (" yes", -2.5)]
     s = _option_score(top, ("Yes", "No"), 3, 0.0)
@@ -378,7 +377,7 @@ def test_multimodal_messages_reach_the_server_as_content_parts(server, backends,
 
 
 def _slate_requests(n_users=2, n_items=2):
-    from agents.us_agent import Candidate, SlateRequest
+    from vragent.agents.us_agent import Candidate, SlateRequest
 
     return [SlateRequest("a", u, PersonaView(f"user {u}", ("video #cooking",)),
                          [Candidate(10 * u + i, f"item {i} #pets", i, 1.0)
@@ -386,7 +385,7 @@ def _slate_requests(n_users=2, n_items=2):
 
 
 def test_malformed_answers_are_re_asked_then_recorded_invalid(fault, backends):
-    from agents.us_agent import USAgent
+    from vragent.agents.us_agent import USAgent
 
     b = backends(fault.url)
     agent = USAgent(b, mode="generate", seed=3, max_new_tokens=6, format_retries=2)
@@ -408,7 +407,7 @@ def test_malformed_answers_are_re_asked_then_recorded_invalid(fault, backends):
 
 
 def test_format_retries_use_new_seeds(server, fault, backends):
-    from agents.us_agent import USAgent
+    from vragent.agents.us_agent import USAgent
 
     server.reset()
     fault.set_fault("garbage")
@@ -422,9 +421,10 @@ def test_format_retries_use_new_seeds(server, fault, backends):
 
 
 def test_a_server_outage_stops_the_run_cleanly_and_resume_finishes_it(server, tmp_path):
-    from sandbox.config import load_scenario
-    from sandbox.runner import create_run, execute
-    from sandbox.store import Store
+    from vragent.sandbox.config import load_scenario
+    from vragent.sandbox.runner import create_run, execute
+    from vragent.sandbox.store import Store
+
     from tests.conftest import tiny_scenario, write_scenario
     from tests.test_resume import _cli, _snapshot
 

@@ -1,9 +1,8 @@
 import random
 
 import pytest
-
-from agents.parsing import parse_judgement, parse_selection, read_judgement
-from rl.rewards import score_judgement, score_selection
+from vragent.agents.parsing import parse_judgement, parse_selection, read_judgement
+from vragent.rl.rewards import score_judgement, score_selection
 
 GOOD = (" The user likes drama. </think><answer> (1) User_preference: drama\n"
         "(2) Prediction: Yes </answer>")
@@ -63,7 +62,7 @@ def test_prediction_case_insensitive():
 
 
 def test_an_answer_only_turn_needs_no_think_tags():
-    from agents.parsing import parse_judgement
+    from vragent.agents.parsing import parse_judgement
 
     ok = parse_judgement(" (1) User_preference: drama\n(2) Prediction: No </answer>", "<answer>")
     assert ok.format_ok and ok.prediction == "No"
@@ -126,12 +125,12 @@ def test_fuzz_parser_and_reward_agree():
     ("", ""),
 ])
 def test_preference_line_keeps_what_the_model_wrote_about_the_user(completion, line):
-    from agents.parsing import preference_line
+    from vragent.agents.parsing import preference_line
 
     assert preference_line(completion) == line
 
 
 def test_preference_line_is_bounded():
-    from agents.parsing import PREFERENCE_CHARS, preference_line
+    from vragent.agents.parsing import PREFERENCE_CHARS, preference_line
 
     assert len(preference_line("word " * 500)) <= PREFERENCE_CHARS

@@ -6,9 +6,8 @@ import yaml
 from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
-
-from sandbox.cli import app
-from sandbox.store import ItemProfileRow, Store
+from vragent.sandbox.cli import app
+from vragent.sandbox.store import ItemProfileRow, Store
 
 SYNTH = ["--dataset", "synthetic", "--backend", "tiny", "--batch-size", "4",
          "--max-new-tokens", "6", "--cmp-max-new-tokens", "6"]
@@ -52,8 +51,8 @@ def test_bad_backend_is_a_one_line_error(tmp_path):
 
 
 def test_perceive_with_frames_and_tiny_vision_models(tmp_path):
-    from environments.datasets import load_dataset
-    from sandbox.perception import most_popular_first
+    from vragent.environments.datasets import load_dataset
+    from vragent.sandbox.perception import most_popular_first
 
     ds = load_dataset("synthetic", None, seed=0)
     top = most_popular_first(ds.interactions, ds.items["item_id"])[:3]
@@ -87,8 +86,9 @@ def test_perceive_with_frames_and_tiny_vision_models(tmp_path):
 
 def test_simulation_profiles_through_the_shared_cache(tmp_path):
     """The graph's perceive node stores staged profiles; a second run reuses them (0 IP calls)."""
-    from sandbox.config import parse_scenario
-    from sandbox.runner import create_run, execute
+    from vragent.sandbox.config import parse_scenario
+    from vragent.sandbox.runner import create_run, execute
+
     from tests.conftest import tiny_scenario
 
     db = f"sqlite:///{tmp_path}/sim.sqlite"

@@ -13,8 +13,7 @@ import time
 
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.pool import NullPool
-
-from sandbox.store import (
+from vragent.sandbox.store import (
     Arm,
     Decision,
     Impression,
@@ -29,6 +28,7 @@ from sandbox.store import (
     StepRow,
     Store,
 )
+
 from tests.conftest import REPO, fresh_pg_database, pg_admin_url, tiny_scenario, write_scenario
 
 PER_RUN = (Arm, SimUser, Item, StepRow, Impression, Decision, SessionEvent, Metric, LlmCall,
@@ -38,7 +38,8 @@ SEEDS = (11, 12)
 
 def _start(path, url, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "sandbox.cli", "run", str(path), "--db", url],
+    return subprocess.Popen([sys.executable, "-m", "vragent.sandbox.cli", "run", str(path), "--db",
+                             url],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

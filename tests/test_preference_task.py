@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 from datasets import Dataset, DatasetDict
+from vragent.agents.parsing import parse_preference
+from vragent.agents.preference import PREFERENCE_FORMAT_NO_THINKING, preference_prompt
+from vragent.environments.datasets import load_dataset
+from vragent.rl.configs import GRPORunConfig, LoraSettings
+from vragent.rl.datasets import BuildStats, RLDataConfig, build_rl_data, save_rl_data
+from vragent.rl.eval_report import results_markdown
+from vragent.rl.evaluation import LLMPolicy, evaluate
+from vragent.rl.prompting import prompt_for, sft_target
+from vragent.rl.reward_funcs import make_reward_funcs, score_batch
+from vragent.rl.rewards import score, score_preference
+from vragent.rl.trainers import train_policy
+from vragent.sandbox.store import Store
 
-from agents.parsing import parse_preference
-from agents.preference import PREFERENCE_FORMAT_NO_THINKING, preference_prompt
-from environments.datasets import load_dataset
-from rl.configs import GRPORunConfig, LoraSettings
-from rl.datasets import BuildStats, RLDataConfig, build_rl_data, save_rl_data
-from rl.eval_report import results_markdown
-from rl.evaluation import LLMPolicy, evaluate
-from rl.prompting import prompt_for, sft_target
-from rl.reward_funcs import make_reward_funcs, score_batch
-from rl.rewards import score, score_preference
-from rl.trainers import train_policy
-from sandbox.store import Store
 from tests.test_rl_evaluation import ScriptedBackendForTests as ScriptedBackend
 
 TRUTH = "Quick pasta in 10 minutes #cooking"
@@ -99,7 +99,7 @@ def test_preference_reward_follows_the_paper():
 
 
 def test_minilm_similarity_loads_offline_and_ranks_texts():
-    from rl.text_similarity import EmbeddingSimilarity
+    from vragent.rl.text_similarity import EmbeddingSimilarity
 
     sim = EmbeddingSimilarity()
     same, close, far = sim.pairs(
@@ -167,10 +167,10 @@ def test_grpo_trains_on_preference_rows(built, tmp_path):
 
 
 def test_rl_eval_reports_preference_for_sampled_llms_only(tmp_path, monkeypatch):
-    from rl.datasets import build_and_save
-    from rl.policy_eval import EvalConfig, headline, run_eval
+    from vragent.rl.datasets import build_and_save
+    from vragent.rl.policy_eval import EvalConfig, headline, run_eval
 
-    monkeypatch.setattr("rl.text_similarity._DEFAULT", WordSimilarity())
+    monkeypatch.setattr("vragent.rl.text_similarity._DEFAULT", WordSimilarity())
     ds = load_dataset("synthetic", None, n_users=40, seed=3)
     cfg = RLDataConfig(dataset="synthetic", eval_users=10, train_users=None, seed=1,
                        tasks=("judgement", "preference"), protocols=("random",),

@@ -1,9 +1,8 @@
 """Score-mode KV reuse: exact against the naive forward, across slates, users and steps."""
 
 import torch
-
-from agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
-from agents.prompts import PersonaView, score_prompt
+from vragent.agents.backends.prefix_cache import PrefixKVCache, common_prefix_len
+from vragent.agents.prompts import PersonaView, score_prompt
 
 
 def _kv(n_tokens: int, fill: float = 0.0):

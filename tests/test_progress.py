@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from rich.console import Console
+from vragent.sandbox.progress import RunProgress, Tracker
 
-from sandbox.progress import RunProgress, Tracker
 from tests.conftest import REPO, tiny_scenario, write_scenario
 from tests.test_ab import truth_scenario
 
@@ -128,7 +128,7 @@ def test_run_in_a_log_writes_a_line_per_step_and_ip_batch(tmp_path):
     sc = tiny_scenario(population={"size": 4}, simulation={"steps": 2, "users_per_task": 4})
     path = write_scenario(tmp_path, sc)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", str(path), "--db",
+    res = subprocess.run([sys.executable, "-m", "vragent.sandbox.cli", "run", str(path), "--db",
                           f"sqlite:///{tmp_path}/r.sqlite"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -146,8 +146,8 @@ def test_run_in_a_log_writes_a_line_per_step_and_ip_batch(tmp_path):
 
 def test_ab_shows_seeds_arms_and_steps(tmp_path):
     """What `vragent ab` shows: one count over every seed's steps, the seed and arms named."""
-    from sandbox.ab import create_experiment, experiment_progress, run_experiment
-    from sandbox.store import Store
+    from vragent.sandbox.ab import create_experiment, experiment_progress, run_experiment
+    from vragent.sandbox.store import Store
 
     path = write_scenario(tmp_path, truth_scenario(population={"size": 10},
                                                    simulation={"steps": 2}))
@@ -164,7 +164,7 @@ def test_ab_shows_seeds_arms_and_steps(tmp_path):
 
 
 def test_sweep_counts_every_point_and_seed(tmp_path):
-    from sandbox.sweep import parse_grid, run_sweep
+    from vragent.sandbox.sweep import parse_grid, run_sweep
 
     path = write_scenario(tmp_path, truth_scenario(population={"size": 8},
                                                    simulation={"steps": 2}))
@@ -183,8 +183,8 @@ def test_hf_bars_are_silenced_outside_terminals_only():
     """Loading a model: the "Loading weights" bar draws in a terminal, never into a log."""
     code = """
 import sys, tempfile
-from agents.backends.hf import HFBackend
-from agents.backends.tiny import save_tiny_model
+from vragent.agents.backends.hf import HFBackend
+from vragent.agents.backends.tiny import save_tiny_model
 from transformers.utils.logging import is_progress_bar_enabled
 folder = tempfile.mkdtemp()
 save_tiny_model(folder)

@@ -2,9 +2,8 @@
 
 import pytest
 from sqlalchemy import select
-
-from sandbox.runner import start
-from sandbox.store import Decision, ItemProfileRow, Store
+from vragent.sandbox.runner import start
+from vragent.sandbox.store import Decision, ItemProfileRow, Store
 
 
 @pytest.mark.slow

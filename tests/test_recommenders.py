@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from environments.recommenders import (
+from vragent.environments.recommenders import (
     PAD_ITEM,
     RECOMMENDERS,
     CoOccurrenceRecommender,

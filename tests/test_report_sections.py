@@ -1,6 +1,5 @@
 import pytest
-
-from sandbox.report_sections import write_section
+from vragent.sandbox.report_sections import write_section
 
 
 def test_sections_are_replaced_in_place_and_prose_is_kept(tmp_path):

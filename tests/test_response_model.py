@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 from sqlalchemy import select
+from vragent.environments.response_model import LogisticResponseModel, auc
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.runner import start
+from vragent.sandbox.store import Decision, Store
+from vragent.sandbox.world import item_vectors, load_world, make_split, synthetic_world
 
-from environments.response_model import LogisticResponseModel, auc
-from sandbox.config import parse_scenario
-from sandbox.runner import start
-from sandbox.store import Decision, Store
-from sandbox.world import item_vectors, load_world, make_split, synthetic_world
 from tests.conftest import tiny_scenario, write_scenario
 
 

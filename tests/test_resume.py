@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from sqlalchemy import select
+from vragent.sandbox.store import Store
 
-from sandbox.store import Store
 from tests.conftest import REPO, tiny_scenario, write_scenario
 
 # Columns that differ between two runs of one scenario by nature: row ids and run ids, clocks,
@@ -20,7 +20,7 @@ SKIPPED_TABLES = {"ab_experiments", "ab_arm_values", "ab_comparisons", "run_owne
 
 def _cli(args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "vragent.sandbox.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -35,7 +35,7 @@ def _stable(value):
 
 def _snapshot(url):
     """The run of a one-run store, and every table's rows without :data:`VOLATILE` columns."""
-    from sandbox.store import Base
+    from vragent.sandbox.store import Base
 
     store = Store(url)
     out = {}
@@ -59,7 +59,7 @@ def _llm_totals(store):
     across stores keeps the count of calls per agent and arm, after checking in this store that
     every total equals its sum over ``llm_calls``.
     """
-    from sandbox.store import LlmCall, LlmTotal
+    from vragent.sandbox.store import LlmCall, LlmTotal
 
     with store.session() as s:
         totals = {(t.agent, t.arm): t for t in s.scalars(select(LlmTotal))}
@@ -323,10 +323,9 @@ def test_a_failing_checkpoint_file_stops_the_run_with_one_line(tmp_path, monkeyp
     resumed run equals an uninterrupted one."""
     import sqlite3
 
+    import vragent.sandbox.runner as runner
     from typer.testing import CliRunner
-
-    import sandbox.runner as runner
-    from sandbox.cli import app
+    from vragent.sandbox.cli import app
 
     sc = tiny_scenario(simulation={"steps": 2, "slate_size": 3, "users_per_task": 2},
                        backend={"trace_rate": 0.0}, ip_agent={"enabled": False})

@@ -8,11 +8,10 @@ import random
 import time
 
 import pytest
-
-from agents.parsing import parse_judgement
-from agents.parsing import read_judgement as parse_judgement_label
-from agents.selection import shown_titles
-from rl.reward_funcs import (
+from vragent.agents.parsing import parse_judgement
+from vragent.agents.parsing import read_judgement as parse_judgement_label
+from vragent.agents.selection import shown_titles
+from vragent.rl.reward_funcs import (
     RewardFunc,
     RewardRecorder,
     accuracy_reward_func,
@@ -21,7 +20,7 @@ from rl.reward_funcs import (
     make_reward_funcs,
     score_batch,
 )
-from rl.rewards import (
+from vragent.rl.rewards import (
     MISSING_ANSWER_REWARD,
     REWARD_MAX,
     REWARD_MIN,

@@ -10,20 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from agents.persona import build_persona, item_line
-from agents.prompts import (
+from vragent.agents.persona import build_persona, item_line
+from vragent.agents.prompts import (
     SCORE_CANDIDATE_PREFIX,
     US_SYSTEM,
     PersonaView,
     judgement_prompt,
     score_prompt,
 )
-from agents.selection import selection_prompt, shown_titles
-from environments.datasets import load_dataset
-from environments.schema import Dataset
-from environments.splits import as_sequences
-from rl.datasets import (
+from vragent.agents.selection import selection_prompt, shown_titles
+from vragent.environments.datasets import load_dataset
+from vragent.environments.schema import Dataset
+from vragent.environments.splits import as_sequences
+from vragent.rl.datasets import (
     COLUMNS,
     BuildStats,
     RLDataConfig,
@@ -36,8 +35,8 @@ from rl.datasets import (
     split_users,
     user_samples,
 )
-from rl.logged import parse_flat_prompt, rows_from_store, to_judgement_layout
-from rl.negatives import (
+from vragent.rl.logged import parse_flat_prompt, rows_from_store, to_judgement_layout
+from vragent.rl.negatives import (
     STREAM_HARD_FALLBACK,
     NegativeSampler,
     fit_hard_recommender,
@@ -46,7 +45,8 @@ from rl.negatives import (
     item_popularity,
     top_k_lists,
 )
-from sandbox.perception import item_texts
+from vragent.sandbox.perception import item_texts
+
 from tests.conftest import real_data, tiny_scenario
 
 # ------------------------------------------------------------------------------ helpers
@@ -342,10 +342,15 @@ def test_config_validation() -> None:
     with pytest.raises(RLDataError, match="judgement_ms"):
         RLDataConfig.from_dict({"judgement_ms": [10]})
     with pytest.raises(RLDataError, match="protocols"):
-        RLDataConfig(protocols=("easy",)).validate()
+        RLDataConfig(protocols=("easy",))
+    with pytest.raises(RLDataError, match=r"^min_len: .*greater than or equal to 2$"):
+        RLDataConfig(min_len=1)
+    with pytest.raises(RLDataError, match="store_runs need a store_url"):
+        RLDataConfig.from_dict({"store_runs": ["r1"]})
     cfg = RLDataConfig.from_dict({"judgement_ms": [1, 2], "protocols": ["random"]})
     assert cfg.judgement_ms == (1, 2) and cfg.protocols == ("random",)
-    RLDataConfig(judgement_ms=(20,), protocols=("random",)).validate()  # no top-10 needed
+    RLDataConfig(judgement_ms=(20,), protocols=("random",))  # no top-10 needed
+    assert RLDataConfig(eval_users=0.2).eval_users == 0.2 and RLDataConfig().eval_users == 500
 
 
 # ------------------------------------------------------------------------------ save / load
@@ -419,10 +424,10 @@ def test_flat_prompts_parse_back_to_the_judgement_layout() -> None:
 @pytest.fixture(scope="module")
 def sim_run(tmp_path_factory, tiny_backend):
     """A real tiny simulation (synthetic world, tiny model) in a temporary SQLite store."""
-    from sandbox.config import parse_scenario
-    from sandbox.runner import create_run, execute
-    from sandbox.store import Store
-    from sandbox.world import load_world
+    from vragent.sandbox.config import parse_scenario
+    from vragent.sandbox.runner import create_run, execute
+    from vragent.sandbox.store import Store
+    from vragent.sandbox.world import load_world
 
     sc = parse_scenario(tiny_scenario(
         population={"size": 10, "history_len": 5},
@@ -436,8 +441,7 @@ def sim_run(tmp_path_factory, tiny_backend):
 
 def test_rows_from_a_real_simulation_store(sim_run) -> None:
     from sqlalchemy import select
-
-    from sandbox.store import Decision
+    from vragent.sandbox.store import Decision
 
     store, run_id, ds = sim_run
     with store.session() as s:

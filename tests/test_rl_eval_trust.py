@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from agents.prompts import PersonaView, judgement_prompt
-from rl.baselines import PopularityScorer, RandomScorer
-from rl.eval_report import paired_markdown, results_markdown
-from rl.eval_stats import RowOutcome, add_intervals, percentile_interval, resample_counts
-from rl.evaluation import LLMPolicy, evaluate, judgement_score_prompt
-from rl.fitted_baselines import row_targets, training_interactions
+from vragent.agents.prompts import PersonaView, judgement_prompt
+from vragent.rl.baselines import PopularityScorer, RandomScorer
+from vragent.rl.eval_report import paired_markdown, results_markdown
+from vragent.rl.eval_stats import RowOutcome, add_intervals, percentile_interval, resample_counts
+from vragent.rl.evaluation import LLMPolicy, evaluate, judgement_score_prompt
+from vragent.rl.fitted_baselines import row_targets, training_interactions
 
 # ---------------------------------------------------------------------------- rows
 
@@ -192,9 +191,9 @@ def test_training_interactions_keep_everything_but_the_targets():
 
 def test_no_held_out_target_enters_any_baseline_fit(tmp_path: Path, monkeypatch):
     """End to end on a synthetic build: every fit sees all logs but no row's target."""
-    import rl.policy_eval as pe
-    from rl.datasets import RLDataConfig, build_and_save, load_source
-    from rl.policy_eval import EvalConfig, run_eval
+    import vragent.rl.policy_eval as pe
+    from vragent.rl.datasets import RLDataConfig, build_and_save, load_source
+    from vragent.rl.policy_eval import EvalConfig, run_eval
 
     cfg = RLDataConfig(dataset="synthetic", dataset_params={"n_users": 60, "seed": 2},
                        eval_users=15, train_users=None, judgement_ms=(1,),
@@ -226,9 +225,9 @@ def test_no_held_out_target_enters_any_baseline_fit(tmp_path: Path, monkeypatch)
 
 
 def test_intervals_survive_the_store_and_the_report(tmp_path: Path):
-    from rl.eval_report import headline_markdown, report_markdown, table_from_store
-    from sandbox.store import Store
-    from sandbox.training_log import log_eval
+    from vragent.rl.eval_report import headline_markdown, report_markdown, table_from_store
+    from vragent.sandbox.store import Store
+    from vragent.sandbox.training_log import log_eval
 
     df = evaluate({"popularity": _popularity(), "random": RandomScorer(0)}, _cells(), seed=0)
     store = Store(f"sqlite:///{tmp_path}/e.sqlite")

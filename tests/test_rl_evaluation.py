@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
-from agents.prompts import SCORE_PREFIX, THINK_PREFIX, PersonaView, judgement_prompt
-from agents.selection import LETTER_PREFIX, selection_letter_prompt, selection_prompt, shown_titles
-from rl.baselines import (
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.prompts import SCORE_PREFIX, THINK_PREFIX, PersonaView, judgement_prompt
+from vragent.agents.selection import (
+    LETTER_PREFIX,
+    selection_letter_prompt,
+    selection_prompt,
+    shown_titles,
+)
+from vragent.rl.baselines import (
     ItemKNNScorer,
     PopularityScorer,
     RandomScorer,
@@ -23,8 +27,8 @@ from rl.baselines import (
     as_rows,
     tune_threshold,
 )
-from rl.eval_report import results_markdown
-from rl.evaluation import (
+from vragent.rl.eval_report import results_markdown
+from vragent.rl.evaluation import (
     COLUMNS,
     EVAL_TEMPERATURE,
     EVAL_TOP_P,
@@ -37,7 +41,7 @@ from rl.evaluation import (
     selection_score_prompt,
     subsample_groups,
 )
-from rl.fitted_baselines import RecommenderScorer, history_interactions
+from vragent.rl.fitted_baselines import RecommenderScorer, history_interactions
 
 # ---------------------------------------------------------------------------- row builders
 
@@ -330,7 +334,7 @@ def test_itemknn_threshold_tuned_on_training_rows():
 
 
 def test_recommender_scorer_and_history_interactions():
-    from environments.recommenders import make_recommender
+    from vragent.environments.recommenders import make_recommender
 
     train = _toy_interactions()
     rows = [bare_row("selection", "s", 50, [2, 3, 4, 99], [1, 2], correct=1),
@@ -551,9 +555,9 @@ def test_evaluate_baselines_table_and_markdown():
     df2 = evaluate({"random": RandomScorer(seed=0)}, rows, max_rows_per_group=12, seed=0)
     own = [c for c in df.columns if c != "seconds" and c != "vs" and not c.startswith("diff")]
     assert df2[own].equals(df.loc[df["model"] == "random", own].reset_index(drop=True))
-    md = results_markdown(df, "Baselines", "python -m rl.evaluation --demo")
+    md = results_markdown(df, "Baselines", "python -m vragent.rl.evaluation --demo")
     assert md.startswith("# Baselines\n")
-    assert "python -m rl.evaluation --demo" in md
+    assert "python -m vragent.rl.evaluation --demo" in md
     assert "## judgement · random · 1:2" in md and "## selection · random · 1 of 4" in md
     assert "| popularity | scorer | 12 |" in md
     assert results_markdown(df.iloc[0:0], "Empty", "cmd").endswith("(no rows)\n")
@@ -621,7 +625,7 @@ CALIBRATION = [
                          ids=[c[0] for c in CALIBRATION])
 def test_calibration_popularity_prior_and_itemknn(data_dir: Path, kind, folder, seeds, expected,
                                                   capsys):
-    from environments.datasets import load_dataset
+    from vragent.environments.datasets import load_dataset
 
     path = data_dir / folder
     if not path.is_dir():
@@ -667,8 +671,8 @@ def test_calibration_popularity_prior_and_itemknn(data_dir: Path, kind, folder, 
 def test_response_model_scorer_is_a_real_baseline_on_movielens(data_dir: Path, capsys):
     """The simulator's learned user model, scored like any baseline on real next items: far
     above chance on held-out users, with collaborative item vectors from the histories."""
-    from environments.datasets import load_dataset
-    from rl.fitted_baselines import ResponseModelScorer
+    from vragent.environments.datasets import load_dataset
+    from vragent.rl.fitted_baselines import ResponseModelScorer
 
     path = data_dir / "movielens-100k"
     if not path.is_dir():

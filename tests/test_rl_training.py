@@ -16,17 +16,17 @@ import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 from sqlalchemy import select
+from vragent.agents.prompts import PersonaView, judgement_prompt
+from vragent.rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
+from vragent.rl.datasets import load_rl_data, save_rl_data
+from vragent.rl.prompting import history_lines, no_thinking_messages, prompt_for, sft_target
+from vragent.rl.trainers import TrainingError, train_policy
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.policies import PolicyError, list_policies, load_policy
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import Decision, Store
+from vragent.sandbox.training_log import curves, training_runs
 
-from agents.prompts import PersonaView, judgement_prompt
-from rl.configs import GRPORunConfig, LoraSettings, SFTRunConfig
-from rl.datasets import load_rl_data, save_rl_data
-from rl.prompting import history_lines, no_thinking_messages, prompt_for, sft_target
-from rl.trainers import TrainingError, train_policy
-from sandbox.config import parse_scenario
-from sandbox.policies import PolicyError, list_policies, load_policy
-from sandbox.runner import create_run, execute
-from sandbox.store import Decision, Store
-from sandbox.training_log import curves, training_runs
 from tests.conftest import tiny_scenario
 
 LIKED = ["Quick pasta #cooking", "Street food tour #travel"]
@@ -157,7 +157,8 @@ def test_bad_inputs_fail_with_one_line(tmp_path):
 
 
 def test_loop_simulates_trains_and_simulates_again(tmp_path):
-    from rl.loop import LoopConfig, loop_markdown, run_loop
+    from vragent.rl.loop import LoopConfig, loop_markdown, run_loop
+
     from tests.conftest import write_scenario
 
     sc = tiny_scenario(simulation={"steps": 2, "refit_every": 0}, ip_agent={"enabled": False},
@@ -186,9 +187,8 @@ def test_loop_simulates_trains_and_simulates_again(tmp_path):
 
 def test_cli_builds_data_and_evaluates_a_policy(trained, tmp_path, monkeypatch):
     from typer.testing import CliRunner
-
-    from sandbox.cli import app
-    from sandbox.training_log import eval_rows
+    from vragent.sandbox.cli import app
+    from vragent.sandbox.training_log import eval_rows
 
     _, _, registry, _, _ = trained
     monkeypatch.setenv("VRAGENT_POLICIES", str(registry))
@@ -247,8 +247,7 @@ def test_configs_cpu_defaults_and_paper_gpu_settings():
 def test_decision_auc_matches_mann_whitney():
     import numpy as np
     from scipy.stats import mannwhitneyu
-
-    from rl.metrics import pairwise_auc
+    from vragent.rl.metrics import pairwise_auc
 
     rng = np.random.default_rng(0)
     pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 4, 60).astype(float)
@@ -263,8 +262,8 @@ def test_decision_auc_matches_mann_whitney():
 
 def test_run_with_a_missing_policy_fails_before_creating_a_run(tmp_path, monkeypatch):
     from typer.testing import CliRunner
+    from vragent.sandbox.cli import app
 
-    from sandbox.cli import app
     from tests.conftest import write_scenario
 
     monkeypatch.setenv("VRAGENT_POLICIES", str(tmp_path / "empty"))
@@ -293,7 +292,7 @@ def test_lora_training_saves_the_adapter_and_a_merged_model(tmp_path):
 
 
 def test_a_no_thinking_policy_is_evaluated_with_its_own_prompt(tiny_backend):
-    from rl.evaluation import LLMPolicy
+    from vragent.rl.evaluation import LLMPolicy
 
     row = _rows(1, lambda r: "Yes", 0)[0]
     thinking = LLMPolicy(tiny_backend).prompt(row)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
+from vragent.sandbox.store import Store
 
-from sandbox.store import Store
 from tests.conftest import REPO, tiny_scenario, write_scenario
 from tests.test_resume import _assert_same_as_clean, _cli, _one_error_line, _snapshot
 
@@ -37,7 +37,7 @@ def clean_run(tmp_path_factory) -> tuple[Path, str]:
 def _popen(args: list[str], env_extra: dict[str, str]) -> subprocess.Popen:
     import os
 
-    return subprocess.Popen([sys.executable, "-m", "sandbox.cli", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "vragent.sandbox.cli", *args], cwd=REPO,
                             env={**os.environ, **env_extra}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -123,7 +123,7 @@ def test_two_resumes_started_together_one_runs_and_one_is_refused(tmp_path, stor
 def test_the_lock_dies_with_its_process_and_is_taken_again(store_url):
     """A live owner excludes (other processes and this one); a killed one does not: its
     lock file (SQLite) or session (PostgreSQL) dies with it."""
-    from sandbox.run_lock import RunBusyError, RunLock
+    from vragent.sandbox.run_lock import RunBusyError, RunLock
 
     store = Store(store_url)
     holder = subprocess.Popen(
@@ -160,9 +160,8 @@ def test_a_refusal_names_the_new_owner_not_a_killed_one(store_urls):
     import threading
 
     from sqlalchemy import text
-
-    from sandbox.run_lock import RunBusyError, RunLock, advisory_key
-    from sandbox.store import RunOwner
+    from vragent.sandbox.run_lock import RunBusyError, RunLock, advisory_key
+    from vragent.sandbox.store import RunOwner
 
     url = store_urls("stale")
     if not url.startswith("postgresql"):
@@ -198,7 +197,7 @@ def test_a_refusal_names_the_new_owner_not_a_killed_one(store_urls):
 
 
 def _try(lock) -> bool:
-    from sandbox.run_lock import RunBusyError
+    from vragent.sandbox.run_lock import RunBusyError
 
     try:
         lock.acquire()
@@ -211,10 +210,9 @@ def test_a_run_that_fails_to_start_lets_go_of_its_lock(tmp_path):
     """A driver that cannot start (here an unreadable stored scenario) releases the lock, so
     the same process (a sweep, a notebook) can take the run again."""
     import yaml
-
-    from sandbox.config import load_scenario
-    from sandbox.run_lock import RunLock
-    from sandbox.runner import RunDriver, create_run
+    from vragent.sandbox.config import load_scenario
+    from vragent.sandbox.run_lock import RunLock
+    from vragent.sandbox.runner import RunDriver, create_run
 
     store = Store(f"sqlite:///{tmp_path}/s.sqlite")
     sc, text, _ = load_scenario(str(write_scenario(tmp_path, tiny_scenario(**SCENARIO))))
@@ -230,7 +228,7 @@ def test_a_run_that_fails_to_start_lets_go_of_its_lock(tmp_path):
 
 
 def _run_in_process(args: list[str]):
-    from sandbox.cli import app
+    from vragent.sandbox.cli import app
 
     return CliRunner().invoke(app, args)
 
@@ -272,10 +270,10 @@ def test_a_store_locked_during_the_step_write_leaves_the_run_resumable(tmp_path,
     _assert_same_as_clean(clean, f"sqlite:///{db}", "the locked step write")
 
 
-WRITES = [("sandbox.store", "Store", "add_profiles"),  # perceive: the step's item profiles
-          ("sandbox.response_cache", "SqlResponseCache", "put_many"),  # a fan-out task
-          ("sandbox.store", "Store", "log_step"),  # the step's one transaction
-          ("sandbox.store", "Store", "update_run")]  # the step's wall time, after it
+WRITES = [("vragent.sandbox.store", "Store", "add_profiles"),  # perceive: the step's item profiles
+          ("vragent.sandbox.response_cache", "SqlResponseCache", "put_many"),  # a fan-out task
+          ("vragent.sandbox.store", "Store", "log_step"),  # the step's one transaction
+          ("vragent.sandbox.store", "Store", "update_run")]  # the step's wall time, after it
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -344,8 +342,8 @@ def test_nan_logprobs_stop_the_run_as_a_backend_fault_and_it_resumes(tmp_path, t
     the store: ``NOT NULL constraint failed: metrics.value``), nothing non-finite reaches
     ``llm_cache`` or the metrics, and a resume against the healed server equals a clean run."""
     from sqlalchemy import select
+    from vragent.sandbox.store import LlmCacheEntry
 
-    from sandbox.store import LlmCacheEntry
     from tests.fault_injecting_server import FaultInjectingServer
     from tests.openai_stand_in import stand_in
 

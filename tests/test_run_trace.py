@@ -8,10 +8,10 @@ the printout are checked against them.
 import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
+from vragent.sandbox.cli import app
+from vragent.sandbox.run_trace import pick_trace
+from vragent.sandbox.store import Decision, Item, Store
 
-from sandbox.cli import app
-from sandbox.run_trace import pick_trace
-from sandbox.store import Decision, Item, Store
 from tests.conftest import tiny_scenario, write_scenario
 
 # Markup in a trace prints as written.
@@ -115,7 +115,7 @@ def test_a_well_formed_trace_wins_over_an_earlier_half_formed_one(traced_run, mo
     assert "[format check failed: <answer> occurs 0 times" in text
 
     # A big run: only the first traces are read, and the counts say so.
-    monkeypatch.setattr("sandbox.run_trace.MAX_TRACE_TRANSCRIPTS", 3)
+    monkeypatch.setattr("vragent.sandbox.run_trace.MAX_TRACE_TRANSCRIPTS", 3)
     text = _show(db, run_id)
     assert f"{n} traced decision(s) (of the first 3 read): 3 failed the format check" in text
     assert "think: Mostly dramas in the history." in text

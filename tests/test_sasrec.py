@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from environments.recommenders.sasrec import SASRecRecommender  # noqa: E402
+from vragent.environments.recommenders.sasrec import SASRecRecommender  # noqa: E402
 
 N_ITEMS = 50
 FAST = {"dim": 32, "batch_size": 64, "epochs": 2}
@@ -158,7 +158,7 @@ def test_checkpoint_round_trip(tower, data, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr("environments.recommenders.sasrec.encode_cached", refuse)
+    monkeypatch.setattr("vragent.environments.recommenders.sasrec.encode_cached", refuse)
     loaded = SASRecRecommender.load(tmp_path / "ckpt", data)
     assert loaded.params == model.params and loaded.seed == 1
     users = [0, 3, 99, 10_000]
@@ -200,7 +200,7 @@ def test_warm_refit_after_load_replays(tower, data, tmp_path, monkeypatch):
     model.fit(data)
     model.save(tmp_path / "ckpt")
     # The loaded text tower refits from the checkpoint's embeddings, without texts or a model.
-    monkeypatch.setattr("environments.recommenders.sasrec.encode_cached", None)
+    monkeypatch.setattr("vragent.environments.recommenders.sasrec.encode_cached", None)
     loaded = SASRecRecommender.load(tmp_path / "ckpt", data)
     np.testing.assert_array_equal(loaded.fit(data).score([0, 1]), model.fit(data).score([0, 1]))
     assert [h["epoch"] for h in loaded.history_] == [3]
@@ -278,7 +278,7 @@ def test_text_tower_with_minilm_ranks_cold_items_by_topic(tmp_path):
 
 
 def test_feed_forward_is_relu_by_default_as_in_the_reference():
-    from environments.recommenders.sasrec_net import SASRecConfig, _FeedForward
+    from vragent.environments.recommenders.sasrec_net import SASRecConfig, _FeedForward
 
     assert SASRecConfig().activation == "relu"
     torch.manual_seed(0)

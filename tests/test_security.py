@@ -203,10 +203,10 @@ def _files_holding(root: Path, secret: bytes) -> list[str]:
 def test_the_api_key_never_reaches_the_store_logs_or_exports(
         server, tmp_path, monkeypatch, caplog, capfd):
     import pandas as pd
+    from vragent.sandbox.export import export_run
+    from vragent.sandbox.runner import checkpoint_path, start
+    from vragent.sandbox.store import Store
 
-    from sandbox.export import export_run
-    from sandbox.runner import checkpoint_path, start
-    from sandbox.store import Store
     from tests.conftest import tiny_scenario, write_scenario
 
     secret = f"sk-test-{uuid.uuid4()}"

@@ -6,11 +6,10 @@ import math
 from collections.abc import Sequence
 
 import pytest
-
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
-from agents.parsing import extract_prediction, match_candidate, parse_selection
-from agents.reranker import RerankRequest, TwoRoundReranker, refine_order, rerank_report
-from agents.selection import (
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.parsing import extract_prediction, match_candidate, parse_selection
+from vragent.agents.reranker import RerankRequest, TwoRoundReranker, refine_order, rerank_report
+from vragent.agents.selection import (
     CANDIDATES_HEADER,
     FORMAT_THINKING,
     HISTORY_HEADER,
@@ -343,8 +342,8 @@ def test_rerank_report_hand_computed():
 
 @pytest.mark.slow
 def test_both_modes_with_smollm2():
-    from agents.backends.hf import HFBackend
-    from sandbox.assets import AssetError, require_smollm2
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.sandbox.assets import AssetError, require_smollm2
 
     try:
         path = require_smollm2()

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from vragent.sandbox.store import Store
 
-from sandbox.store import Store
 from tests.conftest import REPO, tiny_scenario, write_scenario
 from tests.fault_injecting_server import free_port
 
@@ -67,7 +67,8 @@ def test_a_stopped_run_is_interrupted_exits_130_and_says_how_to_resume(tmp_path,
         arms=[{"name": "popular", "recommender": "popular"}],
         backend={"kind": "constant", "trace_rate": 0.0}, ip_agent={"enabled": False}))
     db = f"sqlite:///{tmp_path}/store.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "run", str(path), "--db", db],
+    proc = subprocess.Popen([sys.executable, "-m", "vragent.sandbox.cli", "run", str(path), "--db",
+                             db],
                             cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     err = _Lines(proc.stderr)

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 from sqlalchemy import func, select
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.export import export_run
+from vragent.sandbox.runner import create_run, execute
+from vragent.sandbox.store import Decision, ItemProfileRow, Metric, Run, SessionEvent, Store
 
-from sandbox.config import parse_scenario
-from sandbox.export import export_run
-from sandbox.runner import create_run, execute
-from sandbox.store import Decision, ItemProfileRow, Metric, Run, SessionEvent, Store
 from tests.conftest import tiny_scenario
 
 
@@ -55,7 +55,7 @@ def test_every_impression_has_a_decision_with_its_prompt(finished):
 def test_paired_arms_share_random_draws(finished):
     """Same user, step and position: the same uniform decides in every arm."""
     store, run_id, _, _ = finished
-    from agents.us_agent import user_uniforms
+    from vragent.agents.us_agent import user_uniforms
 
     with store.session() as s:
         decs = list(s.scalars(select(Decision).where(Decision.run_id == run_id,
@@ -93,8 +93,8 @@ def test_export_round_trips(finished, tmp_path):
 
 def test_export_covers_every_table_a_run_owns():
     """Every table whose rows carry a run id is exported, or says why it is not."""
-    import sandbox.training_log  # noqa: F401  (its tables join the metadata)
-    from sandbox.store import RUN_TABLES_NOT_EXPORTED, TABLES_IN_EXPORT, Base
+    import vragent.sandbox.training_log  # noqa: F401  (its tables join the metadata)
+    from vragent.sandbox.store import RUN_TABLES_NOT_EXPORTED, TABLES_IN_EXPORT, Base
 
     with_run = {name for name, t in Base.metadata.tables.items()
                 if "run_id" in t.columns or name == "runs"}
@@ -119,7 +119,7 @@ def test_generate_mode_parses_or_falls_back(tmp_path, tiny_backend):
 
 
 def test_mesa_population_and_social_graph(tmp_path, tiny_backend):
-    from sandbox.runtime import SimulationRuntime
+    from vragent.sandbox.runtime import SimulationRuntime
 
     sc = parse_scenario(tiny_scenario())
     store = Store(f"sqlite:///{tmp_path}/p.sqlite")
@@ -152,7 +152,7 @@ def test_every_recommender_serves_as_an_arm_with_refits(tmp_path, tiny_backend):
 
 def test_like_share_real_takes_the_datasets_own_share(tmp_path, tiny_backend):
     """``session.like_share: real``: P(like | watched) in score mode is the logs' like share."""
-    from sandbox.runtime import SimulationRuntime
+    from vragent.sandbox.runtime import SimulationRuntime
 
     sc = parse_scenario(tiny_scenario(simulation={"session": {"like_share": "real"}}))
     rt = SimulationRuntime(sc, Store(f"sqlite:///{tmp_path}/l.sqlite"), "x", backend=tiny_backend)

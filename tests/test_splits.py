@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from environments.schema import Dataset
-from environments.splits import (
+from vragent.environments.schema import Dataset
+from vragent.environments.splits import (
     as_sequences,
     cold_start_users,
     leave_one_out,
     train_sequences,
 )
+
 from tests.conftest import real_data
 
 SEQS = {
@@ -90,7 +90,7 @@ def test_cold_start_users_count_full_sequences() -> None:
 
 
 def test_real_microlens_split() -> None:
-    from environments.datasets import load_microlens
+    from vragent.environments.datasets import load_microlens
 
     ds = load_microlens(real_data("microlens-100k"))
     split = leave_one_out(ds)

@@ -1,6 +1,5 @@
 from sqlalchemy import func, select, text
-
-from sandbox.store import Arm, Decision, Run, Store
+from vragent.sandbox.store import Arm, Decision, Run, Store
 
 
 def _run(store, run_id="r1"):
@@ -79,8 +78,7 @@ def test_row_ids_are_64_bit_and_autoincrement(store_url):
     """Surrogate ids hold more than 2**31 rows (PostgreSQL ``bigint``; SQLite's rowid already
     is 64-bit) and still number new rows themselves."""
     from sqlalchemy import insert, inspect, select
-
-    from sandbox.store import Impression, Run
+    from vragent.sandbox.store import Impression, Run
 
     store = Store(store_url)
     with store.session() as s:
@@ -107,7 +105,7 @@ def _calls(step, arm="a"):
 
 
 def _totals(store, run_id="r1"):
-    from sandbox.store import LlmTotal
+    from vragent.sandbox.store import LlmTotal
 
     with store.session() as s:
         return {(r.agent, r.arm): (r.calls, r.cache_hits, r.tokens_in, r.tokens_out,
@@ -116,7 +114,7 @@ def _totals(store, run_id="r1"):
 
 
 def test_llm_totals_follow_the_logged_calls(store_url):
-    from sandbox.store import LlmTotal
+    from vragent.sandbox.store import LlmTotal
 
     store = Store(store_url)
     _run(store)

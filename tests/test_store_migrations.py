@@ -11,8 +11,16 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, select, text
+from vragent.sandbox.store import (
+    Decision,
+    Impression,
+    LlmCall,
+    LlmTotal,
+    SessionEvent,
+    Store,
+    migrate,
+)
 
-from sandbox.store import Decision, Impression, LlmCall, LlmTotal, SessionEvent, Store, migrate
 from tests.test_resume import _cli
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -7,9 +7,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
-from environments.datasets import SyntheticWorld, make_synthetic_world
-from environments.datasets.synthetic import MIN_HISTORY, topic_names
+from vragent.environments.datasets import SyntheticWorld, make_synthetic_world
+from vragent.environments.datasets.synthetic import MIN_HISTORY, topic_names
 
 
 @pytest.fixture(scope="module")

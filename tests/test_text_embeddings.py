@@ -6,8 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
-
-from environments.text_embeddings import SentenceEncoder, cache_file, encode_cached
+from vragent.environments.text_embeddings import SentenceEncoder, cache_file, encode_cached
 
 
 class CountingEncoder:

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 from sqlalchemy import select
+from vragent.sandbox.store import Decision, Run, Store
 
-from sandbox.store import Decision, Run, Store
 from tests.conftest import tiny_scenario, write_scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -98,7 +98,7 @@ def vllm_url() -> str:
 
 
 def _scenario(url: str, mode: str) -> dict:
-    from sandbox.config import BackendConfig
+    from vragent.sandbox.config import BackendConfig
 
     backend = {"kind": "openai", "base_url": url, "model": "smollm2", "decision_mode": mode,
                "max_new_tokens": 24, "trace_rate": 0.25, "max_concurrency": 8}
@@ -118,7 +118,7 @@ def _scenario(url: str, mode: str) -> dict:
 
 
 def _run(tmp_path, url: str, mode: str) -> tuple[Run, list[Decision]]:
-    from sandbox.runner import start
+    from vragent.sandbox.runner import start
 
     path = write_scenario(tmp_path, _scenario(url, mode), f"vllm-{mode}.yaml")
     db = f"sqlite:///{tmp_path}/vllm-{mode}.sqlite"
@@ -159,12 +159,12 @@ def test_simulation_in_generate_mode(tmp_path, vllm_url):
 
 
 def _agreement_prompts(n_users: int = 3, slate: int = 4):
-    from agents.ip_agent import ItemText
-    from agents.persona import build_persona, item_line
-    from agents.prompts import judgement_prompt
-    from environments.datasets import load_dataset
-    from environments.splits import leave_one_out
-    from sandbox.assets import require_movielens
+    from vragent.agents.ip_agent import ItemText
+    from vragent.agents.persona import build_persona, item_line
+    from vragent.agents.prompts import judgement_prompt
+    from vragent.environments.datasets import load_dataset
+    from vragent.environments.splits import leave_one_out
+    from vragent.sandbox.assets import require_movielens
 
     ds = load_dataset("movielens-100k", require_movielens())
     split = leave_one_out(ds, max_len=50)
@@ -181,16 +181,16 @@ def _agreement_prompts(n_users: int = 3, slate: int = 4):
 @pytest.fixture(scope="module")
 def hf_reference():
     """SmolLM2 in transformers (float32), scoring with the naive full forward."""
-    from agents.backends.hf import HFBackend
-    from sandbox.assets import require_smollm2
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.sandbox.assets import require_smollm2
 
     return HFBackend(require_smollm2(), reuse_prefix=False, batch_size=8)
 
 
 def test_scores_agree_with_transformers(vllm_url, hf_reference):
     """p(Yes) through the project's openai backend vs HFBackend.score_naive on the same folder."""
-    from sandbox.backend_factory import make_backend
-    from sandbox.config import BackendConfig
+    from vragent.sandbox.backend_factory import make_backend
+    from vragent.sandbox.config import BackendConfig
 
     prompts = _agreement_prompts()
     reference = hf_reference.score(prompts)

@@ -3,6 +3,6 @@
 Heavy modules (torch, httpx) are imported only by the backend that needs them.
 """
 
-from agents.backends.base import BackendError, ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.backends.base import BackendError, ChatPrompt, Generation, LLMBackend, Score
 
 __all__ = ["BackendError", "ChatPrompt", "Generation", "LLMBackend", "Score"]

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from agents.backends.base import BackendError, ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.backends.base import BackendError, ChatPrompt, Generation, LLMBackend, Score
 
 # Inner-backend attributes that change answers for the same model id (hf: truncation; openai:
 # prefill, scoring route, guided decoding, logprob depth).

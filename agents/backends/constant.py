@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score
 
 CONSTANT_COMPLETION = (
     " The history is mixed. </think><answer> (1) User_preference: mixed\n(2) Prediction: No "

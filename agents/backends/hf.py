@@ -12,18 +12,17 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-
-from agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
-from agents.backends.depth import truncated_body
-from agents.backends.loading import (
+from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
+from vragent.agents.backends.depth import truncated_body
+from vragent.agents.backends.loading import (
     option_first_tokens,
     resolve_device,
     sampling_kwargs,
     weights_dtype,
 )
-from agents.backends.prefix_cache import PrefixKVCache
-from agents.backends.prefix_tree import Unit, prefix_groups, shared_prefix_len, tree_inputs
-from agents.policy_head import ScoreHead
+from vragent.agents.backends.prefix_cache import PrefixKVCache
+from vragent.agents.backends.prefix_tree import Unit, prefix_groups, shared_prefix_len, tree_inputs
+from vragent.agents.policy_head import ScoreHead
 
 
 class HFBackend(LLMBackend):
@@ -79,8 +78,7 @@ class HFBackend(LLMBackend):
             if model_path is None:
                 raise ValueError("HFBackend needs model_path or model")
             from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+            from vragent.agents.backends.hf_bars import quiet_hf_bars_outside_terminal
 
             quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from agents.backends.base import (
+from vragent.agents.backends.base import (
     ChatPrompt,
     Generation,
     ImagePart,
@@ -28,7 +27,7 @@ from agents.backends.base import (
     TextPart,
     renormalise,
 )
-from agents.backends.loading import (
+from vragent.agents.backends.loading import (
     option_first_tokens,
     resolve_device,
     sampling_kwargs,
@@ -73,8 +72,7 @@ class HFVisionBackend(LLMBackend):
             if model_path is None:
                 raise ValueError("HFVisionBackend needs model_path or model")
             from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            from agents.backends.hf_bars import quiet_hf_bars_outside_terminal
+            from vragent.agents.backends.hf_bars import quiet_hf_bars_outside_terminal
 
             quiet_hf_bars_outside_terminal()  # "Loading weights" bars stay out of logs
             processor = AutoProcessor.from_pretrained(str(model_path))

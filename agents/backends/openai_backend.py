@@ -60,8 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-
-from agents.backends.base import (
+from vragent.agents.backends.base import (
     BackendError,
     ChatPrompt,
     Generation,

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from agents.backends.prefix_cache import common_prefix_len
+from vragent.agents.backends.prefix_cache import common_prefix_len
 
 
 @dataclass

@@ -66,7 +66,7 @@ def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: in
 
 def tiny_hf_backend(seed: int = 0, batch_size: int = 8, corpus: Iterable[str] = DEFAULT_CORPUS):
     """An :class:`~agents.backends.hf.HFBackend` over a tiny random model."""
-    from agents.backends.hf import HFBackend
+    from vragent.agents.backends.hf import HFBackend
 
     tok = build_tiny_tokenizer(corpus)
     model = build_tiny_model(tok, seed=seed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.backends.tiny import build_tiny_tokenizer
+from vragent.agents.backends.tiny import build_tiny_tokenizer
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 32
@@ -72,7 +72,7 @@ def build_tiny_clip(seed: int = 0) -> tuple[Any, Any]:
 
 def tiny_clip_scorer(seed: int = 0):
     """A :class:`~agents.keyframes.ClipScorer` over a tiny random CLIP."""
-    from agents.keyframes import ClipScorer
+    from vragent.agents.keyframes import ClipScorer
 
     model, processor = build_tiny_clip(seed)
     return ClipScorer(model, processor, device="cpu", model_name=f"tiny-random-clip-s{seed}")
@@ -115,7 +115,7 @@ def build_tiny_vlm(seed: int = 0) -> tuple[Any, Any]:
 
 def tiny_vision_backend(seed: int = 0, batch_size: int = 4):
     """An :class:`~agents.backends.hf_vision.HFVisionBackend` over a tiny random LLaVA."""
-    from agents.backends.hf_vision import HFVisionBackend
+    from vragent.agents.backends.hf_vision import HFVisionBackend
 
     model, processor = build_tiny_vlm(seed)
     return HFVisionBackend(model=model, processor=processor, batch_size=batch_size,

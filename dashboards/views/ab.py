@@ -5,9 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-
-from dashboards import common, data
-from sandbox.ab_analysis import BETTER, call_differences, decision_rule
+from vragent.dashboards import common, data
+from vragent.sandbox.ab_analysis import BETTER, call_differences, decision_rule
 
 KNOWN_ORDER = ("watch_rate", "like_rate", "exit_rate", "session_length", "active_users",
                "impressions",

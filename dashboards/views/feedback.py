@@ -5,9 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-
-from dashboards import common, data
-from environments.metrics import gini_rows, lorenz
+from vragent.dashboards import common, data
+from vragent.environments.metrics import gini_rows, lorenz
 
 SUBTITLES = {
     "ild": "intra-list diversity: higher = more diverse slates",

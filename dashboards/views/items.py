@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import streamlit as st
-
-from dashboards import common, items_data
+from vragent.dashboards import common, items_data
 
 STAGE_NAMES = {"kfr": "key-frame retrieval", "sufficiency": "cover sufficiency",
                "cmp": "perception", "rra": "profile"}

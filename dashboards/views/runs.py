@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import streamlit as st
-
-from dashboards import common, data
+from vragent.dashboards import common, data
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-
-from dashboards import common, data, explain
+from vragent.dashboards import common, data, explain
 
 STEPS_PER_PAGE = 5
 VIEWS = {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-
-from dashboards import common, training_data
+from vragent.dashboards import common, training_data
 
 CURVES = ("reward", "format_reward", "format_valid_rate", "accuracy_reward", "accuracy", "kl",
           "loss")

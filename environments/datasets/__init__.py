@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from environments.datasets._io import extract_tags
-from environments.datasets.interactions import load_interactions
-from environments.datasets.microlens import load_microlens
-from environments.datasets.movielens import load_movielens_1m, load_movielens_100k
-from environments.datasets.synthetic import SyntheticWorld, make_synthetic_world
-from environments.schema import Dataset
-from environments.sources import DATASET_KINDS, canonical_kind, interactions_options
+from vragent.environments.datasets._io import extract_tags
+from vragent.environments.datasets.interactions import load_interactions
+from vragent.environments.datasets.microlens import load_microlens
+from vragent.environments.datasets.movielens import load_movielens_1m, load_movielens_100k
+from vragent.environments.datasets.synthetic import SyntheticWorld, make_synthetic_world
+from vragent.environments.schema import Dataset
+from vragent.environments.sources import DATASET_KINDS, canonical_kind, interactions_options
 
 __all__ = [
     "DATASET_KINDS",

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from environments.schema import DataFormatError
+from vragent.environments.schema import DataFormatError
 
 MAX_UNPACKED_BYTES = 4 << 30
 """An archive that would unpack to more than this is refused (a zip bomb, not a dataset)."""

@@ -26,8 +26,7 @@ from typing import IO
 
 import numpy as np
 import pandas as pd
-
-from environments.schema import DataFormatError, LoadReport
+from vragent.environments.schema import DataFormatError, LoadReport
 
 MAX_BAD_FRACTION = 0.05
 """A file with more than this share of bad rows is rejected instead of partially loaded."""

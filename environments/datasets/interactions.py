@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets._io import (
+from vragent.environments.datasets._io import (
     MAX_BAD_FRACTION,
     add_unknown_items,
     display_name,
@@ -36,8 +35,8 @@ from environments.datasets._io import (
     is_gzip,
     tags_column,
 )
-from environments.schema import DataFormatError, Dataset, LoadReport
-from environments.sources import InteractionColumns, interactions_options
+from vragent.environments.schema import DataFormatError, Dataset, LoadReport
+from vragent.environments.sources import InteractionColumns, interactions_options
 
 _PARQUET_MAGIC = b"PAR1"
 _INT_TEXT = r"^-?\d+$"

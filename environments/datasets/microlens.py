@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets._io import (
+from vragent.environments.datasets._io import (
     add_unknown_items,
     display_name,
     find_file,
@@ -35,7 +34,7 @@ from environments.datasets._io import (
     read_numeric_table,
     tags_column,
 )
-from environments.schema import DataFormatError, Dataset, LoadReport
+from vragent.environments.schema import DataFormatError, Dataset, LoadReport
 
 MAX_COMMENTS_PER_ITEM = 3
 COMMENT_JOINER = "\n"

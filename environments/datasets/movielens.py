@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets._archive import data_folder
-from environments.datasets._io import (
+from vragent.environments.datasets._archive import data_folder
+from vragent.environments.datasets._io import (
     add_unknown_items,
     add_unknown_users,
     display_name,
@@ -25,7 +24,7 @@ from environments.datasets._io import (
     read_header,
     read_numeric_table,
 )
-from environments.schema import DataFormatError, Dataset, LoadReport
+from vragent.environments.schema import DataFormatError, Dataset, LoadReport
 
 LIKE_THRESHOLD = 4
 """Ratings at or above this count as a like."""

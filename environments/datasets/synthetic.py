@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from environments.datasets._io import tags_column
-from environments.schema import Dataset, LoadReport
+from vragent.environments.datasets._io import tags_column
+from vragent.environments.schema import Dataset, LoadReport
 
 MIN_HISTORY = 5
 """Every synthetic user has at least this many interactions."""

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from environments.recommenders.base import PAD_ITEM, Recommendations, Recommender
-from environments.recommenders.baselines import (
+from vragent.environments.recommenders.base import PAD_ITEM, Recommendations, Recommender
+from vragent.environments.recommenders.baselines import (
     CoOccurrenceRecommender,
     MostPopularRecommender,
     RandomRecommender,
 )
-from environments.recommenders.neighbors import ItemKNNRecommender
+from vragent.environments.recommenders.neighbors import ItemKNNRecommender
 
 #: Name -> class, or ``"module:Class"`` imported on first use.
 _SPECS: dict[str, type[Recommender] | str] = {
@@ -35,8 +34,8 @@ _SPECS: dict[str, type[Recommender] | str] = {
             ItemKNNRecommender,
         )
     },
-    "mf": "environments.recommenders.factorization:MFRecommender",
-    "sasrec": "environments.recommenders.sasrec:SASRecRecommender",
+    "mf": "vragent.environments.recommenders.factorization:MFRecommender",
+    "sasrec": "vragent.environments.recommenders.sasrec:SASRecRecommender",
 }
 
 
@@ -164,7 +163,7 @@ def load_recommender(path: str | Path, interactions: pd.DataFrame) -> Recommende
         CheckpointError: the config is missing or unreadable, names no registered model, or
             the weights do not load.
     """
-    from environments.recommenders.checkpoint import CONFIG_FILE, CheckpointError
+    from vragent.environments.recommenders.checkpoint import CONFIG_FILE, CheckpointError
 
     cfg_file = Path(path) / CONFIG_FILE
     try:

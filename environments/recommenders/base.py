@@ -314,7 +314,7 @@ class Recommender(abc.ABC):
         The catalogue is saved with the weights; the interaction history is not (it is data,
         not model): :meth:`load` takes it again.
         """
-        from environments.recommenders.checkpoint import save_checkpoint
+        from vragent.environments.recommenders.checkpoint import save_checkpoint
 
         self._check_fitted()
         tensors = {**self._state(), "__item_ids__": self.item_ids}
@@ -333,7 +333,7 @@ class Recommender(abc.ABC):
         Raises:
             CheckpointError: missing files, unknown format, or a checkpoint of another model.
         """
-        from environments.recommenders.checkpoint import CheckpointError, load_checkpoint
+        from vragent.environments.recommenders.checkpoint import CheckpointError, load_checkpoint
 
         tensors, config = load_checkpoint(path)
         if config.get("name") != cls.name:

@@ -7,8 +7,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-from environments.recommenders.base import Recommender
+from vragent.environments.recommenders.base import Recommender
 
 _U64 = np.uint64
 

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual torch alias)
-
-from environments.recommenders.base import Recommender, _index_of
+from vragent.environments.recommenders.base import Recommender, _index_of
 
 #: Most user×item float64 cells per scoring product (16 MiB).
 _SCORE_CELLS = 1 << 21
@@ -229,7 +228,7 @@ class MFRecommender(Recommender):
         }
 
     def _restore(self, tensors: dict[str, np.ndarray]) -> None:
-        from environments.recommenders.checkpoint import CheckpointError
+        from vragent.environments.recommenders.checkpoint import CheckpointError
 
         item_emb = tensors["item_emb"]
         if item_emb.shape[0] != self.n_items:

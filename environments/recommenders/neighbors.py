@@ -8,9 +8,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-from environments.recommenders.base import Recommender
-from environments.recommenders.baselines import neighbourhood_scores
+from vragent.environments.recommenders.base import Recommender
+from vragent.environments.recommenders.baselines import neighbourhood_scores
 
 #: Most item×item cells materialised at once while building the neighbour lists
 #: (float32: 16 MiB), so a ~20k-item catalogue never holds a dense 20k×20k matrix.
@@ -101,7 +100,7 @@ class ItemKNNRecommender(Recommender):
         }
 
     def _restore(self, tensors: dict[str, np.ndarray]) -> None:
-        from environments.recommenders.checkpoint import CheckpointError
+        from vragent.environments.recommenders.checkpoint import CheckpointError
 
         indptr = tensors["sim_indptr"]
         if indptr.size != self.n_items + 1:

@@ -41,10 +41,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
-
-from environments.recommenders.base import Recommender
-from environments.recommenders.sasrec_net import SASRecConfig, _SASRecNet
-from environments.text_embeddings import (
+from vragent.environments.recommenders.base import Recommender
+from vragent.environments.recommenders.sasrec_net import SASRecConfig, _SASRecNet
+from vragent.environments.text_embeddings import (
     SentenceEncoder,
     TextEncoder,
     embedding_dim,

@@ -13,16 +13,16 @@ Every prompt, completion, decision and metric of a run lands here. Four modules,
 Everything other packages use is importable from ``sandbox.store``.
 """
 
-from sandbox.store import queries
-from sandbox.store.engine import (
+from vragent.sandbox.store import queries
+from vragent.sandbox.store.engine import (
     StoreMissingError,
     make_engine,
     read_only_engine,
     sqlite_busy_ms,
     sqlite_file,
 )
-from sandbox.store.queries import llm_call_sums
-from sandbox.store.schema import (
+from vragent.sandbox.store.queries import llm_call_sums
+from vragent.sandbox.store.schema import (
     AB_TABLES,
     IP_AGENT_LABEL,
     METERING_COLUMNS,
@@ -48,7 +48,7 @@ from sandbox.store.schema import (
     SimUser,
     StepRow,
 )
-from sandbox.store.writes import LOG_CHUNK_ROWS, Store, add_llm_totals, insert_ignore
+from vragent.sandbox.store.writes import LOG_CHUNK_ROWS, Store, add_llm_totals, insert_ignore
 
 __all__ = [
     "AB_TABLES", "IP_AGENT_LABEL", "LOG_CHUNK_ROWS", "METERING_COLUMNS",

@@ -29,8 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
-
-from sandbox.store.schema import Base
+from vragent.sandbox.store.schema import Base
 
 SCRIPTS = Path(__file__).with_name("migrations")
 _PG_LOCK_KEY = 0x76726167656E74  # "vragent": one advisory lock key for migrations

@@ -17,8 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import Connection, Integer, case, func, inspect, select
-
-from sandbox.store.schema import (
+from vragent.sandbox.store.schema import (
     IP_AGENT_LABEL,
     AbArmValue,
     AbComparison,

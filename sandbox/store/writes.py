@@ -17,11 +17,10 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
-
-from sandbox import faults
-from sandbox.store import migrate, queries
-from sandbox.store.engine import StoreMissingError, make_engine, missing_sqlite_file
-from sandbox.store.schema import (
+from vragent.sandbox import faults
+from vragent.sandbox.store import migrate, queries
+from vragent.sandbox.store.engine import StoreMissingError, make_engine, missing_sqlite_file
+from vragent.sandbox.store.schema import (
     METERING_COLUMNS,
     AbArmValue,
     AbComparison,

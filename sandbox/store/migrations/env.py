@@ -1,8 +1,7 @@
 """Alembic's environment: migrations run on the connection that ``migrate.upgrade`` passes."""
 
 from alembic import context
-
-from sandbox.store.schema import Base
+from vragent.sandbox.store.schema import Base
 
 context.configure(connection=context.config.attributes["connection"],
                   target_metadata=Base.metadata)

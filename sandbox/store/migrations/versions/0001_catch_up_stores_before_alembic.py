@@ -12,8 +12,7 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
-
-from sandbox.store.schema import NulSafeText
+from vragent.sandbox.store.schema import NulSafeText
 
 revision = "0001"
 down_revision = None

@@ -1,0 +1,1 @@
+"""The bundled scenarios (``*.yaml``), installed as package data of ``vragent.scenarios``."""

@@ -17,7 +17,7 @@ The roofline column is the ceiling this machine could reach for the tokens a row
 fp32 matmul measures here.
 
     .venv/bin/python benchmarks/backend_throughput.py [--users 4] [--steps 3]
-        [--vllm-url http://127.0.0.1:8011/v1]
+        [--vllm-url http://127.0.0.1:8011/v1] [--policy grounded-smollm2] [--int8]
 """
 
 from __future__ import annotations
@@ -131,8 +131,9 @@ def _max_diff(a, b) -> float:
     return max(abs(x.logits[k] - y.logits[k]) for x, y in zip(a, b, strict=True) for k in x.logits)
 
 
-def hf_score_rows(backend: HFBackend, world: World, steps: int) -> list[Row]:
-    """Naive, per-slate reuse and cross-step reuse on the same prompts."""
+def hf_score_rows(backend: HFBackend, world: World, steps: int) -> tuple[list[Row], list]:
+    """Naive, per-slate reuse and cross-step reuse on the same prompts; and the default
+    path's scores (prefix reuse with KV kept across steps)."""
     per_step = [world.prompts(s) for s in range(steps)]
     flat = [p for ps in per_step for p in ps]
     rows = []
@@ -159,7 +160,38 @@ def hf_score_rows(backend: HFBackend, world: World, steps: int) -> list[Row]:
         tokens = backend.stats["tokens_run"] / len(outs)
         rows.append(Row("hf", "score", f"{setting}, all {steps} steps", len(outs), sum(walls),
                         tokens, max_logit_diff=_max_diff(outs, naive)))
-    return rows + _warm_row(backend, world, steps, naive[len(per_step[0]) :])
+    return rows + _warm_row(backend, world, steps, naive[len(per_step[0]) :]), outs
+
+
+def int8_rows(backend: HFBackend, world: World, steps: int, exact) -> list[Row]:
+    """The default path again with int8 decoder layers (``backend.quantize: int8``), and how
+    many of the exact path's decisions it keeps: under the simulator's rule (watch when a
+    seeded uniform draw falls below p(Yes)) and at p = 0.5."""
+    import numpy as np
+
+    backend.quantize_int8()
+    backend.prefix_cache.clear()
+    backend.prefix_cache.budget_bytes = 1 << 30
+    backend.stats.clear()
+    backend.score(world.prompts(0)[:2])  # warm-up of the quantised kernels
+    backend.prefix_cache.clear()
+    backend.stats.clear()
+    outs, wall = [], 0.0
+    for s in range(steps):
+        t0 = time.perf_counter()
+        outs += backend.score(world.prompts(s))
+        wall += time.perf_counter() - t0
+    p_exact = np.array([o.probs["Yes"] for o in exact])
+    p_int8 = np.array([o.probs["Yes"] for o in outs])
+    u = np.random.default_rng(0).random(p_exact.size)
+    same_draw = float(np.mean((u < p_exact) == (u < p_int8)))
+    same_half = float(np.mean((p_exact > 0.5) == (p_int8 > 0.5)))
+    print(f"int8 vs exact, {p_exact.size} decisions: same action under seeded draws "
+          f"{same_draw:.4f}, same at p = 0.5 {same_half:.4f}, max |dp| "
+          f"{np.abs(p_exact - p_int8).max():.4f}, mean |dp| {np.abs(p_exact - p_int8).mean():.4f}")
+    tokens = backend.stats["tokens_run"] / len(outs)
+    return [Row("hf", "score", f"int8 layers, prefix reuse + KV kept, all {steps} steps",
+                len(outs), wall, tokens, max_logit_diff=_max_diff(outs, exact))]
 
 
 def _warm_row(backend: HFBackend, world: World, steps: int, naive) -> list[Row]:
@@ -271,6 +303,8 @@ def main() -> None:
                     "with --random-init (default: the model folder's)")
     ap.add_argument("--policy", default=None, help="a head policy (e.g. grounded-smollm2): its "
                     "head decides, its prompts carry the evidence")
+    ap.add_argument("--int8", action="store_true", help="also the default path with int8 "
+                    "decoder layers (backend.quantize: int8) and its agreement with the exact one")
     args = ap.parse_args()
     model_dir = args.model or require_smollm2()
     head = None
@@ -292,9 +326,11 @@ def main() -> None:
     n_params = non_embedding_params(backend.model)
     if head is not None and head.layer:  # only the head's layers run (agents/backends/depth.py)
         n_params = n_params * head.layer // backend.model.config.num_hidden_layers
-    rows = [] if args.skip_hf else hf_score_rows(backend, world, args.steps)
+    rows, exact = ([], []) if args.skip_hf else hf_score_rows(backend, world, args.steps)
     if not (args.skip_generate or args.skip_hf):
         rows += hf_generate_rows(backend, world, args.gen_tokens)
+    if args.int8 and not args.skip_hf:  # last: it quantises the backend in place
+        rows += int8_rows(backend, world, args.steps, exact)
     if args.vllm_url:
         rows += vllm_rows(args.vllm_url, args.gen_tokens)
     where = (torch.cuda.get_device_name() if backend.device.type == "cuda" else "CPU")

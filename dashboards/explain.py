@@ -27,7 +27,7 @@ def decision_sentence(row: Mapping[str, Any]) -> str:
 
     Args:
         row: a decision with ``action, rule, draw, like_cut, p_like, answer, fallback`` (as
-            ``dashboards.data.user_decisions`` returns it).
+            ``dashboards.traces_data.user_decisions`` returns it).
     """
     action, rule = str(row.get("action")), row.get("rule")
     u, cut, p = finite(row.get("draw")), finite(row.get("like_cut")), finite(row.get("p_like"))

@@ -163,8 +163,6 @@ def train(
     from vragent.sandbox.policies import PolicyError
     from vragent.sandbox.store import Store
 
-    if algo not in ("sft", "grpo"):
-        _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
     cls = GRPORunConfig if algo == "grpo" else SFTRunConfig
     cfg = cls(policy=policy, data=str(data), base_model=base_model, thinking=thinking,
               seed=seed).with_updates(
@@ -244,17 +242,17 @@ def eval_(
     from vragent.sandbox.report_sections import write_section
     from vragent.sandbox.store import Store
 
-    cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
-                     base_model=None if base_model == "none" else base_model,
-                     baselines=baselines,
-                     recommenders=tuple(recommender or ("mf", "sasrec")), fit_on=fit_on,
-                     dataset_path=dataset_path,
-                     judgement_ms=tuple(judgement_m) if judgement_m else None,
-                     llm_tasks=tuple(llm_task or ("judgement", "selection")),
-                     max_groups=max_groups or None, generate_groups=generate_groups,
-                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                     threads=threads, n_boot=n_boot, registry=registry)
     try:
+        cfg = EvalConfig(data=str(data), policies=tuple(policy or ()),
+                         base_model=None if base_model == "none" else base_model,
+                         baselines=baselines,
+                         recommenders=tuple(recommender or ("mf", "sasrec")), fit_on=fit_on,
+                         dataset_path=dataset_path,
+                         judgement_ms=tuple(judgement_m) if judgement_m else None,
+                         llm_tasks=tuple(llm_task or ("judgement", "selection")),
+                         max_groups=max_groups or None, generate_groups=generate_groups,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                         threads=threads, n_boot=n_boot, registry=registry)
         with Tracker(err) as tracker:
             table, eval_id = run_eval(cfg, Store(db), log=tracker.log, tracker=tracker)
     except (RLDataError, PolicyError, AssetError, KeyError, ValueError) as exc:
@@ -353,12 +351,15 @@ def train_head(
     from vragent.sandbox.assets import AssetError
     from vragent.sandbox.policies import PolicyError
 
-    cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
-                          eval_users=eval_users, train_users=train_users, c=c, layer=layer,
-                          history_len=history_len, check_users=check_users,
-                          distract=distract, reason=reason,
-                          reason_invariance=reason_invariance,
-                          distract_invariance=distract_invariance)
+    try:
+        cfg = HeadTrainConfig(policy=policy, dataset=dataset, dataset_path=path, seed=seed,
+                              eval_users=eval_users, train_users=train_users, c=c, layer=layer,
+                              history_len=history_len, check_users=check_users,
+                              distract=distract, reason=reason,
+                              reason_invariance=reason_invariance,
+                              distract_invariance=distract_invariance)
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
     def progress(done: int, total: int) -> None:
         err.print(f"hidden states {done}/{total}")
@@ -420,12 +421,13 @@ def loop(
     from vragent.sandbox.policies import PolicyError
     from vragent.sandbox.progress import Tracker
 
-    if algo not in ("sft", "grpo"):
-        _fail(f"--algo must be sft or grpo, not {algo!r}", 2)
     train = {k: v for k, v in {"lr": lr, "max_samples": samples}.items() if v is not None}
-    cfg = LoopConfig(scenario=scenario, policy=policy, algo=algo, base_model=base_model,
-                     steps=steps, eval_users=eval_users, train_users=train_users,
-                     eval_groups=eval_groups, train=train, seed=seed)
+    try:
+        cfg = LoopConfig(scenario=scenario, policy=policy, algo=algo, base_model=base_model,
+                         steps=steps, eval_users=eval_users, train_users=train_users,
+                         eval_groups=eval_groups, train=train, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     try:
         with Tracker(err) as tracker:
             res = run_loop(cfg, db, registry, log=tracker.log, tracker=tracker)

@@ -34,11 +34,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from vragent.environments.datasets import load_dataset
 from vragent.environments.schema import DataFormatError, Dataset
 from vragent.environments.sources import (
@@ -77,7 +77,7 @@ from vragent.rl.negatives import (
     top_k_lists,
     user_rng,
 )
-from vragent.sandbox.config import validation_line
+from vragent.sandbox.config import ConfigModel
 from vragent.sandbox.progress import Task
 from vragent.sandbox.world import user_profiles
 
@@ -121,7 +121,7 @@ SELECTION_NEGATIVES = 3
 # ------------------------------------------------------------------------------ config
 
 
-class RLDataConfig(BaseModel):
+class RLDataConfig(ConfigModel):
     """Every knob of an RL data build.
 
     Attributes:
@@ -149,7 +149,7 @@ class RLDataConfig(BaseModel):
         store_unseen_negatives: unseen-item "No" rows added per simulated user.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    error: ClassVar[type[ValueError]] = RLDataError
 
     dataset: str = "movielens-100k"
     dataset_path: str | None = None
@@ -171,13 +171,6 @@ class RLDataConfig(BaseModel):
     store_url: str | None = None
     store_runs: tuple[str, ...] = ()
     store_unseen_negatives: int = Field(0, ge=0)
-
-    def __init__(self, **data: Any) -> None:
-        # Construction is validation: a bad setting is one RLDataError line naming it.
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise RLDataError(validation_line(exc, "RL data setting")) from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RLDataConfig:

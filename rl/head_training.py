@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ConfigDict, Field
 from vragent.agents.backends.base import LLMBackend
 from vragent.environments.grounding import CollaborativeGrounding
 from vragent.environments.schema import Dataset
@@ -28,10 +29,10 @@ from vragent.rl.grounded import (
     written_preferences,
 )
 from vragent.rl.negatives import NegativeSampler
+from vragent.sandbox.config import ConfigModel
 
 
-@dataclass(frozen=True)
-class HeadTrainConfig:
+class HeadTrainConfig(ConfigModel):
     """What ``vragent rl train-head`` trains.
 
     The users are split exactly as ``vragent rl build-data`` splits them (same seed and
@@ -67,21 +68,23 @@ class HeadTrainConfig:
         distract_invariance: the same between a row's clean and distracted reads.
     """
 
-    policy: str
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str = Field(min_length=1)
     dataset: str = "movielens-100k"
     dataset_path: str | None = None
     seed: int = 0
-    eval_users: int = 500
-    train_users: int = 2000
-    history_len: int = 10
-    c: float = 0.03
-    min_len: int = 5
-    layer: int = 18
-    check_users: int = 100
-    distract: float = 0.5
-    reason: float = 0.5
-    reason_invariance: float = 1000.0
-    distract_invariance: float = 100.0
+    eval_users: int = Field(500, ge=0)
+    train_users: int = Field(2000, ge=1)
+    history_len: int = Field(10, ge=0)
+    c: float = Field(0.03, gt=0)
+    min_len: int = Field(5, ge=2)
+    layer: int = Field(18, ge=0)
+    check_users: int = Field(100, ge=0)
+    distract: float = Field(0.5, ge=0, le=1)
+    reason: float = Field(0.5, ge=0, le=1)
+    reason_invariance: float = Field(1000.0, ge=0)
+    distract_invariance: float = Field(100.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ def train_head_policy(cfg: HeadTrainConfig, registry: str | None = None,
         model_id=f"{cfg.policy}@{stamp:%Y%m%dT%H%M%S}", thinking=False,
         data={"dataset": cfg.dataset, "train_users": len(train), "held_out_users": len(held_out),
               "examples": len(labels)},
-        config={"grounding": True, **{k: v for k, v in vars(cfg).items()
+        config={"grounding": True, **{k: v for k, v in cfg.model_dump().items()
                                       if k not in ("policy", "dataset_path")}},
         created_at=stamp.isoformat(), git_revision=git_revision(),
         versions=package_versions(), metrics={"held_out": check})

@@ -23,16 +23,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import Field
 from sqlalchemy import select
 from vragent.rl.configs import GRPORunConfig, SFTRunConfig
 from vragent.rl.metrics import pairwise_auc
-from vragent.sandbox.config import Scenario, load_scenario
+from vragent.sandbox.config import ConfigModel, Scenario, load_scenario
 from vragent.sandbox.progress import RunProgress, Tracker
 from vragent.sandbox.runner import create_run, execute
 from vragent.sandbox.store import Decision, Store
@@ -40,8 +41,7 @@ from vragent.sandbox.store import Decision, Store
 Log = Callable[[str], None]
 
 
-@dataclass
-class LoopConfig:
+class LoopConfig(ConfigModel):
     """What ``vragent loop`` runs.
 
     Attributes:
@@ -61,17 +61,17 @@ class LoopConfig:
         seed: the seed of data, training and evaluation.
     """
 
-    scenario: str
+    scenario: str = Field(min_length=1)
     policy: str | None = None
-    algo: str = "grpo"
+    algo: Literal["grpo", "sft"] = "grpo"
     base_model: str | None = None
-    steps: int = 50
+    steps: int = Field(50, ge=1)
     data_out: str | None = None
-    eval_users: int | float = 50
-    train_users: int | None = 500
-    eval_groups: int = 10
-    unseen_negatives: int = 1
-    train: dict[str, Any] = field(default_factory=dict)
+    eval_users: int | float = Field(50, ge=0)
+    train_users: int | None = Field(500, ge=0)
+    eval_groups: int = Field(10, ge=1)
+    unseen_negatives: int = Field(1, ge=0)
+    train: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
 
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
+from pydantic import Field
 from vragent.environments.schema import Dataset
 from vragent.rl.eval_report import headline
 from vragent.rl.eval_stats import add_intervals
@@ -44,6 +44,7 @@ from vragent.rl.fitted_baselines import (
     row_targets,
     training_interactions,
 )
+from vragent.sandbox.config import ConfigModel
 from vragent.sandbox.policies import load_policy, update_metrics
 from vragent.sandbox.progress import Tracker
 from vragent.sandbox.store import Store
@@ -52,8 +53,7 @@ from vragent.sandbox.training_log import log_eval, new_id
 Log = Callable[[str], None]
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(ConfigModel):
     """What ``vragent rl eval`` runs.
 
     Attributes:
@@ -79,26 +79,26 @@ class EvalConfig:
         n_boot: bootstrap resamples of the intervals.
     """
 
-    data: str
+    data: str = Field(min_length=1)
     policies: tuple[str, ...] = ()
     base_model: str | None = "smollm2"
     baselines: bool = True
     recommenders: tuple[str, ...] = ("mf", "sasrec")
-    fit_on: str = "full"
+    fit_on: Literal["full", "histories"] = "full"
     dataset_path: str | None = None
     judgement_ms: tuple[int, ...] | None = None
     llm_tasks: tuple[str, ...] = ("judgement", "selection")
-    max_groups: int | None = 20
-    generate_groups: int = 12
+    max_groups: int | None = Field(20, ge=1)
+    generate_groups: int = Field(12, ge=0)
     generate_ms: tuple[int, ...] = (1,)
     generate_protocols: tuple[str, ...] = ("random", "hard")
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
     seed: int = 0
-    threads: int | None = None
-    n_boot: int = 1000
+    threads: int | None = Field(None, ge=1)
+    n_boot: int = Field(1000, ge=1)
     registry: str | None = None
-    extra_models: dict[str, Any] = field(default_factory=dict)
+    extra_models: dict[str, Any] = Field(default_factory=dict)
 
 
 def _source(cfg: EvalConfig, manifest: dict[str, Any]) -> Dataset:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, Field
 from vragent.agents.backends.base import LLMBackend
 from vragent.sandbox.ab_analysis import AbAnalysis, analyse, load_run_data, step_series
-from vragent.sandbox.config import Scenario, load_scenario, parse_scenario
+from vragent.sandbox.config import ConfigModel, Scenario, load_scenario, parse_scenario
 from vragent.sandbox.progress import RunProgress, Tracker
 from vragent.sandbox.runner import create_run, execute
 from vragent.sandbox.store import AbExperiment, Store
@@ -31,8 +31,7 @@ class AbError(RuntimeError):
     """An experiment cannot start or resume (unknown id, bad baseline …)."""
 
 
-@dataclass(frozen=True)
-class AbSettings:
+class AbSettings(ConfigModel):
     """How an experiment is analysed.
 
     Attributes:
@@ -41,9 +40,11 @@ class AbSettings:
         n_resamples: bootstrap and permutation resamples.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     baseline: str | None = None
-    confidence: float = 0.95
-    n_resamples: int = 2000
+    confidence: float = Field(0.95, gt=0, lt=1)
+    n_resamples: int = Field(2000, ge=1)
 
 
 def scenario_for_seed(text: str, seed: int) -> tuple[Scenario, str]:
@@ -55,7 +56,7 @@ def scenario_for_seed(text: str, seed: int) -> tuple[Scenario, str]:
 
 
 def create_experiment(store: Store, scenario_ref: str, seeds: Sequence[int], *,
-                      overrides: Sequence[str] = (), settings: AbSettings = AbSettings(),
+                      overrides: Sequence[str] = (), settings: AbSettings | None = None,
                       command: str | None = None) -> str:
     """Validate the scenario and record a new experiment; return its id.
 
@@ -63,6 +64,7 @@ def create_experiment(store: Store, scenario_ref: str, seeds: Sequence[int], *,
         ScenarioError: the scenario or an override is invalid (one line).
         AbError: no seeds, repeated seeds, or a baseline that is not an arm.
     """
+    settings = settings or AbSettings()
     scenario, text, path = load_scenario(scenario_ref, overrides)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):

@@ -23,7 +23,8 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
         name = "SmolLM2-135M-Instruct" if cfg.model == "smollm2" else Path(cfg.model).name
         return HFBackend(path, model_name=name, batch_size=cfg.batch_size,
                          max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
-                         device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb)
+                         device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb,
+                         quantize=cfg.quantize)
     if cfg.kind == "hf-vision":
         from vragent.agents.backends.hf_vision import HFVisionBackend
 
@@ -38,6 +39,8 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> LLMBackend:
 
         backend = tiny_hf_backend(seed=seed, batch_size=cfg.batch_size)
         backend.max_prompt_tokens = cfg.max_prompt_tokens
+        if cfg.quantize == "int8":
+            backend.quantize_int8()
         return backend
     if cfg.kind == "openai":
         from vragent.agents.backends.openai_backend import OpenAIBackend
@@ -87,7 +90,7 @@ def policy_backend(scenario: Scenario, base: LLMBackend | None = None) -> LLMBac
         return HFBackend(pol.model_dir, model_name=pol.manifest.model_id,
                          batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
                          threads=cfg.threads, device=cfg.device, dtype=cfg.dtype,
-                         kv_cache_mb=cfg.kv_cache_mb)
+                         kv_cache_mb=cfg.kv_cache_mb, quantize=cfg.quantize)
     if cfg.kind == "openai":
         return make_backend(cfg.model_copy(update={"model": pol.manifest.name}),
                             seed=scenario.seed)
@@ -109,11 +112,12 @@ def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
     head = ScoreHead.load(pol.path)
     if cfg.kind == "tiny" and pol.manifest.base_model == "tiny":
         # The randomly initialised test model: head policies tested end to end without weights.
-        backend = make_backend(cfg)
+        backend = make_backend(cfg.model_copy(update={"quantize": "none"}))
         assert isinstance(backend, HFBackend)
         return HFBackend(model=backend.model, tokenizer=backend.tokenizer,
                          model_name=pol.manifest.model_id, batch_size=cfg.batch_size,
-                         max_prompt_tokens=cfg.max_prompt_tokens, score_head=head)
+                         max_prompt_tokens=cfg.max_prompt_tokens, score_head=head,
+                         quantize=cfg.quantize)
     if cfg.kind != "hf":
         raise ValueError(f"policy {pol.manifest.name!r} reads the model's hidden state: it needs "
                          f"backend.kind 'hf', not {cfg.kind!r}")
@@ -122,4 +126,4 @@ def head_policy_backend(pol: Policy, cfg: BackendConfig) -> LLMBackend:
     return HFBackend(path, model_name=pol.manifest.model_id, batch_size=cfg.batch_size,
                      max_prompt_tokens=cfg.max_prompt_tokens, threads=cfg.threads,
                      device=cfg.device, dtype=cfg.dtype, kv_cache_mb=cfg.kv_cache_mb,
-                     score_head=head)
+                     score_head=head, quantize=cfg.quantize)

@@ -282,12 +282,8 @@ def experiment_ip_agent(
     if not data.is_dir():
         _fail(f"--data {data}: not a folder", 2)
     arm_list = [a.strip() for a in arms.split(",")] if arms else [a[0] for a in ARMS]
-    if seeds < 1 or epochs < 1 or items < 0 or users < 0:
-        _fail("--seeds and --epochs must be >= 1, --items and --users >= 0", 2)
-    if sasrec_activation not in ("relu", "gelu"):
-        _fail(f"--sasrec-activation must be relu or gelu, got {sasrec_activation!r}", 2)
-    try:
-        cfg = IPExperimentConfig(str(data), items=items, users=users, seeds=seeds,
+    try:  # IPExperimentConfig checks every setting, one line naming it
+        cfg = IPExperimentConfig(data=str(data), items=items, users=users, seeds=seeds,
                                  epochs=epochs, dim=dim, ip_backend=ip_backend,
                                  ip_model=ip_model, ip_batch=ip_batch,
                                  rerank_users=rerank_users, arms=arm_list, threads=threads,

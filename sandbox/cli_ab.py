@@ -62,9 +62,13 @@ def register(app: typer.Typer) -> None:
 
         if not scenario and not resume:
             _fail("give a SCENARIO or --resume EXPERIMENT_ID", 2)
-        if not 0 < confidence < 1 or resamples < 100 or seeds < 1:
-            _fail("--confidence must be in (0, 1), --resamples >= 100, --seeds >= 1", 2)
-        settings = AbSettings(baseline=baseline, confidence=confidence, n_resamples=resamples)
+        if seeds < 1:
+            _fail("--seeds must be >= 1", 2)
+        try:
+            settings = AbSettings(baseline=baseline, confidence=confidence,
+                                  n_resamples=resamples)
+        except ValueError as exc:  # one line naming the setting
+            _fail(str(exc), 2)
         with store_errors(db):
             store = Store(db)
         try:

@@ -10,7 +10,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +62,28 @@ def safe_yaml(text: str) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A command's settings are invalid (one line naming the setting)."""
+
+
+class ConfigModel(BaseModel):
+    """A command's settings, checked when made.
+
+    The settings of ``rl eval``, ``rl train-head``, ``loop``, the IP-agent experiment and RL
+    data builds: unknown keys are refused, and constructing one validates it, raising
+    :attr:`error` with one line naming the first bad setting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    error: ClassVar[type[ValueError]] = ConfigError
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise self.error(validation_line(exc, "setting")) from None
 
 
 class DatasetConfig(InteractionsOptions):
@@ -207,6 +229,9 @@ class BackendConfig(_Strict):
         "auto", description="hf: 'auto' is float32 on CPU and bfloat16 on GPU.")
     kv_cache_mb: int = Field(1024, ge=0, description="hf: memory for users' prefix KV caches "
                              "kept across slates, arms and steps (0 = none).")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="hf on the CPU: int8 dynamic quantisation of the decoder's linear "
+        "layers (faster, slightly different numbers; docs/performance.md). Opt-in.")
     p_yes: float = Field(0.3, ge=0, le=1, description="constant backend only.")
     # openai backend
     base_urls: list[str] | None = Field(
@@ -245,6 +270,31 @@ class BackendConfig(_Strict):
         if self.kind == "openai" and not (self.base_url or self.base_urls):
             raise ValueError("base_url is required when kind is 'openai' (or base_urls)")
         return self
+
+    @model_validator(mode="after")
+    def _settings_of_this_kind(self) -> BackendConfig:
+        # A setting only another kind reads is a mistake (a misspelled kind, a key left over
+        # from another backend): say so at load instead of ignoring it. Changed from its
+        # default, not merely present: a stored config holds every key.
+        for name, kinds in BACKEND_KIND_SETTINGS.items():
+            if self.kind not in kinds and getattr(self, name) != type(self).model_fields[
+                    name].get_default(call_default_factory=True):
+                raise ValueError(f"{name} is a setting of kind {' or '.join(kinds)}, not of "
+                                 f"{self.kind!r}")
+        return self
+
+
+_HF_KINDS = ("hf", "hf-vision", "tiny", "tiny-vision")
+_OPENAI = ("openai",)
+#: Backend settings that only some kinds read (the rest apply to every kind).
+BACKEND_KIND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "p_yes": ("constant",),
+    "device": _HF_KINDS, "dtype": _HF_KINDS, "kv_cache_mb": _HF_KINDS,
+    "quantize": ("hf", "tiny"),
+    **dict.fromkeys(("base_url", "base_urls", "api_key_env", "max_concurrency", "prefill",
+                     "score_api", "tokenizer", "timeout_s", "max_retries", "backoff_base_s",
+                     "backoff_max_s", "guided", "guided_key"), _OPENAI),
+}
 
 
 class IPAgentConfig(_Strict):
@@ -355,6 +405,8 @@ def validation_line(exc: ValidationError, key: str = "key") -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown {key}"
+    elif err["type"] == "literal_error":  # a wrong choice: say which
+        msg = f"{msg}, got {err.get('input')!r}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{_loc(err)}: {msg}{more}"
 

@@ -27,13 +27,15 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from vragent.environments.splits import Split, cold_start_users, leave_one_out
+from vragent.sandbox.config import ConfigModel
 from vragent.sandbox.progress import Tracker
 
 #: (arm, recommender, params, item text) — item text is None for models that read no text.
@@ -52,36 +54,30 @@ COLD_START_RULES = ("full", "after_cut")
 PAPER_CLAIM = "+6.0% NDCG@10 from IP-agent profiles on MicroLens-100k (7B vision-language model)"
 
 
-@dataclass
-class IPExperimentConfig:
+class IPExperimentConfig(ConfigModel):
     """Settings of one experiment (all of them are written into the results)."""
 
-    data: str
-    items: int = 1000
-    users: int = 0
-    seeds: int = 3
-    epochs: int = 20
-    dim: int = 64
-    max_len: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
+    data: str = Field(min_length=1)
+    items: int = Field(1000, ge=0)
+    users: int = Field(0, ge=0)
+    seeds: int = Field(3, ge=1)
+    epochs: int = Field(20, ge=1)
+    dim: int = Field(64, ge=1)
+    max_len: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
     text_model: str = "minilm"
-    min_len: int = 5
+    min_len: int = Field(5, ge=2)
     ip_backend: str = "hf"
     ip_model: str = "smollm2"
-    ip_batch: int = 16
-    ip_cmp_tokens: int = 64
-    ip_profile_tokens: int = 48
-    rerank_users: int = 0
-    arms: list[str] = field(default_factory=lambda: [a[0] for a in ARMS])
-    threads: int | None = None
-    cold_start: str = "full"
-    sasrec_activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        if self.cold_start not in COLD_START_RULES:
-            raise ValueError(f"cold_start must be one of {COLD_START_RULES}, "
-                             f"got {self.cold_start!r}")
+    ip_batch: int = Field(16, ge=1)
+    ip_cmp_tokens: int = Field(64, ge=1)
+    ip_profile_tokens: int = Field(48, ge=1)
+    rerank_users: int = Field(0, ge=0)
+    arms: list[str] = Field(default_factory=lambda: [a[0] for a in ARMS])
+    threads: int | None = Field(None, ge=1)
+    cold_start: Literal[COLD_START_RULES] = "full"
+    sasrec_activation: Literal["relu", "gelu"] = "relu"
 
 
 @dataclass
@@ -247,7 +243,7 @@ def run_ip_experiment(
         for name, runs in per_seed.items() if runs
     }
     results: dict[str, Any] = {
-        "config": asdict(cfg), "data": prep.stats, "profiles": profile_info,
+        "config": cfg.model_dump(), "data": prep.stats, "profiles": profile_info,
         "per_seed": per_seed, "summary": summary,
         "paired_vs_title": paired_differences(ndcg_by_user, "SASRec-text(title)"),
         "environment": {"python": platform.python_version(), "machine": platform.machine()},

@@ -27,7 +27,7 @@ def main(seeds: int = 3, items: int = 1000) -> dict:
     """Fit both variants for each seed and return the metrics and paired differences."""
     torch.set_num_threads(1)
     data = Path(os.environ["VRAGENT_DATA_DIR"]) / "microlens-100k"
-    prep = prepare(load_dataset("microlens", str(data)), IPExperimentConfig(str(data),
+    prep = prepare(load_dataset("microlens", str(data)), IPExperimentConfig(data=str(data),
                                                                             items=items))
     print(prep.stats, flush=True)
     train = prep.split.train_interactions()

@@ -84,3 +84,41 @@ def test_prefix_groups_split_at_user_boundaries():
     user_b = system + [3] * 30
     ids = [[*user_a, 7], [*user_a, 8, 9], [*user_b, 7], [*user_b, 8], [5, 6]]
     assert _prefix_groups(ids, 16) == [[0, 1], [2, 3], [4]]
+
+
+def test_int8_layers_are_opt_in_close_and_cached_apart(tiny_backend):
+    """``backend.quantize: int8`` quantises the decoder's linear layers only: scores stay close
+    to the exact model's, the model id says int8 (so the response cache never mixes the two),
+    and the exact backend is untouched."""
+    import torch
+    from vragent.agents.backends.loading import int8_layers
+    from vragent.sandbox.backend_factory import make_backend
+    from vragent.sandbox.config import BackendConfig
+
+    exact = make_backend(BackendConfig(kind="tiny"))
+    quant = make_backend(BackendConfig(kind="tiny", quantize="int8"))
+    assert quant.model_id == exact.model_id + "+int8" and not exact.quantized
+    persona = PersonaView("a test user", ("Cooking pasta", "Cat nap"))
+    prompts = [judgement_prompt(persona, t, think=False) for t in ("Cat video", "Stock news",
+                                                                  "Dog video", "Car crash")]
+    p_exact = [s.probs["Yes"] for s in exact.score(prompts, ["Yes", "No"])]
+    p_int8 = [s.probs["Yes"] for s in quant.score(prompts, ["Yes", "No"])]
+    assert max(abs(a - b) for a, b in zip(p_exact, p_int8, strict=True)) < 0.05
+    assert p_exact != p_int8  # it did quantise
+    assert any("quantized" in type(m).__module__ for m in quant.model.model.layers.modules())
+    assert not any("quantized" in type(m).__module__ for m in exact.model.modules())
+    with pytest.raises(ValueError, match="CPU only"):
+        int8_layers(torch.nn.Linear(2, 2), torch.device("cuda"))
+
+
+def test_int8_refuses_a_head_policy(tiny_backend):
+    """A head reads a hidden state that int8 moves too far: refused in one line."""
+    import numpy as np
+    from vragent.agents.backends.hf import HFBackend
+    from vragent.agents.policy_head import ScoreHead
+
+    width = tiny_backend.model.config.hidden_size
+    head = ScoreHead(weight=np.zeros(width), bias=0.0, mean=np.zeros(width), scale=np.ones(width))
+    with pytest.raises(ValueError, match="cannot run a head policy"):
+        HFBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, score_head=head,
+                  quantize="int8")

@@ -50,6 +50,20 @@ def test_openai_needs_base_url():
         parse_scenario(tiny_scenario(backend={"kind": "openai"}))
 
 
+@pytest.mark.parametrize(("backend", "expected"), [
+    ({"kind": "hf", "p_yes": 0.5}, "backend: p_yes is a setting of kind constant, not of 'hf'"),
+    ({"kind": "constant", "kv_cache_mb": 10}, "kv_cache_mb is a setting of kind hf or"),
+    ({"kind": "tiny", "base_url": "http://127.0.0.1:1/v1"}, "base_url is a setting of kind "
+     "openai"),
+])
+def test_a_setting_of_another_backend_kind_is_one_line(backend, expected):
+    with pytest.raises(ScenarioError, match=expected):
+        parse_scenario(tiny_scenario(backend=backend))
+    # The same keys at their defaults (as a stored config holds them) are fine.
+    full = parse_scenario(tiny_scenario()).model_dump(mode="json")
+    assert parse_scenario(full).backend.kind == "tiny"
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ScenarioError, match="cannot read scenario"):
         load_scenario(str(tmp_path / "nope.yaml"))

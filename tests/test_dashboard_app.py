@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select, text
 from streamlit.testing.v1 import AppTest
-from vragent.dashboards import data, training_data
+from vragent.dashboards import data, traces_data, training_data
 from vragent.dashboards.cli import streamlit_command
 from vragent.sandbox.store import Decision, SessionEvent, Store
 
@@ -243,9 +243,9 @@ def test_trace_explorer_search_and_filters(env: DashboardStore) -> None:
 def test_trace_explorer_disagreement_and_format_filters(env: DashboardStore) -> None:
     traced = env.runs[0]
     at = open_page("traces", {"run": traced, "arm": "popular", "user": env.traced_user})
-    decisions = data.user_decisions(env.url, traced, "popular", env.traced_user)
-    info = data.user_info(env.url, traced, env.traced_user)
-    disagrees = data.disagreement(decisions, data.real_positives(info))
+    decisions = traces_data.user_decisions(env.url, traced, "popular", env.traced_user)
+    info = traces_data.user_info(env.url, traced, env.traced_user)
+    disagrees = traces_data.disagreement(decisions, traces_data.real_positives(info))
     at.radio(key="tx_view").set_value("disagree").run()
     assert not at.exception
     slates = [f for f in frames(at) if "action" in f.columns]
@@ -267,9 +267,9 @@ def test_disagreement_definition() -> None:
     decisions = pd.DataFrame({"item_id": [1, 2, 3, 4], "action": ["skip", "skip", "watch",
                                                                    "like"]})
     # Items 1 and 3 are in the real history: skipping 1 and liking 4 disagree, the rest agree.
-    assert data.disagreement(decisions, {1, 3}).tolist() == [True, False, False, True]
+    assert traces_data.disagreement(decisions, {1, 3}).tolist() == [True, False, False, True]
     info = {"history": [1, 3], "profile": {"heldout": [4]}}
-    assert data.real_positives(info) == {1, 3, 4}
+    assert traces_data.real_positives(info) == {1, 3, 4}
 
 
 def test_feedback_page(env: DashboardStore) -> None:
@@ -369,7 +369,7 @@ def test_indexed_reads_for_a_user() -> None:
     from sqlalchemy.dialects import sqlite
 
     s = Store("sqlite://")
-    stmt = data.user_decisions_stmt("r", "a", 1, [0, 1, 2])
+    stmt = traces_data.user_decisions_stmt("r", "a", 1, [0, 1, 2])
     sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with s.engine.connect() as conn:
         plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
@@ -384,7 +384,7 @@ def test_reasoning_filters_read_the_traced_index(tmp_path: Path) -> None:
     s = Store(url)
     data.schema.clear()
     for behaviour, text_ in (("has reasoning", ""), ("any", "comedy")):
-        q = data._users_query(url, "r", "a", "", behaviour, 1, text_)
+        q = traces_data._users_query(url, "r", "a", "", behaviour, 1, text_)
         sql = str(select(func.count()).select_from(q.subquery()).compile(
             dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
         with s.engine.connect() as conn:

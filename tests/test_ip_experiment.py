@@ -38,7 +38,7 @@ def toy_data(tmp_path):
 
 
 def test_toy_case_metrics_are_the_hand_computed_ones(toy_data, tmp_path):
-    cfg = IPExperimentConfig(str(toy_data), items=0, seeds=2, epochs=1, dim=8,
+    cfg = IPExperimentConfig(data=str(toy_data), items=0, seeds=2, epochs=1, dim=8,
                              ip_backend="tiny", ip_batch=8, arms=["most-popular", "SASRec-ID"])
     res = run_ip_experiment(cfg, Store(f"sqlite:///{tmp_path}/toy.sqlite"), log=lambda m: None)
     assert res["data"] == {"catalogue_items": 6, "users": 3, "cold_start_users": 3,
@@ -72,15 +72,15 @@ def _cut_world() -> SimpleNamespace:
 
 def test_cold_start_users_are_counted_in_the_full_data_by_default():
     ds = _cut_world()
-    paper = prepare(ds, IPExperimentConfig("x", items=6))
+    paper = prepare(ds, IPExperimentConfig(data="x", items=6))
     assert 7 not in paper.items
     assert paper.users == [1, 2, 3]
     assert paper.cold == [1]  # user 2 had 6 interactions before the cut: not cold-start
     assert paper.stats["cold_start_rule"] == "full"
-    after = prepare(ds, IPExperimentConfig("x", items=6, cold_start="after_cut"))
+    after = prepare(ds, IPExperimentConfig(data="x", items=6, cold_start="after_cut"))
     assert after.cold == [1, 2]
     with pytest.raises(ValueError, match="cold_start"):
-        IPExperimentConfig("x", cold_start="later")
+        IPExperimentConfig(data="x", cold_start="later")
 
 
 def test_item_text_modes():

@@ -337,7 +337,7 @@ def test_hard_negatives_match_the_fitted_itemknn(synth, built) -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(RLDataError, match="unknown RL data setting"):
+    with pytest.raises(RLDataError, match="datset: unknown setting"):
         RLDataConfig.from_dict({"datset": "x"})
     with pytest.raises(RLDataError, match="judgement_ms"):
         RLDataConfig.from_dict({"judgement_ms": [10]})

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from vragent.agents.backends.base import ChatPrompt, Generation, LLMBackend, Score, renormalise
 from vragent.agents.backends.depth import truncated_body
 from vragent.agents.backends.loading import (
+    int8_layers,
     option_first_tokens,
     resolve_device,
     sampling_kwargs,
@@ -70,6 +71,7 @@ class HFBackend(LLMBackend):
         kv_block: int = 64,
         dtype: str = "auto",
         score_head: ScoreHead | None = None,
+        quantize: str = "none",
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -87,6 +89,12 @@ class HFBackend(LLMBackend):
         elif tokenizer is None:
             raise ValueError("HFBackend(model=...) needs tokenizer=")
         self.model = model.to(self.device).eval()
+        self.quantized = False
+        if quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+        self.score_head = score_head
+        if quantize == "int8":
+            self.quantize_int8()
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -112,16 +120,32 @@ class HFBackend(LLMBackend):
         if score_head is not None and score_head.width != self.model.config.hidden_size:
             raise ValueError(f"score head reads {score_head.width} units, the model has "
                              f"{self.model.config.hidden_size}")
-        self.score_head = score_head
         if score_head is not None and score_head.layer:
             self._body(score_head.layer)  # a missing layer fails here, not at the first score
         # Tokens actually run by score(): what the FLOP roofline of the benchmark counts.
         self.stats: Counter[str] = Counter()
 
+    def quantize_int8(self) -> None:
+        """Dynamic int8 linear layers in the decoder (CPU, opt-in; ``loading.int8_layers``).
+
+        Raises:
+            ValueError: a learned head decides: int8 moves the hidden state it reads too far
+                (SmolLM2's grounded head: mean |Δp(Yes)| 0.6; docs/performance.md).
+        """
+        if self.score_head is not None:
+            raise ValueError("quantize: int8 cannot run a head policy (its head reads a hidden "
+                             "state that int8 moves too far; docs/performance.md): use none")
+        self.model.model.layers = int8_layers(self.model.model.layers, self.device)
+        self.quantized = True
+        if hasattr(self, "_bodies"):  # bodies and KV made from the exact layers: start again
+            self._bodies = {0: self.model.model}
+            for cache in self._caches.values():
+                cache.clear()
+
     @property
     def model_id(self) -> str:
-        """The model's stored name."""
-        return self._model_id
+        """The model's stored name (``+int8`` when quantised: other numbers, other cache)."""
+        return self._model_id + ("+int8" if self.quantized else "")
 
     @property
     def decides_with_head(self) -> bool:

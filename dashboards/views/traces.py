@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from vragent.dashboards import common, data, explain
+from vragent.dashboards import common, data, explain, traces_data
 
 STEPS_PER_PAGE = 5
 VIEWS = {
@@ -38,7 +38,7 @@ def find_user(url: str, run_id: str, arm: str) -> int | None:
     text = c[0].text_input("User id or persona text", key="tx_q",
                            placeholder="e.g. 42, engineer, comedy",
                            help="Digits find that user id; other text searches the personas.")
-    behaviour = c[1].selectbox("Behaviour in this arm", data.BEHAVIOURS, key="tx_beh",
+    behaviour = c[1].selectbox("Behaviour in this arm", traces_data.BEHAVIOURS, key="tx_beh",
                                format_func=behaviour_label)
     n = int(c[2].number_input("N", min_value=0, max_value=100_000, value=1, step=1,
                               key="tx_n"))
@@ -47,12 +47,12 @@ def find_user(url: str, run_id: str, arm: str) -> int | None:
                                 help="Users with a stored reasoning (think or answer) in this "
                                      "arm that contains this text (case-insensitive).")
     page = int(st.session_state.get("tx_users_page", 1))
-    users, total = data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE,
-                                   (page - 1) * common.PAGE_SIZE, reasoning)
+    users, total = traces_data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE,
+                                          (page - 1) * common.PAGE_SIZE, reasoning)
     if users.empty and page > 1:
         st.session_state["tx_users_page"] = 1
-        users, total = data.users_page(url, run_id, arm, text, behaviour, n, common.PAGE_SIZE, 0,
-                                       reasoning)
+        users, total = traces_data.users_page(url, run_id, arm, text, behaviour, n,
+                                              common.PAGE_SIZE, 0, reasoning)
     st.caption(f"{total} user(s) match.")
     common.pager(total, "tx_users_page")
     shown = users.assign(
@@ -72,7 +72,7 @@ def find_user(url: str, run_id: str, arm: str) -> int | None:
     wanted = st.query_params.get("user")
     if (wanted is not None and wanted.lstrip("-").isdigit() and int(wanted) not in options
             and st.session_state.get("_seeded_tx_user") != wanted
-            and data.user_info(url, run_id, int(wanted)) is not None):
+            and traces_data.user_info(url, run_id, int(wanted)) is not None):
         options.insert(0, int(wanted))
     if not options:
         st.info("No user matches. Clear the search or pick another behaviour.")
@@ -171,7 +171,7 @@ def arms_side_by_side(url: str, run_id: str, arms: list[str], user_id: int,
     Arms share the user's random draws (common random numbers): at the same step and position
     every arm compares the same u, so a different action comes from a different slate or p.
     """
-    per_arm = {a: data.user_decisions(url, run_id, a, user_id) for a in arms}
+    per_arm = {a: traces_data.user_decisions(url, run_id, a, user_id) for a in arms}
     steps = sorted({int(s) for d in per_arm.values() for s in d["step"]})
     if not steps:
         st.info(f"User {user_id} got no slate in any arm.")
@@ -193,7 +193,7 @@ def arms_side_by_side(url: str, run_id: str, arms: list[str], user_id: int,
                 left = bool(rows["left"].iloc[0])
                 st.dataframe(slate_table(rows.assign(
                     real=rows["item_id"].astype(int).isin(positives),
-                    disagrees=data.disagreement(rows, positives).to_numpy()), left)[
+                    disagrees=traces_data.disagreement(rows, positives).to_numpy()), left)[
                         ["pos", "action", "title", "why"]], hide_index=True)
 
 
@@ -219,7 +219,7 @@ def main() -> None:
     common.sync_query({"tx_run": ("run", run_id), "tx_arm": ("arm", arm),
                        "tx_user": ("user", user_id)})
 
-    info = data.user_info(url, run_id, user_id) or {}
+    info = traces_data.user_info(url, run_id, user_id) or {}
     st.subheader(f"User {user_id}")
     common.plain(info.get("persona"))
     c = st.columns(3)
@@ -236,15 +236,16 @@ def main() -> None:
             st.dataframe(pd.DataFrame(hist, columns=["item", "title"]), hide_index=True)
 
     if len(arms) > 1 and st.toggle("⇆ This user in every arm, side by side", key="tx_compare"):
-        arms_side_by_side(url, run_id, arms, user_id, data.real_positives(info))
+        arms_side_by_side(url, run_id, arms, user_id, traces_data.real_positives(info))
         return
-    decisions = data.user_decisions(url, run_id, arm, user_id)
+    decisions = traces_data.user_decisions(url, run_id, arm, user_id)
     if decisions.empty:
         st.info(f"User {user_id} got no slate in arm {arm}.")
         return
-    positives = data.real_positives(info)
+    positives = traces_data.real_positives(info)
+    disagrees = traces_data.disagreement(decisions, positives).to_numpy()
     decisions = decisions.assign(real=decisions["item_id"].astype(int).isin(positives),
-                                 disagrees=data.disagreement(decisions, positives).to_numpy())
+                                 disagrees=disagrees)
     left_steps = sorted({int(s) for s in decisions.loc[decisions["left"], "step"]})
     m = st.columns(7)
     m[0].metric("slates", decisions["step"].nunique())
@@ -291,7 +292,7 @@ def main() -> None:
         page = int(st.number_input(f"Steps page (of {pages}, {STEPS_PER_PAGE} steps each)",
                                    min_value=1, max_value=pages, key="tx_steps_page"))
     page_steps = steps[(page - 1) * STEPS_PER_PAGE : page * STEPS_PER_PAGE]
-    texts = data.decision_texts(url, run_id, arm, user_id, tuple(page_steps))
+    texts = traces_data.decision_texts(url, run_id, arm, user_id, tuple(page_steps))
     for step in page_steps:
         slate = decisions[decisions["step"] == step]
         end = explain.leave_sentence(step in left_steps, slate["leave_prob"].iloc[0],

@@ -141,16 +141,15 @@ class ItemKNNRecommender(Recommender):
         return out
 
 
-def _top_k_mask(sim: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` largest entries; ties at the cut go to the lower column."""
+def _top_k(sim: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest entries.
+
+    Among ties at the cut ``np.argpartition`` chooses, deterministically: fits reproduce.
+    """
     n = sim.shape[1]
     if k >= n:
-        return np.ones(sim.shape, dtype=bool)
-    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1:k]
-    above = sim > kth
-    tied = sim == kth
-    need = k - above.sum(axis=1, keepdims=True)
-    return above | (tied & (np.cumsum(tied, axis=1) <= need))
+        return np.broadcast_to(np.arange(n), sim.shape)
+    return np.argpartition(-sim, k - 1, axis=1)[:, :k]
 
 
 def item_similarity(seen: sp.spmatrix, *, shrink: float = 10.0, k_neighbors: int | None = 100,
@@ -161,9 +160,9 @@ def item_similarity(seen: sp.spmatrix, *, shrink: float = 10.0, k_neighbors: int
     ``co(i, j)`` counts the users who have both items. ``"cosine"`` divides it by
     ``sqrt(n_i) * sqrt(n_j) + shrink`` (``n_i``: the users of ``i``); ``"cooccurrence"`` keeps
     it. An item is not its own neighbour; each keeps its ``k_neighbors`` most similar items
-    with a positive similarity (all of them with ``None``; ties at the cut go to the lower
-    item index). Built a block of item rows at a time (:data:`SIM_CHUNK_CELLS`), so a large
-    catalogue never holds a dense items × items matrix.
+    with a positive similarity (all of them with ``None``). Built a block of item rows at a
+    time (:data:`SIM_CHUNK_CELLS`), so a large catalogue never holds a dense items × items
+    matrix.
 
     Args:
         seen: users × items; any nonzero counts as one interaction.
@@ -197,11 +196,12 @@ def item_similarity(seen: sp.spmatrix, *, shrink: float = 10.0, k_neighbors: int
             sim = sim / denom
         local = np.arange(stop - start)
         sim[local, start + local] = 0  # an item is not its own neighbour
-        keep = _top_k_mask(sim, k) & (sim > 0)
-        r, c = np.nonzero(keep)
-        rows.append(r + start)
-        cols.append(c)
-        vals.append(sim[r, c])
+        top = _top_k(sim, k)
+        top_vals = np.take_along_axis(sim, top, axis=1)
+        keep = top_vals > 0
+        rows.append(np.nonzero(keep)[0] + start)
+        cols.append(top[keep])
+        vals.append(top_vals[keep])
     if not rows:
         return sp.csr_matrix((n, n), dtype=dtype)
     out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),

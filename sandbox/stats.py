@@ -3,6 +3,11 @@
 Arms of a simulated A/B test see the same users with the same random streams (common random
 numbers), so the comparison is paired: per-user differences ``a − b`` carry the effect, and the
 user-to-user variation that both arms share cancels out.
+
+The bootstrap interval is ``scipy.stats.bootstrap``. The permutation test is our own sign flip:
+``scipy.stats.permutation_test`` with ``permutation_type="samples"`` gives the same p-values but
+at 100,000 users took 233.7 s against 7.6 s here (``benchmarks/stats_resampling.py``, figures in
+docs/performance.md), and the A/B analysis of a large population calls it once per metric.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import bootstrap
 
 EXACT_LIMIT = 2**16  # up to this many sign patterns the permutation test enumerates them all
 
@@ -48,25 +54,34 @@ def resample_blocks(n: int, n_resamples: int) -> list[int]:
     return [min(per, n_resamples - start) for start in range(0, n_resamples, per)]
 
 
-def bootstrap_means(x: np.ndarray, *, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of ``n_resamples`` resamples (with replacement) of ``x``, drawn block by block."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([x[rng.integers(0, x.size, size=(k, x.size))].mean(axis=1)
-                           for k in resample_blocks(x.size, n_resamples)])
+def _batch(n: int) -> int:
+    """Resamples per batch for scipy's resampling: at most ``BLOCK_CELLS`` cells in memory."""
+    return max(1, BLOCK_CELLS // max(1, n))
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000,
                      confidence: float = 0.95, seed: int = 0) -> PairedInterval:
     """Percentile bootstrap interval of ``mean(a − b)``, resampling users (pairs).
 
+    ``scipy.stats.bootstrap`` over the per-pair differences, in batches that bound memory; one
+    pair has the degenerate interval ``[d, d]``.
+
     Raises:
         ValueError: the samples are not paired 1-D arrays of equal length.
     """
     d = _diffs(a, b)
-    means = bootstrap_means(d, n_resamples=n_resamples, seed=seed)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return PairedInterval(float(d.mean()), float(low), float(high), int(d.size), confidence)
+    mean = float(d.mean())
+    if d.size < 2:  # scipy needs two observations; one pair has nothing to resample
+        return PairedInterval(mean, mean, mean, int(d.size), confidence)
+    res = bootstrap((d,), _mean, n_resamples=n_resamples, confidence_level=confidence,
+                    method="percentile", batch=_batch(d.size), vectorized=True,
+                    rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return PairedInterval(mean, float(ci.low), float(ci.high), int(d.size), confidence)
 
 
 def paired_permutation_p(a: Sequence[float], b: Sequence[float], *,
@@ -74,7 +89,9 @@ def paired_permutation_p(a: Sequence[float], b: Sequence[float], *,
     """Two-sided p-value of ``mean(a − b) = 0`` by flipping the sign of each pair's difference.
 
     Exact (every sign pattern) when there are at most :data:`EXACT_LIMIT` patterns, else a
-    Monte Carlo estimate that counts the observed statistic (``(k + 1) / (n + 1)``).
+    Monte Carlo estimate that counts the observed statistic (``(k + 1) / (n + 1)``); the same
+    test as ``scipy.stats.permutation_test(permutation_type="samples")``, 30 times faster at
+    100,000 pairs because it flips signs of one difference vector instead of permuting two.
 
     Raises:
         ValueError: the samples are not paired 1-D arrays of equal length.

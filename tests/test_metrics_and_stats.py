@@ -128,6 +128,8 @@ def test_paired_bootstrap_matches_scipy():
     assert ours.low < ours.mean < ours.high and ours.n == 200
     with pytest.raises(ValueError):
         paired_bootstrap([1, 2], [1])
+    one = paired_bootstrap([0.7], [0.2])  # one pair: nothing to resample
+    assert (one.mean, one.low, one.high, one.n) == pytest.approx((0.5, 0.5, 0.5, 1))
 
 
 def test_paired_permutation_matches_scipy_exactly_and_by_sampling():
@@ -137,6 +139,9 @@ def test_paired_permutation_matches_scipy_exactly_and_by_sampling():
     def mean_diff(x, y):
         return np.mean(x - y)
 
+    # By hand: d = (1, 1, 1) has 8 sign patterns; only the two all-equal ones reach |mean| = 1.
+    assert paired_permutation_p([2, 2, 2], [1, 1, 1]) == pytest.approx(0.25)
+    assert paired_permutation_p([1, 2], [1, 2]) == pytest.approx(1.0)
     ref = stats.permutation_test((a, b), mean_diff, permutation_type="samples",
                                  n_resamples=np.inf).pvalue
     assert paired_permutation_p(a, b) == pytest.approx(ref)

@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from vragent.environments.datasets._delimited import MAX_BAD_FRACTION
+from vragent.environments.datasets._files import display_name, is_gzip
 from vragent.environments.datasets._io import (
-    MAX_BAD_FRACTION,
     add_unknown_items,
-    display_name,
     fill_missing_titles,
     finish_interactions,
-    is_gzip,
     tags_column,
 )
 from vragent.environments.schema import DataFormatError, Dataset, LoadReport

@@ -24,16 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from vragent.environments.datasets._io import (
-    add_unknown_items,
-    display_name,
-    find_file,
-    find_files,
-    finish_interactions,
-    read_delimited,
-    read_numeric_table,
-    tags_column,
-)
+from vragent.environments.datasets._delimited import read_delimited, read_numeric_table
+from vragent.environments.datasets._files import display_name, find_file, find_files
+from vragent.environments.datasets._io import add_unknown_items, finish_interactions, tags_column
 from vragent.environments.schema import DataFormatError, Dataset, LoadReport
 
 MAX_COMMENTS_PER_ITEM = 3

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from vragent.environments.datasets._archive import data_folder
-from vragent.environments.datasets._io import (
-    add_unknown_items,
-    add_unknown_users,
-    display_name,
-    fill_missing_titles,
-    find_file,
-    find_files,
-    finish_interactions,
+from vragent.environments.datasets._delimited import (
     read_delimited,
     read_header,
     read_numeric_table,
+)
+from vragent.environments.datasets._files import display_name, find_file, find_files
+from vragent.environments.datasets._io import (
+    add_unknown_items,
+    add_unknown_users,
+    fill_missing_titles,
+    finish_interactions,
 )
 from vragent.environments.schema import DataFormatError, Dataset, LoadReport
 

@@ -229,12 +229,17 @@ class IPAgent:
         """Write one profile per item, repairing and flagging any that break the contract."""
         if not self.staged:
             return self._profile_single(items)
-        n = len(items)
         clean = [_Clean.of(it) for it in items]
-        stages: list[dict[str, StageRecord]] = [{} for _ in range(n)]
+        stages: list[dict[str, StageRecord]] = [{} for _ in items]
+        frames = self._key_frames_stage(items, stages)
+        covers = self._sufficiency_stage(items, clean, stages)
+        analyses = self._cmp_stage(clean, frames, covers, stages)
+        return self._rra_stage(items, clean, analyses, stages)
 
-        # 1. KFR: key frames by CLIP similarity to the title.
-        frames: list[list[ImagePart]] = [[] for _ in range(n)]
+    def _key_frames_stage(self, items: Sequence[ItemText],
+                          stages: list[dict[str, StageRecord]]) -> list[list[ImagePart]]:
+        """1. KFR: key frames by CLIP similarity to the title."""
+        frames: list[list[ImagePart]] = [[] for _ in items]
         for i, it in enumerate(items):
             if not self.vision:
                 stages[i]["kfr"] = StageRecord("kfr", skipped="text-only model")
@@ -246,9 +251,12 @@ class IPAgent:
                 frames[i], record = self.key_frames(it)
                 stages[i]["kfr"] = StageRecord(
                     "kfr", output=record, skipped="" if frames[i] else "no frames decoded")
+        return frames
 
-        # 2. Sufficiency of cover + title.
-        covers: list[ImagePart | None] = [None] * n
+    def _sufficiency_stage(self, items: Sequence[ItemText], clean: list[_Clean],
+                           stages: list[dict[str, StageRecord]]) -> list[ImagePart | None]:
+        """2. Is the cover with the title enough to understand the video? Returns the covers."""
+        covers: list[ImagePart | None] = [None] * len(items)
         ask: list[int] = []
         for i, it in enumerate(items):
             if self.vision and it.cover_path:
@@ -268,31 +276,38 @@ class IPAgent:
             verdict, reason = parse_sufficiency(g.text)
             stages[i]["sufficiency"] = self._record(
                 "sufficiency", p, g, {"sufficient": verdict, "reason": reason})
+        return covers
 
-        # 3. CMP: interpret the title against the visuals the check chose.
+    def _cmp_stage(self, clean: list[_Clean], frames: list[list[ImagePart]],
+                   covers: list[ImagePart | None],
+                   stages: list[dict[str, StageRecord]]) -> list[str]:
+        """3. CMP: interpret the title against the visuals the sufficiency check chose."""
         prompts = []
-        for i in range(n):
+        for i, c in enumerate(clean):
             verdict = (stages[i]["sufficiency"].output or {}).get("sufficient")
+            cover = covers[i]
             images: list[ImagePart] = []
             hint = ""
             if verdict is True or (verdict is None and not frames[i]):
-                images = [covers[i]] if covers[i] else []
+                images = [cover] if cover else []
             elif frames[i]:
                 images, hint = frames[i], IP_HINT_FRAMES
-            elif covers[i]:
-                images, hint = [covers[i]], IP_HINT_LIMITED
-            c = clean[i]
+            elif cover:
+                images, hint = [cover], IP_HINT_LIMITED
             prompts.append(ip_cmp_prompt(c.title, c.category, images=images,
                                          comments=c.comments, tags=c.tags, hint=hint))
         analyses = []
-        for i, p, g in zip(range(n), prompts, self._generate(prompts, self.cmp_max_new_tokens),
-                           strict=True):
+        for i, (p, g) in enumerate(zip(prompts, self._generate(prompts, self.cmp_max_new_tokens),
+                                       strict=True)):
             # The prompt opened the answer ("This video"); the analysis is the whole sentence.
             analysis = _first_paragraph(p.assistant_prefix + g.text)
             analyses.append(analysis)
             stages[i]["cmp"] = self._record("cmp", p, g, analysis)
+        return analyses
 
-        # 4. RRA: the ≤35-word profile.
+    def _rra_stage(self, items: Sequence[ItemText], clean: list[_Clean], analyses: list[str],
+                   stages: list[dict[str, StageRecord]]) -> list[ItemProfile]:
+        """4. RRA: the ≤35-word profile, repaired and flagged, with every stage's record."""
         prompts = [ip_rra_prompt(c.title, c.category, a, tags=c.tags)
                    for c, a in zip(clean, analyses, strict=True)]
         gens = self._generate(prompts, self.max_new_tokens)

@@ -12,13 +12,13 @@ Two kinds of metric, each with one definition over several seeds:
   a paired bootstrap interval and a sign-flip permutation test (:mod:`sandbox.stats`). The
   pooled difference is the seeds' differences weighted by their units, so it agrees in sign
   with them whenever they all agree.
-* **arm metrics** (:data:`ARM_METRICS`): properties of everything an arm showed in one run
-  (catalogue coverage, the Gini of exposure, like-rate calibration against the real logs).
-  Each seed's value is computed on that run; the pooled value is the **mean of the seeds'
-  values**, never the metric of their union (see :func:`_combine`). They are recomputed on
-  resampled units: a bootstrap resamples units with the same draws in both arms (its interval
-  re-centred on the estimate, see :func:`_recentred`), and the permutation test swaps a
-  unit's two arms at random; over seeds, the seeds' resamples are averaged entry by entry.
+* **arm metrics** (:data:`sandbox.ab_arm_metrics.ARM_METRICS`): properties of everything an arm
+  showed in one run (catalogue coverage, the Gini of exposure, like-rate calibration against the
+  real logs). Each seed's value is computed on that run; the pooled value is the **mean of the
+  seeds' values**, never the metric of their union. They are recomputed on resampled units
+  (:mod:`sandbox.ab_arm_metrics`): a bootstrap resamples units with the same draws in both arms,
+  and the permutation test swaps a unit's two arms at random; over seeds, the seeds' resamples
+  are averaged entry by entry.
 """
 
 from __future__ import annotations
@@ -33,20 +33,19 @@ import scipy.sparse as sp
 import yaml
 from sqlalchemy import select
 from vragent.environments import metrics as em
+from vragent.sandbox.ab_arm_metrics import arm_draws, combine_seeds
 from vragent.sandbox.config import Scenario, parse_scenario
 from vragent.sandbox.stats import (
     adjusted_p,
     paired_bootstrap,
     paired_permutation_p,
     power_table,
-    resample_blocks,
 )
 from vragent.sandbox.store import Decision, Item, Run, SessionEvent, SimUser, Store
 from vragent.sandbox.world import item_vectors, load_world, make_split
 
 USER_METRICS = ("watch_rate", "like_rate", "session_length", "exit_rate", "ild", "novelty",
                 "profile_entropy")
-ARM_METRICS = ("coverage", "exposure_gini", "like_calibration_error")
 PRIMARY = ("watch_rate", "like_rate", "exit_rate")  # the power table's metrics
 POWER_EFFECTS = (0.01, 0.02, 0.05, 0.10)
 
@@ -236,126 +235,6 @@ def _none_nan(x: float | None) -> float:
     return np.nan if x is None else float(x)
 
 
-# ---------------------------------------------------------------------------- arm metrics
-
-def _arm_stats(exposure: np.ndarray, likes: np.ndarray, n_items: int,
-               real: np.ndarray) -> dict[str, np.ndarray]:
-    """Arm metrics for each row (a resample) of item-level exposure and like counts."""
-    cov = em.coverage_rows(exposure, n_items)
-    gini = em.gini_rows(exposure, n_items)
-    calib = em.like_calibration_rows(exposure, likes, real)
-    return {"coverage": cov, "exposure_gini": gini, "like_calibration_error": calib}
-
-
-@dataclass
-class _ArmDraws:
-    """One seed's arm metrics, ``arm`` against ``base``: observed, bootstrapped and permuted.
-
-    Every array has one entry per resample, in the same order for every seed of an experiment,
-    so the seeds' draws can be averaged entry by entry (:func:`_combine`).
-    """
-
-    n_units: int
-    obs_a: dict[str, float]
-    obs_b: dict[str, float]
-    boot_a: dict[str, np.ndarray]
-    boot_b: dict[str, np.ndarray]
-    null: dict[str, np.ndarray]  # arm − base with each unit's two arms swapped at random
-
-
-def _arm_draws(run: RunData, arm: str, base: str, *, n_resamples: int,
-               seed: int) -> _ArmDraws:
-    """Arm metrics of one seed's run, with bootstrap and permutation resamples of its units."""
-    n_items = len(run.items)
-    e_a, e_b = run.exposure[arm], run.exposure[base]
-    l_a, l_b = run.likes[arm], run.likes[base]
-    # Only columns shown in either arm matter; the rest are zeros the Gini pads back in.
-    shown = np.unique(np.concatenate([e_a.indices, e_b.indices]))
-    e_a, e_b, l_a, l_b = (m[:, shown] for m in (e_a, e_b, l_a, l_b))
-    real = np.array([run.real_like_rate.get(run.items[c], np.nan) for c in shown],
-                    dtype=np.float64)
-    n = e_a.shape[0]
-    # Each seed's own stream: the seeds' resamples are independent, so their mean is a
-    # bootstrap stratified by seed.
-    rng = np.random.default_rng([seed, run.seed])
-
-    def stats(w: np.ndarray, ea, eb, la, lb):
-        sa = _arm_stats(np.asarray((ea.T @ w.T).T), np.asarray((la.T @ w.T).T), n_items, real)
-        sb = _arm_stats(np.asarray((eb.T @ w.T).T), np.asarray((lb.T @ w.T).T), n_items, real)
-        return sa, sb
-
-    obs_a, obs_b = stats(np.ones((1, n)), e_a, e_b, l_a, l_b)
-    d_e, d_l = (e_b - e_a), (l_b - l_a)
-    sum_ea, sum_eb = np.asarray(e_a.sum(axis=0)), np.asarray(e_b.sum(axis=0))
-    sum_la, sum_lb = np.asarray(l_a.sum(axis=0)), np.asarray(l_b.sum(axis=0))
-    parts: dict[str, list] = {"boot_a": [], "boot_b": [], "perm_a": [], "perm_b": []}
-    # Blocks of resamples keep the (resamples x users) weights small for big populations.
-    for k in resample_blocks(n + shown.size, n_resamples):
-        idx = rng.integers(0, n, size=(k, n))
-        w = np.zeros((k, n))
-        np.add.at(w, (np.repeat(np.arange(k), n), idx.ravel()), 1.0)
-        ba, bb = stats(w, e_a, e_b, l_a, l_b)
-        # Permutation: each unit's two arms swapped with probability 1/2.
-        flips = rng.integers(0, 2, size=(k, n)).astype(np.float64)
-        fe, fl = np.asarray((d_e.T @ flips.T).T), np.asarray((d_l.T @ flips.T).T)
-        parts["boot_a"].append(ba)
-        parts["boot_b"].append(bb)
-        parts["perm_a"].append(_arm_stats(sum_ea + fe, sum_la + fl, n_items, real))
-        parts["perm_b"].append(_arm_stats(sum_eb - fe, sum_lb - fl, n_items, real))
-    boot_a, boot_b, perm_a, perm_b = (
-        {m: np.concatenate([p[m] for p in parts[key]]) for m in ARM_METRICS}
-        for key in ("boot_a", "boot_b", "perm_a", "perm_b"))
-    return _ArmDraws(n, {m: float(obs_a[m][0]) for m in ARM_METRICS},
-                     {m: float(obs_b[m][0]) for m in ARM_METRICS}, boot_a, boot_b,
-                     {m: perm_a[m] - perm_b[m] for m in ARM_METRICS})
-
-
-def _combine(draws: Sequence[_ArmDraws], arm: str, base: str, *, confidence: float
-             ) -> tuple[dict[str, dict], dict[str, tuple], dict[str, float], dict[str, int]]:
-    """Values, intervals and permutation p of the arm metrics over seeds: means of the seeds'.
-
-    An arm metric is a property of one run's exposure, so over several seeds it is the mean
-    of the seeds' values (never the metric of their union: two seeds' SASRec models, trained
-    apart, cover more items together than either does, and the union could then disagree in
-    sign with every seed). Its interval and p follow the same definition: the entry-wise mean
-    of the seeds' bootstrap and permutation resamples. A seed where a metric is undefined
-    (no shown item with a known real like rate) is left out of that metric.
-    """
-    alpha = (1 - confidence) / 2
-    values, diffs, ps, n_units = {}, {}, {}, {}
-    for name in ARM_METRICS:
-        ok = [d for d in draws if not (np.isnan(d.obs_a[name]) or np.isnan(d.obs_b[name]))]
-        if not ok:
-            continue
-        va = float(np.mean([d.obs_a[name] for d in ok]))
-        vb = float(np.mean([d.obs_b[name] for d in ok]))
-        ba = np.mean([d.boot_a[name] for d in ok], axis=0)
-        bb = np.mean([d.boot_b[name] for d in ok], axis=0)
-        null = np.abs(np.mean([d.null[name] for d in ok], axis=0))
-        null = null[~np.isnan(null)]
-        values[name] = {arm: (va, *_recentred(ba, va, alpha)),
-                        base: (vb, *_recentred(bb, vb, alpha))}
-        diffs[name] = (va - vb, *_recentred(ba - bb, va - vb, alpha))
-        ps[name] = float((np.sum(null >= abs(va - vb) - 1e-12) + 1) / (null.size + 1))
-        n_units[name] = sum(d.n_units for d in ok)
-    return values, diffs, ps, n_units
-
-
-def _recentred(x: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
-    """Percentile interval of ``x`` shifted so that its median sits on ``estimate``.
-
-    Coverage and Gini are biased under resampling with replacement (a resample repeats some
-    users and drops others, so it covers fewer items and looks more concentrated); the plain
-    percentile interval can then miss the estimate entirely. The spread is kept, the bias
-    removed.
-    """
-    x = x[~np.isnan(x)]
-    if not x.size:
-        return (np.nan, np.nan)
-    lo, mid, hi = np.quantile(x, [alpha, 0.5, 1 - alpha])
-    return float(estimate + lo - mid), float(estimate + hi - mid)
-
-
 # ---------------------------------------------------------------------------- the analysis
 
 def _mean_interval(x: np.ndarray, *, n_resamples: int, confidence: float,
@@ -406,58 +285,73 @@ def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence:
         groups += [(r.seed, [r]) for r in runs]
     # Each seed's arm-metric resamples, drawn once: a seed's own rows and the pooled rows
     # read the same draws, so the pooled figures are exactly the means of the seeds'.
-    draws = {(r.run_id, arm): _arm_draws(r, arm, base, n_resamples=n_resamples, seed=seed)
+    draws = {(r.run_id, arm): arm_draws(r, arm, base, n_resamples=n_resamples, seed=seed)
              for r in runs for arm in arms if arm != base}
-    arm_values, comparisons = [], []
+    arm_values: list[dict] = []
+    comparisons: list[dict] = []
     for g_seed, g_runs in groups:
         g_units = units if g_seed is None else units[units["seed"] == g_seed]
-        for metric in USER_METRICS:
-            for arm in arms:
-                x = g_units.loc[g_units["arm"] == arm, metric].to_numpy(dtype=np.float64)
-                v, lo, hi = _mean_interval(x, n_resamples=n_resamples, confidence=confidence,
-                                           seed=seed)
-                arm_values.append({"seed": g_seed, "arm": arm, "metric": metric,
-                                   "value": _nan_none(v), "low": _nan_none(lo),
-                                   "high": _nan_none(hi),
-                                   "n_units": int(np.sum(~np.isnan(x)))})
-            for arm in arms:
-                if arm == base:
-                    continue
-                a, b = _paired(g_units, arm, base, metric)
-                if not a.size:
-                    continue
-                ci = paired_bootstrap(a, b, n_resamples=n_resamples, confidence=confidence,
-                                      seed=seed)
-                p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
-                comparisons.append({"seed": g_seed, "metric": metric, "arm": arm,
-                                    "baseline": base, "mean_arm": float(a.mean()),
-                                    "mean_baseline": float(b.mean()), "diff": ci.mean,
-                                    "low": ci.low, "high": ci.high, "p_value": p,
-                                    "n_units": ci.n})
-        done_base: set[str] = set()
+        _user_metric_rows(g_seed, g_units, arms, base, arm_values, comparisons,
+                          n_resamples=n_resamples, confidence=confidence, seed=seed)
+        g_draws = {arm: [draws[(r.run_id, arm)] for r in g_runs] for arm in arms if arm != base}
+        _arm_metric_rows(g_seed, g_draws, base, arm_values, comparisons, confidence=confidence)
+    power = _power_rows(units, arms, base)
+    steps = steps if steps is not None else pd.DataFrame(columns=["arm", "step", "name", "value"])
+    return AbAnalysis(list(arms), base, [r.seed for r in runs], arm_values, comparisons, power,
+                      units, steps, confidence)
+
+
+def _user_metric_rows(g_seed: int | None, g_units: pd.DataFrame, arms: Sequence[str], base: str,
+                      arm_values: list[dict], comparisons: list[dict], *, n_resamples: int,
+                      confidence: float, seed: int) -> None:
+    """Per-user metrics: each arm's mean with its interval, each arm against the baseline."""
+    for metric in USER_METRICS:
         for arm in arms:
-            if arm == base:
+            x = g_units.loc[g_units["arm"] == arm, metric].to_numpy(dtype=np.float64)
+            v, lo, hi = _mean_interval(x, n_resamples=n_resamples, confidence=confidence,
+                                       seed=seed)
+            arm_values.append({"seed": g_seed, "arm": arm, "metric": metric,
+                               "value": _nan_none(v), "low": _nan_none(lo),
+                               "high": _nan_none(hi), "n_units": int(np.sum(~np.isnan(x)))})
+        for arm in arms:
+            a, b = _paired(g_units, arm, base, metric) if arm != base else (np.empty(0), None)
+            if not a.size:
                 continue
-            g_draws = [draws[(r.run_id, arm)] for r in g_runs]
-            values, diffs, ps, n_units = _combine(g_draws, arm, base, confidence=confidence)
-            for metric, per_arm in values.items():
-                for a_name, (v, lo, hi) in per_arm.items():
-                    if a_name == base and (metric in done_base):
-                        continue
-                    arm_values.append({"seed": g_seed, "arm": a_name, "metric": metric,
-                                       "value": v, "low": lo, "high": hi,
-                                       "n_units": n_units[metric]})
-                d, lo, hi = diffs[metric]
-                comparisons.append({"seed": g_seed, "metric": metric, "arm": arm,
-                                    "baseline": base, "mean_arm": per_arm[arm][0],
-                                    "mean_baseline": per_arm[base][0], "diff": d, "low": lo,
-                                    "high": hi, "p_value": ps[metric],
-                                    "n_units": n_units[metric]})
-            done_base |= set(values)
+            ci = paired_bootstrap(a, b, n_resamples=n_resamples, confidence=confidence,
+                                  seed=seed)
+            p = paired_permutation_p(a, b, n_resamples=n_resamples, seed=seed)
+            comparisons.append({"seed": g_seed, "metric": metric, "arm": arm, "baseline": base,
+                                "mean_arm": float(a.mean()), "mean_baseline": float(b.mean()),
+                                "diff": ci.mean, "low": ci.low, "high": ci.high,
+                                "p_value": p, "n_units": ci.n})
+
+
+def _arm_metric_rows(g_seed: int | None, g_draws: dict[str, list], base: str,
+                     arm_values: list[dict], comparisons: list[dict], *,
+                     confidence: float) -> None:
+    """Arm metrics (coverage, Gini, ...) from the seeds' shared resamples, each arm vs base."""
+    done_base: set[str] = set()  # the baseline's value is the same beside every arm: once
+    for arm, draws in g_draws.items():
+        values, diffs, ps, n_units = combine_seeds(draws, arm, base, confidence=confidence)
+        for metric, per_arm in values.items():
+            for a_name, (v, lo, hi) in per_arm.items():
+                if a_name == base and metric in done_base:
+                    continue
+                arm_values.append({"seed": g_seed, "arm": a_name, "metric": metric,
+                                   "value": v, "low": lo, "high": hi,
+                                   "n_units": n_units[metric]})
+            d, lo, hi = diffs[metric]
+            comparisons.append({"seed": g_seed, "metric": metric, "arm": arm, "baseline": base,
+                                "mean_arm": per_arm[arm][0], "mean_baseline": per_arm[base][0],
+                                "diff": d, "low": lo, "high": hi, "p_value": ps[metric],
+                                "n_units": n_units[metric]})
+        done_base |= set(values)
+
+
+def _power_rows(units: pd.DataFrame, arms: Sequence[str], base: str) -> list[dict]:
+    """Users needed per arm and primary metric, at fixed effects and the observed one."""
     power = []
-    for arm in arms:
-        if arm == base:
-            continue
+    for arm in (a for a in arms if a != base):
         for metric in PRIMARY:
             a, b = _paired(units, arm, base, metric)
             if a.size < 2:
@@ -471,9 +365,7 @@ def analyse(runs: Sequence[RunData], *, baseline: str | None = None, confidence:
                 power.append({"arm": arm, "baseline": base, "metric": metric, "sd_diff": sd,
                               "observed": row["effect"] == abs(observed) and bool(observed),
                               **row})
-    steps = steps if steps is not None else pd.DataFrame(columns=["arm", "step", "name", "value"])
-    return AbAnalysis(list(arms), base, [r.seed for r in runs], arm_values, comparisons, power,
-                      units, steps, confidence)
+    return power
 
 
 def _nan_none(x: float) -> float | None:

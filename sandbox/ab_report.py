@@ -9,13 +9,13 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 from vragent.sandbox.ab_analysis import (
-    ARM_METRICS,
     METRIC_HELP,
     USER_METRICS,
     AbAnalysis,
     call_differences,
     decision_rule,
 )
+from vragent.sandbox.ab_arm_metrics import ARM_METRICS
 
 # Per-step curves in the report (metrics table names); the filter-bubble pair comes first.
 CURVES = ("ild", "profile_entropy", "exposure_gini", "coverage", "watch_rate", "like_rate",

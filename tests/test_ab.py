@@ -16,7 +16,7 @@ from vragent.sandbox.ab import (
     create_experiment,
     run_experiment,
 )
-from vragent.sandbox.ab_analysis import _arm_stats
+from vragent.sandbox.ab_arm_metrics import arm_stats
 from vragent.sandbox.config import ScenarioError, apply_overrides, list_scenarios, parse_scenario
 from vragent.sandbox.store import Decision, Impression, Metric, SimUser, Store
 from vragent.sandbox.world import make_split, synthetic_world
@@ -129,7 +129,7 @@ def test_arm_metric_resampling_matches_the_plain_metrics():
     x = rng.integers(0, 5, size=(3, 7)).astype(float)
     likes = np.minimum(x, 1.0)
     real = np.array([0.1, 0.2, np.nan, 0.5, 0.0, 0.3, 0.9])
-    stats = _arm_stats(x, likes, 20, real)
+    stats = arm_stats(x, likes, 20, real)
     for k, row in enumerate(x):
         padded = np.concatenate([np.zeros(13), row])
         assert stats["exposure_gini"][k] == pytest.approx(em.gini(padded))

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from vragent.sandbox.ab_analysis import ARM_METRICS, USER_METRICS, RunData, analyse
+from vragent.sandbox.ab_analysis import USER_METRICS, RunData, analyse
+from vragent.sandbox.ab_arm_metrics import ARM_METRICS
 from vragent.sandbox.ab_report import POOLING, write_report
 
 N_ITEMS = 10

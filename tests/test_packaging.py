@@ -68,6 +68,37 @@ def test_dependencies_flow_one_way():
     assert not wrong, f"imports against docs/architecture.md's layering: {wrong}"
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """Module-level first-party imports, module to module (``from pkg import submodule`` is an
+    edge to the submodule, not to the package's ``__init__``)."""
+    mods = {}
+    for folder, name in FOLDERS.items():
+        for p in (REPO / folder).rglob("*.py"):
+            parts = p.relative_to(REPO / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            mods[".".join((name, *parts))] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        for node in ast.parse(path.read_text()).body:  # what runs at import time
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vragent"):
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                targets = subs if all(s in mods for s in subs) else [node.module, *subs]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[mod] |= {t for t in targets if t in mods and t != mod}
+    return graph
+
+
+def test_no_import_cycle():
+    import networkx as nx
+
+    graph = nx.DiGraph([(a, b) for a, bs in _module_graph().items() for b in bs])
+    assert graph.number_of_edges() > 100  # the walk found the package's imports
+    assert list(nx.simple_cycles(graph)) == []
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_from_another_directory_with_its_scenarios(tmp_path):
     """Build the wheel, install it (without dependencies: those of this environment serve)

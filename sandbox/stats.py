@@ -6,8 +6,9 @@ user-to-user variation that both arms share cancels out.
 
 The bootstrap interval is ``scipy.stats.bootstrap``. The permutation test is our own sign flip:
 ``scipy.stats.permutation_test`` with ``permutation_type="samples"`` gives the same p-values but
-at 100,000 users took 172.3 s against 4.7 s here (10,000 resamples, one core) (``benchmarks/stats_resampling.py``, figures in
-docs/performance.md), and the A/B analysis of a large population calls it once per metric.
+at 100,000 users took 172.3 s against 4.7 s here (10,000 resamples, one core;
+``benchmarks/stats_resampling.py``, figures in docs/performance.md), and the A/B analysis of a
+large population calls it once per metric.
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:  # dashboard_fixture imports this module
+    from tests.dashboard_fixture import DashboardStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,3 +155,20 @@ def store_urls(request, tmp_path, monkeypatch) -> Iterator[Callable[[str], str]]
 def store_url(store_urls) -> str:
     """One fresh, empty store URL (SQLite, then PostgreSQL)."""
     return store_urls("store")
+
+
+@pytest.fixture(scope="session")
+def dashboard_store(tmp_path_factory: pytest.TempPathFactory) -> DashboardStore:
+    """The dashboard tests' store (tests/dashboard_fixture.py), built once per session."""
+    from tests.dashboard_fixture import build
+
+    return build(tmp_path_factory.getbasetemp() / "dashboard-store")
+
+
+@pytest.fixture
+def dashboard_env(dashboard_store: DashboardStore,
+                  monkeypatch: pytest.MonkeyPatch) -> DashboardStore:
+    """The dashboard store handed to the app the way the CLI does: ``VRAGENT_DB``."""
+    monkeypatch.setenv("VRAGENT_DB", dashboard_store.url)
+    monkeypatch.setenv("VRAGENT_COVERS_DIR", str(dashboard_store.covers))
+    return dashboard_store

@@ -24,6 +24,25 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import insert
+from vragent.sandbox import training_log
+from vragent.sandbox.store import (
+    AbArmValue,
+    AbComparison,
+    AbExperiment,
+    Arm,
+    Decision,
+    Impression,
+    Item,
+    ItemProfileRow,
+    LlmCall,
+    Metric,
+    Run,
+    SessionEvent,
+    SimUser,
+    StepRow,
+    Store,
+    add_llm_totals,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "dashboards" / "app.py"
@@ -36,42 +55,9 @@ METRICS = ("active_users", "impressions", "watch_rate", "like_rate", "exit_rate"
 CHUNK = 50_000
 
 
-def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
-                items: int = 3000, trace_rate: float = 0.1) -> int:
-    """Write the synthetic store at ``path``; returns the number of decisions."""
-    from vragent.sandbox import training_log
-    from vragent.sandbox.store import (
-        AbArmValue,
-        AbComparison,
-        AbExperiment,
-        Arm,
-        Decision,
-        Impression,
-        Item,
-        ItemProfileRow,
-        LlmCall,
-        Metric,
-        Run,
-        SessionEvent,
-        SimUser,
-        StepRow,
-        Store,
-        add_llm_totals,
-    )
-
-    rng = np.random.default_rng(0)
-    store = Store(f"sqlite:///{path}")
-    config = {"name": "bench", "seed": 0, "backend": {"kind": "hf", "model": "smollm2",
-                                                       "prices": {"input_per_1m": 0.1,
-                                                                  "output_per_1m": 0.4}},
-              "dataset": {"kind": "synthetic"}, "arms": [{"name": a} for a in ARMS]}
-    now = dt.datetime.now(dt.UTC)
-    store.create_run(
-        Run(id=RUN_ID, scenario_name="bench", scenario_path=None,
-            scenario_yaml="name: bench\nseed: 0\n", config=config, seed=0, versions={},
-            git_revision=None, status="finished", n_steps=steps, steps_done=steps,
-            created_at=now, finished_at=now, wall_s=3600.0),
-        [Arm(run_id=RUN_ID, name=a, recommender=a, params={}) for a in ARMS])
+def _write_catalogue(store: Store, rng: np.random.Generator, users: int,
+                     items: int) -> list[str]:
+    """Items, simulated users and item profiles; returns the titles."""
     titles = [f"Video {i}: {CATEGORIES[i % len(CATEGORIES)]} clip #{CATEGORIES[i % 8]}"
               for i in range(items)]
     hist = rng.integers(0, items, size=(users, 20))
@@ -94,70 +80,77 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
              "stages": [{"stage": s, "prompt": "p", "completion": "c", "output": "o",
                          "skipped": ""} for s in ("kfr", "sufficiency", "cmp", "rra")]}
             for i in range(items)])
-    n = 0
-    for arm in ARMS:
-        for step in range(steps):
-            slates = rng.integers(0, items, size=(users, slate))
-            p = rng.random((users, slate))
-            u = rng.random((users, slate))
-            action = np.where(u < p * 0.5, "like", np.where(u < p, "watch", "skip"))
-            traced = rng.random((users, slate)) < trace_rate
-            leave_u = rng.random(users)
-            left = leave_u < 0.02
-            dec, imp, calls = [], [], []
-            for uid in range(users):
-                for pos in range(slate):
-                    item = int(slates[uid, pos])
-                    t = bool(traced[uid, pos])
-                    think = (f"The user likes {CATEGORIES[uid % 8]}; this is "
-                             f"{CATEGORIES[item % 8]}.") if t else None
-                    dec.append({
-                        "run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
-                        "position": pos, "item_id": item, "action": str(action[uid, pos]),
-                        "p_like": float(p[uid, pos]),
-                        "prompt": f"User {uid} profile ... candidate: {titles[item]}",
-                        "completion": f"{think}</think><answer>Prediction: Yes</answer>"
-                        if t else None,
-                        "think": think, "answer": "Prediction: Yes" if t else None,
-                        "format_ok": True, "fallback": None, "traced": t,
-                        "rule": "draw", "draw": float(u[uid, pos]),
-                        "like_cut": float(p[uid, pos] * 0.5),
-                        "trace_role": "separate" if t else None, "trace_ok": True if t else None,
-                        "model_id": "bench-model", "tokens_in": 900, "tokens_out": 60 if t else 1,
-                        "latency_ms": 20.0, "cache_hit": False, "attempts": None})
-                    imp.append({"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
-                                "position": pos, "item_id": item,
-                                "rec_score": float(slate - pos)})
-                    calls.append({"run_id": RUN_ID, "agent": "us", "arm": arm, "step": step,
-                                  "task": uid, "seq": pos, "call": "score", "cached": False,
-                                  "tokens_in": 900, "tokens_out": 1,
-                                  "latency_ms": float(15 + 10 * p[uid, pos])})
-            watched = (action != "skip").sum(axis=1)
-            liked = (action == "like").sum(axis=1)
-            with store.engine.begin() as conn:
-                for model, rows in ((Decision, dec), (Impression, imp), (LlmCall, calls)):
-                    for start in range(0, len(rows), CHUNK):
-                        conn.execute(insert(model), rows[start : start + CHUNK])
-                add_llm_totals(conn, RUN_ID, calls)  # as Store.log_step keeps them
-                conn.execute(insert(SessionEvent), [
-                    {"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
-                     "n_watch": int(watched[uid]), "n_like": int(liked[uid]),
-                     "left": bool(left[uid]), "leave_prob": 0.05,
-                     "leave_draw": float(leave_u[uid])} for uid in range(users)])
-                conn.execute(insert(StepRow), [{"run_id": RUN_ID, "arm": arm, "step": step,
-                                                "n_users": users, "n_decisions": users * slate,
-                                                "wall_s": 180.0}])
-                values = {"active_users": users, "impressions": users * slate,
-                          "watch_rate": float((action != "skip").mean()),
-                          "like_rate": float((action == "like").mean()),
-                          "exit_rate": float(left.mean()), "coverage": min(1.0, 0.1 * (step + 1)),
-                          "mean_p_like": float(p.mean()), "format_ok_rate": 1.0,
-                          "ild": 0.8 - 0.01 * step, "novelty": 3.0 + 0.05 * step,
-                          "exposure_gini": 0.5 + 0.02 * step, "profile_entropy": 2.0 - 0.03 * step}
-                conn.execute(insert(Metric), [
-                    {"run_id": RUN_ID, "arm": arm, "step": step, "name": k, "value": float(v)}
-                    for k, v in values.items()])
-            n += len(dec)
+    return titles
+
+
+def _write_step(store: Store, rng: np.random.Generator, arm: str, step: int, users: int,
+                slate: int, items: int, titles: list[str], trace_rate: float) -> int:
+    """One arm's step: decisions, impressions, LLM calls, sessions and metrics; returns n."""
+    slates = rng.integers(0, items, size=(users, slate))
+    p = rng.random((users, slate))
+    u = rng.random((users, slate))
+    action = np.where(u < p * 0.5, "like", np.where(u < p, "watch", "skip"))
+    traced = rng.random((users, slate)) < trace_rate
+    leave_u = rng.random(users)
+    left = leave_u < 0.02
+    dec, imp, calls = [], [], []
+    for uid in range(users):
+        for pos in range(slate):
+            item = int(slates[uid, pos])
+            t = bool(traced[uid, pos])
+            think = (f"The user likes {CATEGORIES[uid % 8]}; this is "
+                     f"{CATEGORIES[item % 8]}.") if t else None
+            dec.append({
+                "run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
+                "position": pos, "item_id": item, "action": str(action[uid, pos]),
+                "p_like": float(p[uid, pos]),
+                "prompt": f"User {uid} profile ... candidate: {titles[item]}",
+                "completion": f"{think}</think><answer>Prediction: Yes</answer>"
+                if t else None,
+                "think": think, "answer": "Prediction: Yes" if t else None,
+                "format_ok": True, "fallback": None, "traced": t,
+                "rule": "draw", "draw": float(u[uid, pos]),
+                "like_cut": float(p[uid, pos] * 0.5),
+                "trace_role": "separate" if t else None, "trace_ok": True if t else None,
+                "model_id": "bench-model", "tokens_in": 900, "tokens_out": 60 if t else 1,
+                "latency_ms": 20.0, "cache_hit": False, "attempts": None})
+            imp.append({"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
+                        "position": pos, "item_id": item,
+                        "rec_score": float(slate - pos)})
+            calls.append({"run_id": RUN_ID, "agent": "us", "arm": arm, "step": step,
+                          "task": uid, "seq": pos, "call": "score", "cached": False,
+                          "tokens_in": 900, "tokens_out": 1,
+                          "latency_ms": float(15 + 10 * p[uid, pos])})
+    watched = (action != "skip").sum(axis=1)
+    liked = (action == "like").sum(axis=1)
+    with store.engine.begin() as conn:
+        for model, rows in ((Decision, dec), (Impression, imp), (LlmCall, calls)):
+            for start in range(0, len(rows), CHUNK):
+                conn.execute(insert(model), rows[start : start + CHUNK])
+        add_llm_totals(conn, RUN_ID, calls)  # as Store.log_step keeps them
+        conn.execute(insert(SessionEvent), [
+            {"run_id": RUN_ID, "arm": arm, "step": step, "user_id": uid,
+             "n_watch": int(watched[uid]), "n_like": int(liked[uid]),
+             "left": bool(left[uid]), "leave_prob": 0.05,
+             "leave_draw": float(leave_u[uid])} for uid in range(users)])
+        conn.execute(insert(StepRow), [{"run_id": RUN_ID, "arm": arm, "step": step,
+                                        "n_users": users, "n_decisions": users * slate,
+                                        "wall_s": 180.0}])
+        values = {"active_users": users, "impressions": users * slate,
+                  "watch_rate": float((action != "skip").mean()),
+                  "like_rate": float((action == "like").mean()),
+                  "exit_rate": float(left.mean()), "coverage": min(1.0, 0.1 * (step + 1)),
+                  "mean_p_like": float(p.mean()), "format_ok_rate": 1.0,
+                  "ild": 0.8 - 0.01 * step, "novelty": 3.0 + 0.05 * step,
+                  "exposure_gini": 0.5 + 0.02 * step, "profile_entropy": 2.0 - 0.03 * step}
+        conn.execute(insert(Metric), [
+            {"run_id": RUN_ID, "arm": arm, "step": step, "name": k, "value": float(v)}
+            for k, v in values.items()])
+    return len(dec)
+
+
+def _write_experiment_and_training(store: Store, users: int) -> None:
+    """An A/B experiment over the run, two training runs with curves, one evaluation."""
     store.create_experiment(AbExperiment(
         id="benchexp", scenario_name="bench", scenario_yaml="", baseline=ARMS[0],
         arms=list(ARMS), seeds=[0], run_ids=[RUN_ID], settings={"confidence": 0.95},
@@ -186,6 +179,28 @@ def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
          "auc": 0.6, "accuracy": 0.55}
         for k in range(5) for proto in ("random", "popular", "hard") for m in (1, 4, 9)],
         policy="bench", data="bench")
+
+
+def build_store(path: Path, users: int = 5000, steps: int = 10, slate: int = 10,
+                items: int = 3000, trace_rate: float = 0.1) -> int:
+    """Write the synthetic store at ``path``; returns the number of decisions."""
+    rng = np.random.default_rng(0)
+    store = Store(f"sqlite:///{path}")
+    config = {"name": "bench", "seed": 0, "backend": {"kind": "hf", "model": "smollm2",
+                                                       "prices": {"input_per_1m": 0.1,
+                                                                  "output_per_1m": 0.4}},
+              "dataset": {"kind": "synthetic"}, "arms": [{"name": a} for a in ARMS]}
+    now = dt.datetime.now(dt.UTC)
+    store.create_run(
+        Run(id=RUN_ID, scenario_name="bench", scenario_path=None,
+            scenario_yaml="name: bench\nseed: 0\n", config=config, seed=0, versions={},
+            git_revision=None, status="finished", n_steps=steps, steps_done=steps,
+            created_at=now, finished_at=now, wall_s=3600.0),
+        [Arm(run_id=RUN_ID, name=a, recommender=a, params={}) for a in ARMS])
+    titles = _write_catalogue(store, rng, users, items)
+    n = sum(_write_step(store, rng, arm, step, users, slate, items, titles, trace_rate)
+            for arm in ARMS for step in range(steps))
+    _write_experiment_and_training(store, users)
     store.engine.dispose()
     return n
 

@@ -145,6 +145,22 @@ def _profile_stats(rows: list[Any]) -> dict[str, Any]:
     }
 
 
+def _fit_and_evaluate(rec: Any, prep: Prepared, train: Any, seed: int,
+                      ndcg_by_user: dict[tuple[str, str], list[np.ndarray]],
+                      name: str) -> dict[str, Any]:
+    """Fit one arm's recommender, evaluate it on all and on cold users, keep per-user NDCG."""
+    from vragent.environments.evaluation import evaluate
+
+    t0 = time.perf_counter()
+    rec.fit(train, items=prep.items)
+    res: dict[str, Any] = {"seed": seed, "fit_s": round(time.perf_counter() - t0, 2)}
+    for group, users in (("all", prep.users), ("cold", prep.cold)):
+        m = evaluate(rec, prep.split, "test", users=users, return_per_user=True)
+        res[group] = {k: float(m[k]) for k in METRICS} | {"n_users": m["n_users"]}
+        ndcg_by_user[(name, group)].append(np.asarray(m["per_user"]["NDCG@10"]))
+    return res
+
+
 def run_ip_experiment(
     cfg: IPExperimentConfig,
     store: Any,
@@ -166,7 +182,8 @@ def run_ip_experiment(
         A JSON-serialisable dict: config, data stats, profile stats, per-arm per-seed metrics,
         mean ± std, timings, and the re-ranking report when asked.
     """
-    from vragent.environments.evaluation import evaluate
+    # Over 80 lines on purpose: the experiment's three stages in order (profiles, seeds x arms,
+    # re-ranking), each a few lines around its helper, so the protocol reads in one place.
     from vragent.environments.recommenders import make_recommender
     from vragent.environments.text_embeddings import SentenceEncoder
     from vragent.sandbox.perception import (
@@ -221,17 +238,10 @@ def run_ip_experiment(
                 rec.set_item_text(item_text_for(text_kind, {i: prep.titles.get(i, "")
                                                             for i in prep.items}, profiles))
                 rec.set_text_encoder(encoder)
-            t0 = time.perf_counter()
-            rec.fit(train, items=prep.items)
-            fit_s = time.perf_counter() - t0
-            res = {"seed": seed, "fit_s": round(fit_s, 2)}
-            for group, users in (("all", prep.users), ("cold", prep.cold)):
-                m = evaluate(rec, prep.split, "test", users=users, return_per_user=True)
-                res[group] = {k: float(m[k]) for k in METRICS} | {"n_users": m["n_users"]}
-                ndcg_by_user[(name, group)].append(np.asarray(m["per_user"]["NDCG@10"]))
+            res = _fit_and_evaluate(rec, prep, train, seed, ndcg_by_user, name)
             per_seed[name].append(res)
             log(f"seed {seed} {name}: NDCG@10 {res['all']['NDCG@10']:.4f} (cold "
-                f"{res['cold']['NDCG@10']:.4f}), fit {fit_s:.1f} s")
+                f"{res['cold']['NDCG@10']:.4f}), fit {res['fit_s']:.1f} s")
             if fits:
                 fits.update(fits.done + 1, label=f"seeds × arms fitted (seed {seed} {name})")
             if seed == 0 and name == "SASRec-text(title+IP)":

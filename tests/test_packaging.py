@@ -140,3 +140,27 @@ def test_the_wheel_runs_from_another_directory_with_its_scenarios(tmp_path):
     done = run("-m", "vragent.sandbox.cli", "run", str(tiny), "--db",
                f"sqlite:///{tmp_path}/run.sqlite")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _length(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from ``def`` to the end, the docstring left out."""
+    skip = 0
+    if ast.get_docstring(node) and len(node.body) > 1:
+        skip = node.body[1].lineno - node.body[0].lineno
+    return node.end_lineno - node.lineno + 1 - skip
+
+
+def test_long_functions_say_why():
+    """A function over 80 lines (docstring aside) says why in an "Over 80 lines" comment."""
+    unexplained = []
+    for folder in (*FOLDERS, "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text()
+            lines = text.splitlines()
+            for node in ast.walk(ast.parse(text)):
+                if (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                        and _length(node) > 80
+                        and not any("Over 80 lines" in line
+                                    for line in lines[node.lineno - 1:node.end_lineno])):
+                    unexplained.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not unexplained, unexplained

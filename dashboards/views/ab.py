@@ -102,6 +102,8 @@ def steps_section(run_ids: list[str], key: str, labels: dict[str, str] | None = 
 
 def experiment_section(url: str, exps: list[dict]) -> None:
     """One experiment: arm values with intervals, comparisons, and curves over steps."""
+    # Over 80 lines on purpose: one experiment's sections in render order (command, per-arm
+    # metrics, arms against the baseline, over steps); the numbers come from the store's queries.
     ids = [e["id"] for e in exps]
     by_id = {e["id"]: e for e in exps}
     common.seed_from_query("ab_exp", "experiment", ids)

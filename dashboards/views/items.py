@@ -39,6 +39,7 @@ def show_stage(i: int, stage: dict) -> None:
 
 def main() -> None:
     """Render the page."""
+    # Over 80 lines on purpose: the page's widgets in render order; the reads are in data.py.
     st.title(":material/movie: Items")
     url = common.require_store()
     sets = items_data.profile_sets(url)

@@ -10,6 +10,7 @@ from vragent.dashboards import common, data
 
 def main() -> None:
     """Render the page."""
+    # Over 80 lines on purpose: the page's widgets in render order; the reads are in data.py.
     st.title(":material/table_rows: Runs")
     url = common.require_store()
     total = data.count_runs(url)

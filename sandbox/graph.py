@@ -11,6 +11,8 @@
 
 ``interrupt_after=["feedback"]`` stops the graph after every step, and the runner invokes it with
 ``durability="exit"``, so the checkpointer writes exactly one checkpoint per simulation step.
+The state carries the typed payloads of :mod:`sandbox.payloads` (slates, tasks, outcomes); each
+node is one call into :class:`~sandbox.runtime.SimulationRuntime`, which does the work.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+from vragent.sandbox.payloads import Slate, TaskOutcome, UserTask
 from vragent.sandbox.runtime import SimulationRuntime
 
 
@@ -28,22 +31,19 @@ def add_or_reset(old: list | None, new: list | None) -> list:
 
 
 class StepState(TypedDict, total=False):
-    """What the checkpoint holds: small and JSON-like."""
+    """What the checkpoint holds; between steps, only the step counters."""
 
     step: int
     n_steps: int
-    slates: dict[str, dict[str, list[list[float]]]]
-    outcomes: Annotated[list, add_or_reset]
+    slates: dict[str, list[Slate]]  # arm -> its users' slates
+    outcomes: Annotated[list[TaskOutcome], add_or_reset]
     perceived: int
 
 
 class TaskState(TypedDict):
-    """The payload of one fan-out task."""
+    """The input of one fan-out branch."""
 
-    step: int
-    arm: str
-    batch_key: int
-    slates: dict[str, list[list[float]]]
+    task: UserTask
 
 
 def build_step_graph(rt: SimulationRuntime, checkpointer: Any = None):
@@ -65,10 +65,10 @@ def build_step_graph(rt: SimulationRuntime, checkpointer: Any = None):
 
     def fan_out(state: StepState) -> list[Send] | str:
         tasks = rt.tasks(state["step"], state.get("slates") or {})
-        return [Send("simulate_users", t) for t in tasks] or "log"
+        return [Send("simulate_users", TaskState(task=t)) for t in tasks] or "log"
 
-    def simulate_users(task: TaskState) -> dict:
-        return {"outcomes": rt.decide(dict(task))}
+    def simulate_users(branch: TaskState) -> dict:
+        return {"outcomes": [rt.decide(branch["task"])]}
 
     def log(state: StepState) -> dict:
         rt.log(state["step"], state.get("outcomes") or [])

@@ -18,6 +18,7 @@ from vragent.sandbox import faults
 from vragent.sandbox.config import Scenario, ScenarioError, load_scenario, parse_scenario
 from vragent.sandbox.graph import build_step_graph
 from vragent.sandbox.paths import vragent_home
+from vragent.sandbox.payloads import CHECKPOINT_TYPES
 from vragent.sandbox.run_lock import RunBusyError, RunLock
 from vragent.sandbox.runtime import SimulationRuntime
 from vragent.sandbox.store import Arm, Run, Store
@@ -51,11 +52,13 @@ def checkpoint_path(store: Store) -> Path:
 
 
 def _saver(path: Path):
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False)
-    saver = SqliteSaver(conn)
+    # The step's payloads are the only classes a checkpoint may rebuild.
+    saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
     saver.setup()
     return saver, conn
 

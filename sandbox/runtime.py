@@ -27,6 +27,7 @@ from vragent.environments.response_model import LogisticResponseModel
 from vragent.sandbox import faults
 from vragent.sandbox.backend_factory import make_backend, policy_backend
 from vragent.sandbox.config import Scenario
+from vragent.sandbox.payloads import Slate, SlateEntry, TaskOutcome, UserOutcome, UserTask
 from vragent.sandbox.perception import (
     build_ip_agent,
     item_text_for,
@@ -280,34 +281,35 @@ class SimulationRuntime:
         faults.checkpoint("perceive")
         return stats.made
 
-    def recommend(self, step: int) -> dict[str, dict[str, list[list[float]]]]:
-        """Activate the step's users and build every arm's slates (JSON-safe)."""
+    def recommend(self, step: int) -> dict[str, list[Slate]]:
+        """Activate the step's users and build every arm's slates, users in id order."""
         self.model.begin_step(step)
         if step in self.logged_steps:
             return {}  # replayed after its commit: the store already has it
         k = self.sc.simulation.slate_size
-        out: dict[str, dict[str, list[list[float]]]] = {}
+        out: dict[str, list[Slate]] = {}
         for arm in self.arm_names:
             users = self.model.active_users(arm)
-            slates = self.platform.slates(arm, users, k, step)
-            out[arm] = {str(u): [[i, s] for i, s in slates[u]] for u in users if slates.get(u)}
-            if self.social_slots[arm]:
-                for u, slate in out[arm].items():
-                    out[arm][u] = self._inject_social(arm, int(u), slate, k)
+            ranked = self.platform.slates(arm, users, k, step)
+            out[arm] = []
+            for u in sorted(u for u in users if ranked.get(u)):
+                entries = tuple(SlateEntry(int(i), float(s)) for i, s in ranked[u])
+                if self.social_slots[arm]:
+                    entries = self._inject_social(arm, u, entries, k)
+                out[arm].append(Slate(u, entries))
         return out
 
-    def _inject_social(self, arm: str, user: int, slate: list[list[float]],
-                       k: int) -> list[list[float]]:
+    def _inject_social(self, arm: str, user: int, slate: tuple[SlateEntry, ...],
+                       k: int) -> tuple[SlateEntry, ...]:
         """Give the slate's last slots to items the user's friends liked in ``arm``.
 
         Friends' most recent likes come first (friends in id order); items the user was shown
-        in ``arm``, has in the real history or already has in the slate are passed over. An
-        injected entry is ``[item, 0.0, 1]``: the third field marks it as social.
+        in ``arm``, has in the real history or already has in the slate are passed over.
         """
         n = self.social_slots[arm]
         agent = self.model.by_user[user]
         seen = self.platform.arms[arm].shown.get(user, set())
-        exclude = set(seen) | set(agent.real_history) | {int(i) for i, *_ in slate}
+        exclude = set(seen) | set(agent.real_history) | {e.item_id for e in slate}
         picks: list[int] = []
         for f in self.model.friends(user):
             for item in reversed(self.model.by_user[f].liked(arm)):
@@ -316,63 +318,52 @@ class SimulationRuntime:
         picks = picks[: min(n, k)]
         if not picks:
             return slate
-        return [*slate[: k - len(picks)], *([i, 0.0, 1] for i in picks)]
+        return (*slate[: k - len(picks)], *(SlateEntry(i, 0.0, social=True) for i in picks))
 
-    def tasks(self, step: int, slates: dict) -> list[dict[str, Any]]:
+    def tasks(self, step: int, slates: dict[str, list[Slate]]) -> list[UserTask]:
         """Fan-out payloads: groups of ``users_per_task`` users of one arm."""
         size = self.sc.simulation.users_per_task
-        out = []
+        out: list[UserTask] = []
         for arm in self.arm_names:
-            users = sorted(slates.get(arm, {}), key=int)
-            for start in range(0, len(users), size):
-                group = users[start : start + size]
-                out.append({
-                    "step": step, "arm": arm, "batch_key": len(out),
-                    "slates": {u: slates[arm][u] for u in group},
-                })
+            arm_slates = sorted(slates.get(arm, ()), key=lambda sl: sl.user_id)
+            for start in range(0, len(arm_slates), size):
+                out.append(UserTask(step, arm, len(out), tuple(arm_slates[start : start + size])))
         return out
 
-    def decide(self, task: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run the US agent over one task's users; return JSON-safe outcomes."""
+    def decide(self, task: UserTask) -> TaskOutcome:
+        """Run the US agent over one task's users."""
         t0 = time.perf_counter()
-        arm, step = task["arm"], task["step"]
+        arm, step = task.arm, task.step
         show_profiles = self.sc.ip_agent.in_prompt
         requests = []
         social: set[tuple[int, int]] = set()  # (user, position) of injected items
-        for u_str, slate in sorted(task["slates"].items(), key=lambda kv: int(kv[0])):
-            u = int(u_str)
+        for slate in sorted(task.slates, key=lambda sl: sl.user_id):
+            u = slate.user_id
             cands = []
-            evidence = self._evidence(u, arm, [int(i) for i, *_ in slate])
-            for pos, (i, s, *flag) in enumerate(slate):
-                line = item_line(self.item_text[int(i)],
-                                 self.profile_text.get(int(i)) if show_profiles else None)
-                if flag:
+            evidence = self._evidence(u, arm, [e.item_id for e in slate.entries])
+            for pos, e in enumerate(slate.entries):
+                line = item_line(self.item_text[e.item_id],
+                                 self.profile_text.get(e.item_id) if show_profiles else None)
+                if e.social:
                     social.add((u, pos))
                     line += SOCIAL_MARK
-                cands.append(Candidate(int(i), line, pos, float(s), evidence[pos]))
+                cands.append(Candidate(e.item_id, line, pos, e.score, evidence[pos]))
             # Built only if a prompt needs it (a response model decides without one).
             persona = functools.partial(self.persona_for, u, arm)
             requests.append(SlateRequest(arm, u, persona, cands, self._friends_liked(u, arm)))
         with self.backend.meter() as calls:
-            outcomes = self.us_agent.decide(requests, step, batch_key=task["batch_key"])
+            outcomes = self.us_agent.decide(requests, step, batch_key=task.batch_key)
         wall = time.perf_counter() - t0
         self.on_progress(len(requests))
-        out = [
-            {"arm": o.arm, "user_id": o.user_id, "left": o.left, "leave_prob": o.leave_prob,
-             "leave_draw": o.leave_draw,
-             "wall_s": wall / max(1, len(outcomes)),
-             "decisions": [self._decision_row(d, (o.user_id, d.position) in social)
-                           for d in o.decisions],
-             "llm_calls": []}
-            for o in outcomes
-        ]
-        if out:
-            # The task's metered calls ride on its first outcome; log() writes them.
-            out[0]["llm_calls"] = [
-                {"agent": "us", "arm": arm, "task": task["batch_key"], "seq": seq, **asdict(c)}
-                for seq, c in enumerate(calls)
-            ]
-        return out
+        users = tuple(
+            UserOutcome(o.arm, o.user_id, o.left, o.leave_prob, o.leave_draw,
+                        wall / max(1, len(outcomes)),
+                        tuple(self._decision_row(d, (o.user_id, d.position) in social)
+                              for d in o.decisions))
+            for o in outcomes)
+        return TaskOutcome(users, tuple(
+            {"agent": "us", "arm": arm, "task": task.batch_key, "seq": seq, **asdict(c)}
+            for seq, c in enumerate(calls)))
 
     @staticmethod
     def _decision_row(d, social: bool) -> dict[str, Any]:
@@ -390,20 +381,20 @@ class SimulationRuntime:
         ]
         return tuple(item_line(self.item_text[i]) for i in liked[-n:])
 
-    def log(self, step: int, outcomes: list[dict[str, Any]]) -> bool:
+    def log(self, step: int, tasks: list[TaskOutcome]) -> bool:
         """Write the step in one transaction, then update memory; ``False`` if already logged."""
-        outcomes = sorted(outcomes, key=lambda o: (self.arm_names.index(o["arm"]), o["user_id"]))
+        outcomes = sorted((o for t in tasks for o in t.users),
+                          key=lambda o: (self.arm_names.index(o.arm), o.user_id))
         metrics = self._metrics(step, outcomes)
         impressions, decisions, sessions = [], [], []
         for o in outcomes:
-            acts = [d["action"] for d in o["decisions"]]
+            acts = [d["action"] for d in o.decisions]
             sessions.append({
-                "arm": o["arm"], "step": step, "user_id": o["user_id"],
+                "arm": o.arm, "step": step, "user_id": o.user_id,
                 "n_watch": sum(a != "skip" for a in acts), "n_like": acts.count("like"),
-                "left": o["left"], "leave_prob": o["leave_prob"],
-                "leave_draw": o.get("leave_draw"),
+                "left": o.left, "leave_prob": o.leave_prob, "leave_draw": o.leave_draw,
             })
-            for d in o["decisions"]:
+            for d in o.decisions:
                 impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
                                     "position": d["position"], "item_id": d["item_id"],
                                     "rec_score": d["rec_score"],
@@ -414,12 +405,12 @@ class SimulationRuntime:
                 decisions.append(d)
         steps = []
         for arm in self.arm_names:
-            arm_out = [o for o in outcomes if o["arm"] == arm]
+            arm_out = [o for o in outcomes if o.arm == arm]
             steps.append({"arm": arm, "step": step, "n_users": len(arm_out),
-                          "n_decisions": sum(len(o["decisions"]) for o in arm_out),
-                          "wall_s": sum(o["wall_s"] for o in arm_out)})
+                          "n_decisions": sum(len(o.decisions) for o in arm_out),
+                          "wall_s": sum(o.wall_s for o in arm_out)})
         llm_calls = sorted(
-            ({**c, "step": step} for o in outcomes for c in o.get("llm_calls", ())),
+            ({**c, "step": step} for t in tasks for c in t.llm_calls),
             key=lambda c: (self.arm_names.index(c["arm"]), c["task"], c["seq"]))
         wrote = self.store.log_step(
             self.run_id, step, steps=steps, impressions=impressions, decisions=decisions,
@@ -430,25 +421,25 @@ class SimulationRuntime:
         if wrote:
             faults.checkpoint("committed")
             for o in outcomes:
-                for d in sorted(o["decisions"], key=lambda d: d["position"]):
-                    self._apply(o["arm"], o["user_id"], d["item_id"], d["action"])
-                if o["left"]:
-                    self.model.by_user[o["user_id"]].left[o["arm"]] = True
+                for d in sorted(o.decisions, key=lambda d: d["position"]):
+                    self._apply(o.arm, o.user_id, d["item_id"], d["action"])
+                if o.left:
+                    self.model.by_user[o.user_id].left[o.arm] = True
             self.logged_steps.add(step)
         self.model.end_step(metrics)
         return wrote
 
-    def _metrics(self, step: int, outcomes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    def _metrics(self, step: int, outcomes: list[UserOutcome]) -> dict[str, dict[str, float]]:
         """The step's per-arm metrics (before the step is applied to memory)."""
         n_items = len(self.item_text)
         window = self.sc.metrics.entropy_window
         out = {}
         for arm in self.arm_names:
-            arm_out = [o for o in outcomes if o["arm"] == arm]
-            decs = [d for o in arm_out for d in o["decisions"]]
+            arm_out = [o for o in outcomes if o.arm == arm]
+            decs = [d for o in arm_out for d in o.decisions]
             n = len(decs)
             exposure = self.exposure[arm] + Counter(int(d["item_id"]) for d in decs)
-            slates = [[d["item_id"] for d in sorted(o["decisions"], key=lambda d: d["position"])]
+            slates = [[d["item_id"] for d in sorted(o.decisions, key=lambda d: d["position"])]
                       for o in arm_out]
             p = [d["p_like"] for d in decs if d["p_like"] is not None]
             new_pos: dict[int, list[int]] = {}
@@ -460,7 +451,7 @@ class SimulationRuntime:
                 "impressions": n,
                 "watch_rate": sum(d["action"] != "skip" for d in decs) / n if n else 0.0,
                 "like_rate": sum(d["action"] == "like" for d in decs) / n if n else 0.0,
-                "exit_rate": sum(o["left"] for o in arm_out) / len(arm_out) if arm_out else 0.0,
+                "exit_rate": sum(o.left for o in arm_out) / len(arm_out) if arm_out else 0.0,
                 "coverage": len(exposure) / n_items if n_items else 0.0,
                 "mean_p_like": float(np.mean(p)) if p else None,
                 "format_ok_rate": sum(d["format_ok"] for d in decs) / n if n else None,

@@ -1,11 +1,14 @@
 """Kill a run with SIGKILL mid-way, resume it, and compare with an uninterrupted run."""
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 from sqlalchemy import select
+from vragent.sandbox.payloads import Slate, SlateEntry, TaskOutcome, UserOutcome, UserTask
+from vragent.sandbox.runner import _saver
 from vragent.sandbox.store import Store
 
 from tests.conftest import REPO, tiny_scenario, write_scenario
@@ -354,3 +357,24 @@ def test_a_failing_checkpoint_file_stops_the_run_with_one_line(tmp_path, monkeyp
     (run_id,) = [r.id for r in Store(broken).list_runs()]
     assert CliRunner().invoke(app, ["run", "--resume", run_id, "--db", broken]).exit_code == 0
     _assert_same_as_clean(clean, broken, "the checkpoint failure")
+
+
+def test_checkpoints_rebuild_the_step_payloads(tmp_path, caplog):
+    """A step's typed payloads survive the checkpoint serializer, as allowed types."""
+    saver, conn = _saver(tmp_path / "c.checkpoints.sqlite")
+    slate = Slate(7, [SlateEntry(3, 0.9), SlateEntry(5, 0.0, social=True)])
+    state = {
+        "step": 2, "slates": {"popular": [slate]},
+        "task": UserTask(2, "popular", 0, [slate]),
+        "outcomes": [TaskOutcome(
+            [UserOutcome("popular", 7, True, 0.2, 0.1, 0.5,
+                         [{"item_id": 3, "action": "like", "position": 0}])],
+            [{"agent": "us", "arm": "popular", "task": 0, "seq": 0}])],
+    }
+    with caplog.at_level(logging.WARNING):
+        back = saver.serde.loads_typed(saver.serde.dumps_typed(state))
+    conn.close()
+    assert back == state
+    assert back["outcomes"][0].users[0].decisions[0]["action"] == "like"
+    assert "unregistered" not in caplog.text
+

@@ -2,8 +2,11 @@
 
 One Mesa agent per simulated user. Each step the model re-seeds its RNG from (seed, step) and
 activates agents in shuffled order, so which users are active in a step does not depend on how
-the run got there: a resumed run activates exactly the users an uninterrupted one would. A
-Mesa ``DataCollector`` records per-step, per-arm metrics.
+the run got there: a resumed run activates exactly the users an uninterrupted one would.
+
+A Mesa ``DataCollector`` records each step's per-arm metrics (``ARM/NAME`` columns, and the
+run's id); what it recorded is what the store logs (``SimulationRuntime.log``) and what a sweep
+reports (``mesa.batch_run`` reads the same collector, ``sandbox.sweep``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import mesa
 import networkx as nx
 from vragent.agents.us_agent import stable_int
 
-# What the DataCollector records per arm and step (sandbox/runtime.py computes them).
-STEP_METRICS = ("active_users", "watch_rate", "like_rate", "exit_rate", "coverage", "ild",
-                "novelty", "exposure_gini", "profile_entropy", "social_share")
+# What the DataCollector records per arm and step (SimulationRuntime._metrics computes them).
+STEP_METRICS = ("active_users", "impressions", "watch_rate", "like_rate", "exit_rate",
+                "coverage", "mean_p_like", "format_ok_rate", "ild", "novelty", "exposure_gini",
+                "profile_entropy", "social_share")
 
 
 class SimulatedUserAgent(mesa.Agent):
@@ -73,6 +77,7 @@ class PopulationModel(mesa.Model):
             (derived from the real logs, :func:`cowatch_graph`).
         k: neighbours (Watts–Strogatz, co-watching) or edges per new node (Barabási–Albert).
         p: rewiring probability (Watts–Strogatz).
+        run_id: the stored run, recorded beside every step's metrics.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class PopulationModel(mesa.Model):
         graph: str = "watts_strogatz",
         k: int = 4,
         p: float = 0.1,
+        run_id: str | None = None,
     ) -> None:
         super().__init__(rng=seed)
         self.base_seed = seed
@@ -95,10 +101,11 @@ class PopulationModel(mesa.Model):
         for uid, profile, hist in users:
             self.by_user[int(uid)] = SimulatedUserAgent(self, uid, profile, hist)
         self.social = self._make_graph(graph, k, p)
+        self.run_id = run_id
         self.datacollector = mesa.DataCollector(model_reporters={
-            f"{arm}/{name}": (lambda m, a=arm, n=name: m.last_metrics[a].get(n))
-            for arm in self.arm_names
-            for name in STEP_METRICS
+            "run_id": lambda m: m.run_id,
+            **{f"{arm}/{name}": (lambda m, a=arm, n=name: m.last_metrics[a].get(n))
+               for arm in self.arm_names for name in STEP_METRICS},
         })
 
     def _make_graph(self, kind: str, k: int, p: float) -> nx.Graph:
@@ -130,11 +137,22 @@ class PopulationModel(mesa.Model):
         """Sorted ids of the users taking part in ``arm`` this step."""
         return sorted(u for u, a in self.by_user.items() if a.active_in(arm))
 
-    def end_step(self, metrics: dict[str, dict[str, float]]) -> None:
-        """Record the step's metrics through the DataCollector and advance Mesa's clock."""
+    def end_step(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Record the step's metrics through the DataCollector and advance Mesa's clock.
+
+        Returns:
+            What the collector recorded, per arm: the metrics of :data:`STEP_METRICS` that
+            have a value.
+        """
+        unknown = {n for ms in metrics.values() for n in ms} - set(STEP_METRICS)
+        if unknown:  # a metric the collector has no column for would never reach the store
+            raise ValueError(f"step metrics {sorted(unknown)} are not in STEP_METRICS")
         self.last_metrics = metrics
         self.datacollector.collect(self)
         self.steps += 1
+        recorded = {k: v[-1] for k, v in self.datacollector.model_vars.items()}
+        return {arm: {n: recorded[f"{arm}/{n}"] for n in STEP_METRICS
+                      if recorded[f"{arm}/{n}"] is not None} for arm in self.arm_names}
 
 
 def cowatch_graph(histories: dict[int, Sequence[int]], k: int) -> nx.Graph:

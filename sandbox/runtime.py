@@ -105,6 +105,7 @@ class SimulationRuntime:
             [(u, profiles[u], self.split.train[u]) for u in pop_ids], self.arm_names,
             seed=scenario.seed, activation_prob=scenario.simulation.activation_prob,
             graph=scenario.social.graph, k=scenario.social.k, p=scenario.social.p,
+            run_id=run_id,
         )
         self.profile_text: dict[int, str] = {}
         titles = {i: t.title for i, t in self.item_text.items()}
@@ -385,7 +386,8 @@ class SimulationRuntime:
         """Write the step in one transaction, then update memory; ``False`` if already logged."""
         outcomes = sorted((o for t in tasks for o in t.users),
                           key=lambda o: (self.arm_names.index(o.arm), o.user_id))
-        metrics = self._metrics(step, outcomes)
+        # The DataCollector records the step's metrics; what it recorded is what the store gets.
+        metrics = self.model.end_step(self._metrics(step, outcomes))
         impressions, decisions, sessions = [], [], []
         for o in outcomes:
             acts = [d["action"] for d in o.decisions]
@@ -416,7 +418,7 @@ class SimulationRuntime:
             self.run_id, step, steps=steps, impressions=impressions, decisions=decisions,
             sessions=sessions, llm_calls=llm_calls,
             metrics=[{"arm": a, "step": step, "name": n, "value": float(v)}
-                     for a, ms in metrics.items() for n, v in ms.items() if v is not None],
+                     for a, ms in metrics.items() for n, v in ms.items()],
         )
         if wrote:
             faults.checkpoint("committed")
@@ -426,7 +428,6 @@ class SimulationRuntime:
                 if o.left:
                     self.model.by_user[o.user_id].left[o.arm] = True
             self.logged_steps.add(step)
-        self.model.end_step(metrics)
         return wrote
 
     def _metrics(self, step: int, outcomes: list[UserOutcome]) -> dict[str, dict[str, float]]:

@@ -1,8 +1,9 @@
 """Parameter sweeps with Mesa's ``batch_run`` (``vragent sweep``).
 
 :class:`SweepModel` is a Mesa model whose ``step()`` is one step of a stored simulation run
-(the LangGraph step graph through :class:`sandbox.runner.RunDriver`), and whose
-``DataCollector`` reads the per-arm metrics that step logged. ``mesa.batch_run`` then sweeps
+(the LangGraph step graph through :class:`sandbox.runner.RunDriver`); its ``datacollector`` is
+the run's population's own (:class:`sandbox.population.PopulationModel`), which records what
+each step logs, so ``batch_run`` reads the very values in the store. ``mesa.batch_run`` then sweeps
 any scenario keys, e.g. ``simulation.refit_every`` or ``social.inject_friends_likes``, over
 seeds, and every point is also a normal run in the store (``vragent show RUN_ID``).
 """
@@ -17,7 +18,6 @@ import mesa
 import pandas as pd
 import yaml
 from vragent.sandbox.config import ScenarioError, apply_overrides, load_scenario, parse_scenario
-from vragent.sandbox.population import STEP_METRICS
 from vragent.sandbox.progress import RunProgress, Tracker
 from vragent.sandbox.runner import RunDriver, create_run
 from vragent.sandbox.store import Store
@@ -64,12 +64,8 @@ class SweepModel(mesa.Model):
             point = ", ".join(f"{k}={v}" for k, v in params.items())
             progress.next_run(f"sweep {point} seed {seed} · run {self.run_id}")
         self.driver = RunDriver(self.store, self.run_id, progress=progress)
-        self.last: dict[str, dict[str, float]] = {a: {} for a in self.arms}
-        reporters: dict[str, Any] = {"run_id": lambda m: m.run_id}
-        for arm in self.arms:
-            for name in STEP_METRICS:
-                reporters[f"{arm}/{name}"] = (lambda m, a=arm, n=name: m.last[a].get(n))
-        self.datacollector = mesa.DataCollector(model_reporters=reporters)
+        # One collector per run: the population's, which the runtime feeds every step.
+        self.datacollector = self.driver.rt.model.datacollector
 
     def step(self) -> None:
         """Run one simulation step and collect its metrics."""
@@ -78,8 +74,6 @@ class SweepModel(mesa.Model):
         except BaseException as exc:
             self.driver.fail(exc)
             raise
-        self.last = self.driver.rt.model.last_metrics
-        self.datacollector.collect(self)
         if self.driver.done:
             self.driver.close()
             self.running = False

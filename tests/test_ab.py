@@ -374,11 +374,17 @@ def test_mesa_datacollector_records_every_step_metric(tmp_path):
         while not driver.done:
             driver.step()
         frame = driver.rt.model.datacollector.get_model_vars_dataframe()
-    assert len(frame) == 2
+    assert len(frame) == 2 and set(frame["run_id"]) == {run_id}
     for col in ("random/ild", "popular/profile_entropy", "popular/exposure_gini",
                 "random/watch_rate"):
         assert frame[col].notna().all(), col
     assert store.get_run(run_id).status == "finished"
+    # What the collector recorded is exactly what the store logged, step by step.
+    logged = {(f"{r['arm']}/{r['name']}", r["step"]): r["value"]
+              for r in store.metric_series([run_id])}
+    collected = {(col, step): value for step, row in frame.iterrows()
+                 for col, value in row.items() if col != "run_id" and pd.notna(value)}
+    assert logged == pytest.approx(collected) and len(logged) > 20
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in list_scenarios()))

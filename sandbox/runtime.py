@@ -20,7 +20,6 @@ from vragent.agents.backends.base import LLMBackend
 from vragent.agents.ip_agent import ItemText
 from vragent.agents.persona import build_persona, item_line
 from vragent.agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
-from vragent.environments import metrics as em
 from vragent.environments.grounding import CollaborativeGrounding, Evidence
 from vragent.environments.platform import Platform
 from vragent.environments.response_model import LogisticResponseModel
@@ -38,6 +37,7 @@ from vragent.sandbox.perception import (
 from vragent.sandbox.policies import load_policy
 from vragent.sandbox.population import PopulationModel
 from vragent.sandbox.response_cache import wrap_backend
+from vragent.sandbox.step_log import StepMetrics, sorted_outcomes, step_rows
 from vragent.sandbox.store import Store
 from vragent.sandbox.world import (
     item_vectors,
@@ -99,6 +99,9 @@ class SimulationRuntime:
         self.social_slots = {a.name: (scenario.social.inject_friends_likes
                                       if a.inject_friends_likes is None
                                       else a.inject_friends_likes) for a in scenario.arms}
+        self.metrics = StepMetrics(self.item_text, self.item_vectors, self.item_popularity,
+                                   self.n_train_users, scenario.metrics.entropy_window,
+                                   self.social_slots)
         profiles = self._profiles(pop_ids)
         self.arm_names = [a.name for a in scenario.arms]
         self.model = PopulationModel(
@@ -384,39 +387,14 @@ class SimulationRuntime:
 
     def log(self, step: int, tasks: list[TaskOutcome]) -> bool:
         """Write the step in one transaction, then update memory; ``False`` if already logged."""
-        outcomes = sorted((o for t in tasks for o in t.users),
-                          key=lambda o: (self.arm_names.index(o.arm), o.user_id))
+        outcomes = sorted_outcomes(tasks, self.arm_names)
         # The DataCollector records the step's metrics; what it recorded is what the store gets.
-        metrics = self.model.end_step(self._metrics(step, outcomes))
-        impressions, decisions, sessions = [], [], []
-        for o in outcomes:
-            acts = [d["action"] for d in o.decisions]
-            sessions.append({
-                "arm": o.arm, "step": step, "user_id": o.user_id,
-                "n_watch": sum(a != "skip" for a in acts), "n_like": acts.count("like"),
-                "left": o.left, "leave_prob": o.leave_prob, "leave_draw": o.leave_draw,
-            })
-            for d in o.decisions:
-                impressions.append({"arm": d["arm"], "step": step, "user_id": d["user_id"],
-                                    "position": d["position"], "item_id": d["item_id"],
-                                    "rec_score": d["rec_score"],
-                                    "source": d.get("source", "rec")})
-                # The outcome dict itself, read only: it is graph state, which LangGraph saves
-                # in its exit checkpoint when this write fails, so it must stay as decide()
-                # made it. log_step takes the decision's columns from it (and adds the step).
-                decisions.append(d)
-        steps = []
-        for arm in self.arm_names:
-            arm_out = [o for o in outcomes if o.arm == arm]
-            steps.append({"arm": arm, "step": step, "n_users": len(arm_out),
-                          "n_decisions": sum(len(o.decisions) for o in arm_out),
-                          "wall_s": sum(o.wall_s for o in arm_out)})
-        llm_calls = sorted(
-            ({**c, "step": step} for t in tasks for c in t.llm_calls),
-            key=lambda c: (self.arm_names.index(c["arm"]), c["task"], c["seq"]))
+        metrics = self.model.end_step(self.metrics.compute(
+            outcomes, self.arm_names, self.exposure, self.model.by_user))
+        rows = step_rows(step, self.arm_names, tasks, outcomes)
         wrote = self.store.log_step(
-            self.run_id, step, steps=steps, impressions=impressions, decisions=decisions,
-            sessions=sessions, llm_calls=llm_calls,
+            self.run_id, step, steps=rows.steps, impressions=rows.impressions,
+            decisions=rows.decisions, sessions=rows.sessions, llm_calls=rows.llm_calls,
             metrics=[{"arm": a, "step": step, "name": n, "value": float(v)}
                      for a, ms in metrics.items() for n, v in ms.items()],
         )
@@ -429,47 +407,6 @@ class SimulationRuntime:
                     self.model.by_user[o.user_id].left[o.arm] = True
             self.logged_steps.add(step)
         return wrote
-
-    def _metrics(self, step: int, outcomes: list[UserOutcome]) -> dict[str, dict[str, float]]:
-        """The step's per-arm metrics (before the step is applied to memory)."""
-        n_items = len(self.item_text)
-        window = self.sc.metrics.entropy_window
-        out = {}
-        for arm in self.arm_names:
-            arm_out = [o for o in outcomes if o.arm == arm]
-            decs = [d for o in arm_out for d in o.decisions]
-            n = len(decs)
-            exposure = self.exposure[arm] + Counter(int(d["item_id"]) for d in decs)
-            slates = [[d["item_id"] for d in sorted(o.decisions, key=lambda d: d["position"])]
-                      for o in arm_out]
-            p = [d["p_like"] for d in decs if d["p_like"] is not None]
-            new_pos: dict[int, list[int]] = {}
-            for d in sorted(decs, key=lambda d: d["position"]):
-                if d["action"] != "skip":
-                    new_pos.setdefault(d["user_id"], []).append(d["item_id"])
-            out[arm] = {
-                "active_users": len(arm_out),
-                "impressions": n,
-                "watch_rate": sum(d["action"] != "skip" for d in decs) / n if n else 0.0,
-                "like_rate": sum(d["action"] == "like" for d in decs) / n if n else 0.0,
-                "exit_rate": sum(o.left for o in arm_out) / len(arm_out) if arm_out else 0.0,
-                "coverage": len(exposure) / n_items if n_items else 0.0,
-                "mean_p_like": float(np.mean(p)) if p else None,
-                "format_ok_rate": sum(d["format_ok"] for d in decs) / n if n else None,
-                "ild": em.intra_list_diversity(slates, self.item_vectors),
-                "novelty": (em.novelty(slates, self.item_popularity, self.n_train_users)
-                            if self.n_train_users else None),
-                "exposure_gini": em.gini(np.fromiter(
-                    (exposure.get(i, 0) for i in self.item_text), np.float64, n_items)),
-                "profile_entropy": float(np.mean([
-                    em.profile_entropy(self.item_text[i].category for i in
-                                      (a.history(arm) + new_pos.get(u, []))[-window:]
-                                      if i in self.item_text)
-                    for u, a in self.model.by_user.items()])) if self.model.by_user else None,
-                "social_share": (sum(d.get("source") == "social" for d in decs) / n
-                                 if n and self.social_slots[arm] else None),
-            }
-        return out
 
     def feedback(self, step: int) -> bool:
         """Refit every arm's recommender when the step closes a refit period."""

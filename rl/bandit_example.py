@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from vragent.sandbox.gym_env import SlateEnv
+from vragent.sandbox.config import parse_scenario
+from vragent.sandbox.gym_env import REWARD, SlateEnv
 
 
 class EpsilonGreedySlates:
@@ -41,7 +42,7 @@ class EpsilonGreedySlates:
     def update(self, slate: np.ndarray, actions: list[str]) -> None:
         """Credit each shown item with its own response (watch 1, like 2)."""
         for item, action in zip(slate.tolist(), actions, strict=True):
-            self.sums[item] += {"skip": 0.0, "watch": 1.0, "like": 2.0}[action]
+            self.sums[item] += REWARD[action]
             self.counts[item] += 1
 
 
@@ -52,19 +53,19 @@ def main() -> None:
     ap.add_argument("--backend", choices=("tiny", "smollm2"), default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from vragent.environments.datasets import load_dataset
-
-    world = load_dataset("synthetic", None, n_users=50, n_items=60, seed=args.seed)
-    if args.backend == "tiny":
-        from vragent.agents.backends.tiny import tiny_hf_backend
-
-        backend = tiny_hf_backend(seed=args.seed)
-    else:
-        from vragent.agents.backends.hf import HFBackend
-        from vragent.sandbox.assets import require_smollm2
-
-        backend = HFBackend(require_smollm2(), model_name="SmolLM2-135M-Instruct")
-    env = SlateEnv(world, backend, slate_size=5, max_steps=5, history_len=8)
+    backend = ({"kind": "tiny"} if args.backend == "tiny"
+               else {"kind": "hf", "model": "smollm2"})
+    scenario = parse_scenario({
+        "name": "bandit", "seed": args.seed,
+        "dataset": {"kind": "synthetic", "synthetic": {"n_users": 50, "n_items": 60}},
+        "population": {"size": 50, "history_len": 8},
+        "simulation": {"steps": 1, "slate_size": 5},
+        # The environment's slates take this arm's place; its recommender is never asked.
+        "arms": [{"name": "bandit", "recommender": "random"}],
+        "backend": {**backend, "decision_mode": "score", "trace_rate": 0.0, "cache": False},
+        "ip_agent": {"enabled": False},
+    }, "bandit example")
+    env = SlateEnv(scenario, max_steps=5, history_len=8)
     policy = EpsilonGreedySlates(len(env.items), env.slate_size, seed=args.seed)
     returns = []
     for ep in range(args.episodes):
@@ -78,6 +79,7 @@ def main() -> None:
             done = terminated or truncated
         returns.append(total)
     k = max(1, len(returns) // 5)
+    env.close()
     print(f"episodes {len(returns)}: mean return first {k} = {np.mean(returns[:k]):.2f}, "
           f"last {k} = {np.mean(returns[-k:]):.2f}")
 

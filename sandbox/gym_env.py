@@ -1,9 +1,16 @@
-"""The platform as a Gymnasium environment: an RL recommender against simulated LLM users.
+"""The platform as a Gymnasium environment: an RL recommender against the simulator's users.
 
-``reset()`` samples a real user (seeded) and starts a session grounded in the user's history;
-``step(slate)`` shows a slate of catalogue indices to the simulated user (the same
-:class:`~agents.us_agent.USAgent` the simulator runs) and returns what the user did:
+The environment drives the simulator's own engine: a :class:`~sandbox.runtime.SimulationRuntime`
+built from a scenario holds the world, the population and the US policy, and each ``step(slate)``
+is the runtime's ``decide`` on one :class:`~sandbox.payloads.UserTask`, the very node the step
+graph runs for a recommender's slate. So a user in the environment is a simulated user of the
+scenario: the same persona (real history, then what the user watched in this episode), the
+same item lines (IP profiles when the scenario shows them), the same grounding evidence for a
+grounded policy, and the same session rules for likes and leaving.
 
+* ``reset()`` samples a user of the scenario's population (seeded) and starts a session: the
+  user's memory of earlier episodes is cleared;
+* ``step(slate)`` shows a slate of catalogue indices in place of the scenario's first arm;
 * observation: the last ``history_len`` watched items as catalogue indices + 1 (0 pads);
 * reward: +1 per watch, +2 per like, −1 when the user leaves;
 * terminated: the user left; truncated: ``max_steps`` slates were shown;
@@ -15,18 +22,21 @@ draws, keyed by episode and step), so an episode replays exactly.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import yaml
 from gymnasium import spaces
 from vragent.agents.backends.base import LLMBackend
-from vragent.agents.persona import build_persona, item_line
-from vragent.agents.us_agent import Candidate, SessionRules, SlateRequest, USAgent, stable_int
-from vragent.environments.schema import Dataset
-from vragent.environments.splits import leave_one_out
-from vragent.sandbox.perception import item_texts
-from vragent.sandbox.world import user_profiles
+from vragent.agents.us_agent import stable_int
+from vragent.sandbox.config import Scenario
+from vragent.sandbox.payloads import Slate, SlateEntry, UserTask
+from vragent.sandbox.runner import create_run
+from vragent.sandbox.runtime import SimulationRuntime
+from vragent.sandbox.store import Store
 
 REWARD = {"skip": 0.0, "watch": 1.0, "like": 2.0}
 LEAVE_PENALTY = -1.0
@@ -42,44 +52,43 @@ def draw_key(episode: int, t: int) -> int:
 
 
 class SlateEnv(gym.Env):
-    """A session of one simulated user, one slate per step.
+    """A session of one simulated user of a scenario, one slate per step.
 
     Args:
-        dataset: real users, items and histories.
-        backend: the users' LLM (any backend; score mode).
-        slate_size: items per slate.
+        scenario: the world, population, US policy and session rules; the slate size is its
+            ``simulation.slate_size``.
+        backend: the users' LLM instead of the scenario's backend (score mode).
         max_steps: slates per episode.
-        history_len: history items in the prompt and the observation.
-        min_len: users with fewer interactions are not sampled.
-        rules: how decisions become likes and exits.
+        history_len: watched items in the observation.
+        db_url: the store holding the environment's run (the response cache and its
+            provenance); default: a SQLite file in a temporary folder, removed by ``close()``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, dataset: Dataset, backend: LLMBackend, *, slate_size: int = 5,
-                 max_steps: int = 10, history_len: int = 10, min_len: int = 5,
-                 rules: SessionRules | None = None) -> None:
-        self.split = leave_one_out(dataset, min_len=min_len, max_len=max(min_len, 50))
-        self.users = np.array(sorted(self.split.train), dtype=np.int64)
-        if not len(self.users):
-            raise ValueError(f"{dataset.name}: no user has {min_len} or more interactions")
-        self.items = dataset.items["item_id"].astype(np.int64).to_numpy()
+    def __init__(self, scenario: Scenario, *, backend: LLMBackend | None = None,
+                 max_steps: int = 10, history_len: int = 10, db_url: str | None = None) -> None:
+        self._tmp = None if db_url else tempfile.TemporaryDirectory(prefix="vragent-gym-")
+        self.store = Store(db_url or f"sqlite:///{Path(self._tmp.name) / 'gym.sqlite'}")
+        run_id = create_run(self.store, scenario, yaml.safe_dump(scenario.model_dump(mode="json")),
+                            None)
+        self.rt = SimulationRuntime(scenario, self.store, run_id, backend=backend)
+        self.arm = self.rt.arm_names[0]
+        self.users = np.array(sorted(self.rt.model.by_user), dtype=np.int64)
+        self.items = np.array(sorted(self.rt.item_text), dtype=np.int64)
         self.index = {int(i): k for k, i in enumerate(self.items)}
-        self.texts = item_texts(dataset.items)
-        self.profiles = user_profiles(dataset.users, self.users.tolist())
-        self.agent = USAgent(backend, mode="score", rules=rules or SessionRules())
-        self.slate_size, self.max_steps, self.history_len = slate_size, max_steps, history_len
+        self.slate_size = scenario.simulation.slate_size
+        self.max_steps, self.history_len = max_steps, history_len
         n = len(self.items)
-        self.action_space = spaces.MultiDiscrete([n] * slate_size)
+        self.action_space = spaces.MultiDiscrete([n] * self.slate_size)
         self.observation_space = spaces.MultiDiscrete([n + 1] * history_len)
         self._episode = 0
-        self._user = 0
+        self._user = int(self.users[0])
         self._t = 0
-        self._history: list[int] = []
 
     def _observation(self) -> np.ndarray:
-        recent = [self.index[i] + 1 for i in self._history[-self.history_len:]
-                  if i in self.index]
+        history = self.rt.model.by_user[self._user].history(self.arm)
+        recent = [self.index[i] + 1 for i in history[-self.history_len:] if i in self.index]
         obs = np.zeros(self.history_len, dtype=np.int64)
         if recent:
             obs[-len(recent):] = recent
@@ -93,29 +102,34 @@ class SlateEnv(gym.Env):
         self._episode = int(self.np_random.integers(2**31))
         user = (options or {}).get("user_id")
         self._user = int(user) if user is not None else int(self.np_random.choice(self.users))
-        if self._user not in self.split.train:
-            raise ValueError(f"user {self._user} has no history in this dataset")
-        self._history = list(self.split.train[self._user])
+        agent = self.rt.model.by_user.get(self._user)
+        if agent is None:
+            raise ValueError(f"user {self._user} is not in the scenario's population")
+        agent.sim_history[self.arm] = []  # a new session remembers only the real history
+        agent.left[self.arm] = False
         self._t = 0
         return self._observation(), {"user_id": self._user}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Show the slate ``action`` (catalogue indices) and return the user's response."""
         slate = [int(self.items[int(a)]) for a in np.asarray(action).ravel()]
-        persona = build_persona(self.profiles.get(self._user, {}),
-                                [self.texts[i] for i in self._history if i in self.texts],
-                                history_len=self.history_len)
-        request = SlateRequest(
-            arm="gym", user_id=self._user, persona=persona,
-            candidates=[Candidate(i, item_line(self.texts[i]), k, 0.0)
-                        for k, i in enumerate(slate)])
         # Draws keyed by (episode, step): a new episode with the same user is a new session.
-        outcome = self.agent.decide([request], step=draw_key(self._episode, self._t))[0]
-        actions = [d.action for d in outcome.decisions]
+        task = UserTask(draw_key(self._episode, self._t), self.arm, 0,
+                        [Slate(self._user, [SlateEntry(i, 0.0) for i in slate])])
+        (outcome,) = self.rt.decide(task).users
+        actions = [d["action"] for d in outcome.decisions]
         reward = sum(REWARD[a] for a in actions) + (LEAVE_PENALTY if outcome.left else 0.0)
-        self._history += [d.item_id for d in outcome.decisions if d.action != "skip"]
+        for d in sorted(outcome.decisions, key=lambda d: d["position"]):
+            self.rt.apply_decision(self.arm, self._user, d["item_id"], d["action"])
         self._t += 1
         info = {"user_id": self._user, "items": slate, "actions": actions,
-                "p_like": [d.p_like for d in outcome.decisions]}
+                "p_like": [d["p_like"] for d in outcome.decisions]}
         return (self._observation(), float(reward), bool(outcome.left),
                 self._t >= self.max_steps, info)
+
+    def close(self) -> None:
+        """Release the store (and remove its temporary folder)."""
+        self.store.engine.dispose()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -228,7 +228,7 @@ class SimulationRuntime:
         for upto in ends:
             for arm, step, user, item, action in rows:
                 if applied < step <= upto:
-                    self._apply(arm, user, item, action)
+                    self.apply_decision(arm, user, item, action)
             applied = upto
             self._load_profiles(upto + 1)
             if upto in refits:
@@ -251,7 +251,8 @@ class SimulationRuntime:
         ).items():
             self.profile_text[iid] = row.profile
 
-    def _apply(self, arm: str, user: int, item: int, action: str) -> None:
+    def apply_decision(self, arm: str, user: int, item: int, action: str) -> None:
+        """Remember a decision: the arm's recommender data, exposure, the user's memory."""
         self.platform.record(arm, user, item, action)
         self.exposure[arm][item] += 1
         if action != "skip" and user in self.model.by_user:
@@ -402,7 +403,7 @@ class SimulationRuntime:
             faults.checkpoint("committed")
             for o in outcomes:
                 for d in sorted(o.decisions, key=lambda d: d["position"]):
-                    self._apply(o.arm, o.user_id, d["item_id"], d["action"])
+                    self.apply_decision(o.arm, o.user_id, d["item_id"], d["action"])
                 if o.left:
                     self.model.by_user[o.user_id].left[o.arm] = True
             self.logged_steps.add(step)

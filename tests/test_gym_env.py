@@ -4,22 +4,32 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from vragent.agents.backends.constant import ConstantBackend
-from vragent.environments.datasets import load_dataset
+from vragent.sandbox.config import parse_scenario
 from vragent.sandbox.gym_env import SlateEnv, draw_key
+
+from tests.conftest import tiny_scenario
 
 
 @pytest.fixture(scope="module")
 def world():
-    return load_dataset("synthetic", None, n_users=30, n_items=40, mean_history=8, seed=3)
+    """The tiny synthetic scenario: 30 users, 40 items, slates of 3, one arm."""
+    return parse_scenario(tiny_scenario(
+        dataset={"kind": "synthetic",
+                 "synthetic": {"n_users": 30, "n_items": 40, "mean_history": 8}},
+        population={"size": 30, "history_len": 5},
+        arms=[{"name": "gym", "recommender": "random"}],
+        ip_agent={"enabled": False}, backend={"kind": "tiny", "decision_mode": "score",
+                                               "trace_rate": 0.0, "cache": False}), "gym")
 
 
 def test_env_passes_the_gymnasium_checker(world):
-    env = SlateEnv(world, ConstantBackend(0.6), slate_size=3, max_steps=4, history_len=5)
+    env = SlateEnv(world, backend=ConstantBackend(0.6), max_steps=4, history_len=5)
     check_env(env, skip_render_check=True)
+    env.close()
 
 
 def test_episode_is_seeded_and_rewards_follow_the_actions(world, tiny_backend):
-    env = SlateEnv(world, tiny_backend, slate_size=3, max_steps=3, history_len=5)
+    env = SlateEnv(world, backend=tiny_backend, max_steps=3, history_len=5)
 
     def episode(seed):
         obs, info = env.reset(seed=seed)
@@ -47,7 +57,8 @@ def test_long_sessions_never_replay_another_episodes_draws(world):
     assert len(keys) == 3 * 2500
     assert draw_key(7, 1000) != draw_key(8, 0)
     # The actions of a constant-p user are the draws alone: two such steps now differ.
-    env = SlateEnv(world, ConstantBackend(0.5), slate_size=8, max_steps=2000, history_len=5)
+    env = SlateEnv(world.model_copy(update={"simulation": world.simulation.model_copy(
+        update={"slate_size": 8})}), backend=ConstantBackend(0.5), max_steps=2000, history_len=5)
     env.reset(seed=1)
     user, episode = env._user, env._episode
     env._t = 1000

@@ -122,12 +122,6 @@ def lorenz(counts: Sequence[float] | np.ndarray, n_total: int | None = None,
     return share, y
 
 
-def exposure_counts(slates: Iterable[Sequence[int]], catalogue: Sequence[int]) -> np.ndarray:
-    """How often each catalogue item was shown (catalogue order; zeros kept)."""
-    counts = Counter(int(i) for slate in slates for i in slate)
-    return np.array([counts.get(int(i), 0) for i in catalogue], dtype=np.float64)
-
-
 def profile_entropy(categories: Iterable[str]) -> float:
     """Shannon entropy in bits of a user's consumed categories (``"a|b"`` counts both).
 
@@ -141,28 +135,12 @@ def profile_entropy(categories: Iterable[str]) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def like_rate_calibration(simulated: Mapping[int, tuple[int, int]],
-                          real: Mapping[int, float]) -> float | None:
-    """Impression-weighted mean |simulated like rate − real like rate| over shared items.
-
-    Args:
-        simulated: item → (likes, impressions) in the simulation.
-        real: item → real like rate (MicroLens: likes / views).
-
-    Returns:
-        The weighted mean absolute error, ``None`` when no item has both.
-    """
-    items = list(simulated)
-    likes = np.array([[simulated[i][0] for i in items]], dtype=np.float64)
-    shown = np.array([[simulated[i][1] for i in items]], dtype=np.float64)
-    rates = np.array([float(real.get(i, np.nan)) for i in items], dtype=np.float64)
-    err = like_calibration_rows(shown, likes, rates)[0] if items else np.nan
-    return None if np.isnan(err) else float(err)
-
-
 def like_calibration_rows(shown: np.ndarray, likes: np.ndarray,
                           real: np.ndarray) -> np.ndarray:
-    """:func:`like_rate_calibration` of each row of item-level counts (``nan``: no shared item).
+    """Like-rate calibration of each row of item-level counts (``nan``: no shared item).
+
+    A row's value is the impression-weighted mean ``|simulated like rate − real like rate|``
+    over the items with a known real rate (MicroLens: likes / views).
 
     Args:
         shown: ``(rows, items)`` impressions, e.g. one row per bootstrap resample.

@@ -129,7 +129,7 @@ class StepMetrics:
             "watch_rate": sum(d["action"] != "skip" for d in decs) / n if n else 0.0,
             "like_rate": sum(d["action"] == "like" for d in decs) / n if n else 0.0,
             "exit_rate": sum(o.left for o in arm_out) / len(arm_out) if arm_out else 0.0,
-            "coverage": len(exposure) / n_items if n_items else 0.0,
+            "coverage": em.catalogue_coverage([exposure], n_items) if n_items else 0.0,
             "mean_p_like": float(np.mean(p)) if p else None,
             "format_ok_rate": sum(d["format_ok"] for d in decs) / n if n else None,
             "ild": em.intra_list_diversity(slates, self.item_vectors),

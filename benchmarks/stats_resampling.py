@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 from scipy.stats import permutation_test
-from vragent.sandbox.stats import BLOCK_CELLS, paired_bootstrap, paired_permutation_p
+from vragent.sandbox.stats import block_size, paired_bootstrap, paired_permutation_p
 
 
 def _abs_mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -25,7 +25,7 @@ def _abs_mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 def _scipy_permutation(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> float:
     res = permutation_test((a, b), _abs_mean_diff, permutation_type="samples",
                            n_resamples=n_resamples, alternative="greater", vectorized=True,
-                           batch=max(1, BLOCK_CELLS // a.size), rng=np.random.default_rng(seed))
+                           batch=block_size(a.size), rng=np.random.default_rng(seed))
     return float(res.pvalue)
 
 

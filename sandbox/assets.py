@@ -273,7 +273,7 @@ def _ml_from_folder(folder: Path, out: Path, pinned: bool = False) -> None:
             raise AssetError(f"{folder} holds neither u.data/u.item/u.user nor ml-100k.* files")
     if pinned:  # downloaded: must be the GroupLens release, byte for byte
         for name in names:
-            _check_sha(folder / name, GROUPLENS_FILES.get(name, ""), "downloaded file")
+            _check_sha(folder / name, {**GROUPLENS_FILES, **ML100K_FILES}[name], "downloaded file")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

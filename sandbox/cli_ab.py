@@ -43,7 +43,6 @@ def _create(store: Store, scenario: str, sets: tuple[str, ...] | list[str], seed
         _fail(str(exc), 2)
     except PolicyError as exc:
         _fail(f"{scenario}: policy: {exc}", 2)
-    raise AssertionError("unreachable: _fail exits")
 
 
 def _report(store: Store, exp_id: str, res: AbAnalysis, run_ids: list[str],

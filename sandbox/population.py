@@ -18,7 +18,7 @@ import mesa
 import networkx as nx
 from vragent.agents.us_agent import stable_int
 
-# What the DataCollector records per arm and step (SimulationRuntime._metrics computes them).
+# What the DataCollector records per arm and step (sandbox.step_log.StepMetrics computes them).
 STEP_METRICS = ("active_users", "impressions", "watch_rate", "like_rate", "exit_rate",
                 "coverage", "mean_p_like", "format_ok_rate", "ild", "novelty", "exposure_gini",
                 "profile_entropy", "social_share")

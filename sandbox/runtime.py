@@ -297,7 +297,7 @@ class SimulationRuntime:
             users = self.model.active_users(arm)
             ranked = self.platform.slates(arm, users, k, step)
             out[arm] = []
-            for u in sorted(u for u in users if ranked.get(u)):
+            for u in (u for u in users if ranked.get(u)):  # active_users is in id order
                 entries = tuple(SlateEntry(int(i), float(s)) for i, s in ranked[u])
                 if self.social_slots[arm]:
                     entries = self._inject_social(arm, u, entries, k)
@@ -330,7 +330,7 @@ class SimulationRuntime:
         size = self.sc.simulation.users_per_task
         out: list[UserTask] = []
         for arm in self.arm_names:
-            arm_slates = sorted(slates.get(arm, ()), key=lambda sl: sl.user_id)
+            arm_slates = list(slates.get(arm, ()))  # recommend made them in user order
             for start in range(0, len(arm_slates), size):
                 out.append(UserTask(step, arm, len(out), tuple(arm_slates[start : start + size])))
         return out
@@ -342,7 +342,7 @@ class SimulationRuntime:
         show_profiles = self.sc.ip_agent.in_prompt
         requests = []
         social: set[tuple[int, int]] = set()  # (user, position) of injected items
-        for slate in sorted(task.slates, key=lambda sl: sl.user_id):
+        for slate in task.slates:
             u = slate.user_id
             cands = []
             evidence = self._evidence(u, arm, [e.item_id for e in slate.entries])

@@ -49,19 +49,15 @@ def _diffs(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
 BLOCK_CELLS = 4_000_000  # resample indices drawn per block: bounds memory for big populations
 
 
-def resample_blocks(n: int, n_resamples: int) -> list[int]:
-    """Block sizes that split ``n_resamples`` so each block has at most ``BLOCK_CELLS`` cells."""
-    per = max(1, BLOCK_CELLS // max(1, n))
-    return [min(per, n_resamples - start) for start in range(0, n_resamples, per)]
-
-
-def _batch(n: int) -> int:
-    """Resamples per batch for scipy's resampling: at most ``BLOCK_CELLS`` cells in memory."""
+def block_size(n: int) -> int:
+    """Resamples of ``n`` values per block (or scipy batch): at most ``BLOCK_CELLS`` cells."""
     return max(1, BLOCK_CELLS // max(1, n))
 
 
-def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x, axis=axis)
+def resample_blocks(n: int, n_resamples: int) -> list[int]:
+    """Block sizes that split ``n_resamples`` so each block has at most ``BLOCK_CELLS`` cells."""
+    per = block_size(n)
+    return [min(per, n_resamples - start) for start in range(0, n_resamples, per)]
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000,
@@ -78,8 +74,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int
     mean = float(d.mean())
     if d.size < 2:  # scipy needs two observations; one pair has nothing to resample
         return PairedInterval(mean, mean, mean, int(d.size), confidence)
-    res = bootstrap((d,), _mean, n_resamples=n_resamples, confidence_level=confidence,
-                    method="percentile", batch=_batch(d.size), vectorized=True,
+    res = bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                    method="percentile", batch=block_size(d.size), vectorized=True,
                     rng=np.random.default_rng(seed))
     ci = res.confidence_interval
     return PairedInterval(mean, float(ci.low), float(ci.high), int(d.size), confidence)

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.dashboard_fixture import DashboardStore, build, think_snippet
+from tests.dashboard_fixture import DashboardStore, think_snippet
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -58,8 +58,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> DashboardStore:
-    return build(tmp_path_factory.getbasetemp() / "dashboard-store")
+def store(dashboard_store: DashboardStore) -> DashboardStore:
+    return dashboard_store
 
 
 @contextlib.contextmanager
